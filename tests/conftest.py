@@ -1,0 +1,42 @@
+"""Shared fixtures: the real data in ../shared/data (beside the repository) and small generated files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+STEINBOCK = SHARED_DATA / "imc_testdata" / "steinbock"
+RAW = SHARED_DATA / "imc_testdata" / "raw"
+DAMOND_TOY = SHARED_DATA / "damond_pancreas_toy"
+
+
+def pytest_configure(config):
+    if not SHARED_DATA.is_dir():
+        raise pytest.UsageError(f"the real test data is missing: expected {SHARED_DATA}")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def tiny_image(tmp_path, rng):
+    """A generated 3-channel 40 x 50 image with 4 rectangular cells, written as CYX TIFF + mask."""
+    from spatial2sentence.io import write_tiff_atomic
+
+    mask = np.zeros((40, 50), np.uint16)
+    mask[2:10, 3:12] = 1
+    mask[15:25, 20:30] = 2
+    mask[30:38, 5:9] = 7  # ids need not be consecutive
+    mask[5:9, 40:48] = 3
+    data = rng.gamma(2.0, 2.0, size=(3, 40, 50)).astype(np.float32)
+    image_path = write_tiff_atomic(tmp_path / "img.tiff", data)
+    mask_path = write_tiff_atomic(tmp_path / "mask.tiff", mask)
+    panel_path = tmp_path / "panel.csv"
+    panel_path.write_text("channel,name,keep\nSm147,CD3,1\nNd150,CD8a,1\nIr191,DNA1,1\n")
+    return {"data": data, "mask": mask, "image": image_path, "mask_path": mask_path, "panel": panel_path}
