@@ -269,7 +269,8 @@ def _to_cyx(array: np.ndarray, series_axes: str, n_pages: int, path: Path, axes:
         )
     if array.ndim != 3:
         raise ImageReadError(path, f"{array.ndim}-D image {array.shape}; expected (C, Y, X)")
-    if names is not None and names.endswith("YX") and names[0] == "C":
+    # 'C' from OME/ImageJ; 'S' is tifffile's name for separate colour planes of a 3-plane image.
+    if names is not None and names.endswith("YX") and names[0] in "CS":
         return array
     if names is not None and names == "YXS":
         return np.moveaxis(array, -1, 0)
