@@ -1,0 +1,275 @@
+"""Cells prepared for a model: scaled expression in the model's marker order, pairs, prompt words.
+
+:func:`prepare_cells` turns a cells table (``Object, x, y, <markers>`` and optionally ``image``,
+``cell_type`` / phenotype, ``stage``) into a :class:`CellSet`:
+
+* marker columns are mapped to canonical names (:mod:`.aliases`); markers the model does not know are
+  warned about, listed in ``CellSet.unknown_markers`` and ignored; a table sharing no marker with the
+  model raises :class:`~spatial2sentence.errors.ModelInputError` (unless it has a phenotype column);
+* values are normalised (:mod:`.normalize`) into a (cells x model markers) matrix; markers the image
+  lacks are flagged absent per image, and sentences only use present markers;
+* cells without marker intensities but with a phenotype get phenotype sentences.
+
+:class:`CellSet` then builds partner lists (:mod:`.pairs`) per image and the prompt words of any cell.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from . import prompts as P
+from .aliases import canonical_marker
+from .errors import ModelInputError
+from .normalize import Normalizer
+from .pairs import Pairs, build_pairs
+from .sentences import cell_sentences, phenotype_sentence, rank_markers, type_token
+from .settings import PairSettings, PromptSettings, SentenceSettings
+
+IMAGE_COLS = ("image", "imageID", "image_id", "ImageNumber", "sample")
+OBJECT_COLS = ("Object", "object", "cellID", "CellID", "CellNb", "ObjectNumber", "cell_id")
+X_COLS = ("x", "X", "Pos_X", "X_position", "centroid-1", "Location_Center_X", "X_centroid")
+Y_COLS = ("y", "Y", "Pos_Y", "Y_position", "centroid-0", "Location_Center_Y", "Y_centroid")
+TYPE_COLS = ("cell_type", "cellType", "CellType", "celltype", "phenotype")
+STATUS_COLS = ("stage", "status", "clinical_status", "condition")
+DONOR_COLS = ("donor", "case", "patient", "patient_id")
+NON_MARKER = {
+    c.lower()
+    for c in (
+        *IMAGE_COLS, *OBJECT_COLS, *X_COLS, *Y_COLS, *TYPE_COLS, *STATUS_COLS, *DONOR_COLS,
+        "area", "Area", "nonfinite_pixels", "MajorAxisLength", "MinorAxisLength", "Eccentricity",
+        "Solidity", "Extent", "Orientation", "Perimeter", "imageCellID", "slide", "part", "group",
+        "cell_type_recovered", "Pattern", "centroid_x", "centroid_y", "axis_major_length",
+        "axis_minor_length", "eccentricity", "perimeter", "label",
+    )
+}
+
+
+def find_column(df: pd.DataFrame, names, required: str | None = None) -> str | None:
+    for n in names:
+        if n in df.columns:
+            return n
+    lower = {c.lower(): c for c in df.columns}
+    for n in names:
+        if n.lower() in lower:
+            return lower[n.lower()]
+    if required:
+        raise ModelInputError(required, f"no column among {list(names)}")
+    return None
+
+
+def marker_columns(df: pd.DataFrame) -> list[str]:
+    """Numeric columns that are not positions, ids, labels or shape measurements."""
+    return [
+        c for c in df.columns
+        if c.lower() not in NON_MARKER and pd.api.types.is_numeric_dtype(df[c])
+    ]
+
+
+@dataclass
+class CellSet:
+    image: np.ndarray  # str, per cell
+    object_id: np.ndarray  # per cell
+    xy: np.ndarray  # (n, 2) um
+    z: np.ndarray  # (n, M) scaled values in the model's marker order (0 where absent)
+    present: np.ndarray  # (n, M) bool: the cell's image measures this marker
+    markers: list[str]  # the model's markers (canonical)
+    phenotype: np.ndarray | None = None  # str per cell, for phenotype-only cells (else None / "")
+    cell_type: np.ndarray | None = None
+    status: np.ndarray | None = None
+    donor: np.ndarray | None = None
+    unknown_markers: list[str] = field(default_factory=list)
+    used_markers: list[str] = field(default_factory=list)
+    pairs: Pairs | None = None
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    @property
+    def is_phenotype(self) -> np.ndarray:
+        if self.phenotype is None:
+            return np.zeros(len(self), bool)
+        return self.phenotype != ""
+
+    # --- pairs -----------------------------------------------------------------------------------
+    def build_pairs(self, settings: PairSettings, seed: int | None = None) -> Pairs:
+        """Partners of every cell, within its image; expression cells and phenotype cells separately."""
+        n = len(self)
+        res = Pairs(
+            np.full((n, settings.n_pos), -1, np.int64), np.full((n, settings.n_pos), np.nan, np.float32),
+            np.full((n, settings.n_neg), -1, np.int64), np.full((n, settings.n_neg), np.nan, np.float32),
+        )
+        ph = self.is_phenotype
+        for sel in (np.flatnonzero(~ph), np.flatnonzero(ph)):
+            if sel.size == 0:
+                continue
+            if ph[sel[0]]:
+                _, codes = np.unique(self.phenotype[sel], return_inverse=True)
+                vec = np.eye(codes.max() + 1, dtype=np.float32)[codes]
+            else:
+                vec = np.where(self.present[sel], self.z[sel], 0.0)
+            p = build_pairs(self.xy[sel], vec, self.image[sel], settings, seed)
+            for name in ("pos_idx", "neg_idx"):
+                src = getattr(p, name)
+                getattr(res, name)[sel] = np.where(src >= 0, sel[np.maximum(src, 0)], -1)
+            res.pos_dist[sel], res.neg_dist[sel] = p.pos_dist, p.neg_dist
+            res.pos_threshold, res.neg_threshold = p.pos_threshold, p.neg_threshold
+        self.pairs = res
+        return res
+
+    # --- sentences and prompts -------------------------------------------------------------------
+    def sentences(self, idx, s: SentenceSettings, present: np.ndarray | None = None) -> list[list[str]]:
+        """Sentences of cells ``idx``; ``present`` (M bools) further restricts the panel (training)."""
+        idx = np.asarray(idx, np.int64)
+        out: list[list[str] | None] = [None] * len(idx)
+        ph = self.is_phenotype[idx]
+        if ph.any():
+            for j in np.flatnonzero(ph):
+                out[j] = phenotype_sentence(self.phenotype[idx[j]])
+        ex = np.flatnonzero(~ph)
+        if ex.size:
+            pres = self.present[idx[ex]]
+            if present is not None:
+                pres = pres & present[None, :]
+            sents = cell_sentences(self.z[idx[ex]], self.markers, s.top_k, s.threshold, pres)
+            for j, w in zip(ex, sents):
+                out[j] = w
+        return out  # type: ignore[return-value]
+
+    def partners(self, i: int) -> list[tuple[int, str, float, float, float]]:
+        """(index, role, distance_um, dx, dy) of cell ``i``'s partners: positives then negatives."""
+        if self.pairs is None:
+            return []
+        out = []
+        for role, idx, dist in (("positive", self.pairs.pos_idx, self.pairs.pos_dist),
+                                ("negative", self.pairs.neg_idx, self.pairs.neg_dist)):
+            for j, d in zip(idx[i], dist[i]):
+                if j >= 0:
+                    dx, dy = self.xy[j] - self.xy[i]
+                    out.append((int(j), role, float(d), float(dx), float(dy)))
+        return out
+
+    def context_words(
+        self, i: int, s: SentenceSettings, ps: PromptSettings, present: np.ndarray | None = None,
+        sentence_cache: dict | None = None,
+    ) -> list[str]:
+        """``[BOS] cell : ... ; near ... ; far ...`` of cell ``i`` (no task words)."""
+        parts = self.partners(i) if ps.format == "multi" else []
+        ids = [i] + [p[0] for p in parts]
+        if sentence_cache is not None:
+            sents = [sentence_cache[j] for j in ids]
+        else:
+            sents = self.sentences(ids, s, present)
+        lines = [
+            P.partner_words("near" if role == "positive" else "far", d, dx, dy, sents[k + 1],
+                            ps.distance_bins_um)
+            for k, (_, role, d, dx, dy) in enumerate(parts)
+        ]
+        return P.context_words(sents[0], lines)
+
+
+def prepare_cells(
+    df: pd.DataFrame,
+    model_markers: list[str],
+    normalizer: Normalizer,
+    markers: list[str] | None = None,
+    image: str | None = None,
+    allow_phenotype: bool = True,
+    source: str = "cells",
+) -> CellSet:
+    """Build a :class:`CellSet` from a cells table (see module doc). ``markers``: the table's marker
+    columns (default: every numeric column that is not an id, position, label or shape)."""
+    if len(df) == 0:
+        raise ModelInputError(source, "no cells (empty image or table)")
+    df = df.reset_index(drop=True)
+    icol = find_column(df, IMAGE_COLS)
+    images = (
+        df[icol].astype(str).to_numpy() if icol else np.full(len(df), image or "image", dtype=object)
+    )
+    ocol = find_column(df, OBJECT_COLS)
+    obj = df[ocol].to_numpy() if ocol else np.arange(1, len(df) + 1)
+    xcol, ycol = find_column(df, X_COLS, source), find_column(df, Y_COLS, source)
+    xy = df[[xcol, ycol]].to_numpy(np.float64)
+    if not np.isfinite(xy).all():
+        raise ModelInputError(source, "cell positions (x, y) contain NaN or inf")
+    tcol, scol, dcol = find_column(df, TYPE_COLS), find_column(df, STATUS_COLS), find_column(df, DONOR_COLS)
+    cols = marker_columns(df) if markers is None else list(markers)
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ModelInputError(source, f"marker columns not in the table: {missing}")
+    index = {m: j for j, m in enumerate(model_markers)}
+    used: dict[str, str] = {}
+    unknown = []
+    for c in cols:
+        canon = canonical_marker(c)
+        if canon in index and canon not in used:
+            used[canon] = c
+        elif canon not in index:
+            unknown.append(c)
+    if unknown:
+        warnings.warn(
+            f"{source}: {len(unknown)} marker(s) unknown to the model are ignored: {', '.join(map(str, unknown))}",
+            stacklevel=2,
+        )
+    n, M = len(df), len(model_markers)
+    z = np.zeros((n, M), np.float32)
+    present = np.zeros((n, M), bool)
+    phenotype = None
+    if used:
+        canon = list(used)
+        raw = df[[used[c] for c in canon]].to_numpy(np.float64)
+        j = [index[c] for c in canon]
+        # scale per image only when asked; the model's statistics otherwise
+        if normalizer.scaling == "image":
+            for im in pd.unique(images):
+                sel = images == im
+                z[np.ix_(sel, j)] = normalizer.transform(raw[sel], canon)
+        else:
+            z[:, j] = normalizer.transform(raw, canon)
+        present[:, j] = np.isfinite(raw)
+    elif allow_phenotype and tcol is not None:
+        phenotype = df[tcol].astype(str).to_numpy(dtype=object)
+    else:
+        have = ", ".join(map(str, cols[:12])) + (" ..." if len(cols) > 12 else "")
+        raise ModelInputError(
+            source,
+            f"the panel shares no marker with the model (table markers: {have or 'none'}; "
+            f"model markers: {', '.join(model_markers[:12])}{' ...' if M > 12 else ''})",
+        )
+    return CellSet(
+        image=np.asarray(images, dtype=object),
+        object_id=obj,
+        xy=xy,
+        z=z,
+        present=present,
+        markers=list(model_markers),
+        phenotype=phenotype,
+        cell_type=df[tcol].astype(str).to_numpy(dtype=object) if tcol else None,
+        status=df[scol].astype(str).to_numpy(dtype=object) if scol else None,
+        donor=df[dcol].astype(str).to_numpy(dtype=object) if dcol else None,
+        unknown_markers=unknown,
+        used_markers=list(used),
+    )
+
+
+def concat_cellsets(sets: list[CellSet]) -> CellSet:
+    """One CellSet from several (same model markers); pairs are not carried over."""
+    def cat(name):
+        vals = [getattr(s, name) for s in sets]
+        if all(v is None for v in vals):
+            return None
+        return np.concatenate([
+            v if v is not None else np.full(len(s), "", dtype=object) for v, s in zip(vals, sets)
+        ])
+
+    return CellSet(
+        image=cat("image"), object_id=cat("object_id"), xy=np.concatenate([s.xy for s in sets]),
+        z=np.concatenate([s.z for s in sets]), present=np.concatenate([s.present for s in sets]),
+        markers=sets[0].markers, phenotype=cat("phenotype"), cell_type=cat("cell_type"),
+        status=cat("status"), donor=cat("donor"),
+        unknown_markers=sorted({m for s in sets for m in s.unknown_markers}),
+        used_markers=sorted({m for s in sets for m in s.used_markers}),
+    )

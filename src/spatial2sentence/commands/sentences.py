@@ -1,0 +1,54 @@
+"""``s2s sentences``: print the prompts (cell sentences + spatial context) of chosen cells."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("sentences")
+@click.argument("cells_or_image", type=click.Path(dir_okay=False))
+@click.argument("mask", type=click.Path(dir_okay=False), required=False)
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None,
+              help="Model directory whose settings write the prompts (default: the embedded model).")
+@click.option("--panel", type=click.Path(dir_okay=False), default=None, help="panel.csv for an image.")
+@click.option("--cells", "objects", default=None, help="Comma-separated Object ids (default: the first --n).")
+@click.option("-n", "n", type=int, default=5, show_default=True, help="How many cells when --cells is not given.")
+@click.option("--task", type=click.Choice(["type", "status"]), default="type", show_default=True)
+@click.option("--image", "image_name", default=None, help="Only cells of this image (cells CSV with an image column).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (text, token ids, partners).")
+def sentences(cells_or_image, mask, model_dir, panel, objects, n, task, image_name, as_json):
+    """Print the prompts of cells of a cells CSV (Object, x, y, markers), or of IMAGE + MASK."""
+    import pandas as pd
+
+    from ..errors import S2SInputError
+    from ..model import S2SModel
+
+    model = S2SModel.from_pretrained(model_dir, device="cpu")
+    if mask is not None:
+        from ..io import read_image, read_mask
+        from ..measure import measure_cells
+
+        img = read_image(cells_or_image, panel=panel)
+        df = measure_cells(img, read_mask(mask, shape=img.shape, image_path=cells_or_image))
+        markers = img.channels
+    else:
+        df = pd.read_csv(cells_or_image)
+        markers = None
+    if image_name is not None:
+        if "image" not in df.columns:
+            raise S2SInputError(cells_or_image, "no image column")
+        df = df[df["image"].astype(str) == image_name]
+    if len(df) == 0:
+        raise S2SInputError(cells_or_image, "no cells")
+    ids = objects.split(",") if objects else list(df["Object"].head(n)) if "Object" in df.columns else None
+    prompts = model.prompts_for(df, ids, task=task, markers=markers)
+    for p in prompts:
+        if as_json:
+            click.echo(json.dumps(p, default=str))
+        else:
+            click.echo(f"# Object {p['Object']} ({p['image']})")
+            click.echo(p["text"])
+            for q in p["partners"]:
+                click.echo(f"    {q['role']}: Object {q['Object']}, {q['distance_um']} um {q['direction']}")

@@ -1,0 +1,122 @@
+"""``s2s train``: train a Spatial2Sentence model on a steinbock folder (+ labels.csv) or a cells CSV.
+
+A JSON recipe (``--config``) holds every setting, the data (with optional row filters, a measurement
+cache and a ``simulate`` block that renders the data first when it is missing) and held-out evaluations
+written into the model card. Options given on the command line override the recipe. Relative paths in a
+recipe are relative to the current directory (run recipes from the repository root).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+
+def _data_entries(cfg: dict, data: tuple[str, ...]) -> list[dict]:
+    if data:
+        return [{"path": d} for d in data]
+    entries = cfg.get("data", [])
+    return [e if isinstance(e, dict) else {"path": e} for e in entries]
+
+
+def _load(entry: dict, seed: int):
+    from ..errors import S2SInputError
+    from ..tables import filter_rows, load_table
+
+    path = Path(entry["path"])
+    if not path.exists() and "simulate" in entry:
+        from ..simulate import simulate_dataset
+
+        sim = dict(entry["simulate"])
+        click.echo(f"simulating {path} (semi-synthetic) ...")
+        simulate_dataset(sim.pop("layouts"), path, seed=sim.pop("seed", seed), **sim)
+    if not path.exists():
+        raise S2SInputError(path, "training data not found")
+    df = load_table(path, cache=entry.get("cache"))
+    df = filter_rows(df, entry.get("include"), entry.get("exclude"))
+    for col in entry.get("drop_columns", []):
+        if col in df.columns:
+            df = df.drop(columns=col)
+    if entry.get("rename"):
+        df = df.rename(columns=entry["rename"])
+    return df
+
+
+@click.command("train")
+@click.option("--config", "config", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="JSON recipe (settings, data, evaluations).")
+@click.option("--data", "data", multiple=True, help="Steinbock folder with labels.csv, or a cells CSV (repeatable).")
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None, help="Model directory to write.")
+@click.option("--steps", type=int, default=None, help="Training steps (overrides the recipe).")
+@click.option("--seed", type=int, default=None, help="Random seed (overrides the recipe).")
+@click.option("--format", "fmt", type=click.Choice(["multi", "single"]), default=None,
+              help="multi: Spatial2Sentence prompts; single: one cell per prompt (Cell2Sentence).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--threads", type=int, default=None, help="torch threads on CPU.")
+@click.option("--resume", is_flag=True, help="Continue from <out>/checkpoint/state.pt.")
+@click.option("--no-eval", is_flag=True, help="Skip the recipe's held-out evaluations.")
+def train(config, data, out, steps, seed, fmt, device, threads, resume, no_eval):
+    """Train a model (validation split by image, early stopping, resumable) and write MODEL_DIR."""
+    from ..errors import S2SInputError
+    from ..settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings, TrainSettings
+    from ..training import model_card, train as run_train
+
+    cfg = json.loads(Path(config).read_text()) if config else {}
+    out = out or cfg.get("out")
+    if not out:
+        raise S2SInputError(None, "give --out (or 'out' in the recipe)")
+    ts = TrainSettings.from_dict(cfg.get("train"))
+    if steps is not None:
+        ts.steps = steps
+    if seed is not None:
+        ts.seed = seed
+    if threads is not None:
+        ts.num_threads = threads
+    prompt = PromptSettings.from_dict(cfg.get("prompt"))
+    if fmt:
+        prompt.format = fmt
+    entries = _data_entries(cfg, data)
+    if not entries:
+        raise S2SInputError(None, "no training data: give --data or a recipe with 'data'")
+    t0 = time.perf_counter()
+    tables = [_load(e, ts.seed) for e in entries]
+    click.echo(f"training data: {sum(len(t) for t in tables)} cells from {len(tables)} table(s) "
+               f"({time.perf_counter() - t0:.1f} s to load)")
+    info = {k: cfg[k] for k in ("name", "description", "notes") if k in cfg}
+    info["data"] = [
+        {k: v for k, v in e.items() if k in ("path", "include", "exclude", "description")} for e in entries
+    ]
+    if config:
+        info["recipe"] = str(config)
+    info["command"] = "s2s train " + (f"--config {config}" if config else "--data " + " ".join(data))
+    res = run_train(
+        tables, out,
+        sentence=SentenceSettings.from_dict(cfg.get("sentence")),
+        pairs=PairSettings.from_dict(cfg.get("pairs")),
+        prompt=prompt,
+        model_settings=ModelSettings.from_dict(cfg.get("model")),
+        train_settings=ts,
+        type_labels=cfg.get("type_labels"), status_labels=cfg.get("status_labels"),
+        resume=resume, device=device, info=info,
+    )
+    model = res.model
+    click.echo(f"trained {res.steps_done} steps in {res.seconds:.0f} s; best validation: "
+               + ", ".join(f"{k}={v:.3f}" for k, v in res.best.items() if k.endswith("acc") or k == "loss"))
+    evals = [] if no_eval else cfg.get("evaluate", [])
+    if evals:
+        from ..evaluation import evaluate_folder
+
+        results = {}
+        for ev in evals:
+            click.echo(f"evaluating {ev['name']} ...")
+            r = evaluate_folder(model, ev["path"], include=ev.get("include"), type_map=ev.get("type_map"))
+            if ev.get("description"):
+                r = {"data": ev["description"], **r}
+            results[ev["name"]] = r
+            click.echo(json.dumps(r, indent=1, default=str))
+        model.info["evaluation"] = results
+        model.save_pretrained(out, card=model_card(model))
+    click.echo(f"model written to {out}")

@@ -1,0 +1,293 @@
+"""The Spatial2Sentence model: a small Hugging Face causal LM plus everything needed to write its prompts.
+
+A model directory holds ``config.json`` + ``model.safetensors`` (the transformers model),
+``tokenizer.json`` (word-level) and ``s2s_config.json`` (normalisation statistics, sentence, pair and
+prompt settings, label sets, training panel, training summary) and ``MODEL_CARD.md``.
+
+Programmatic API (used by the CLI, the napari plugin and the batch runner)::
+
+    from spatial2sentence.model import S2SModel
+    model = S2SModel.from_pretrained(None)              # None: the embedded default model
+    preds = model.predict_cells(cells_df, progress=cb)  # cb(done, total) -> False cancels
+    preds.cells                                         # per cell: cell_type, probabilities, status
+    preds.image_status                                  # per image: clinical status + probabilities
+    model.prompts_for(cells_df, [12, 40])               # prompt text, token ids, partners
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .cellset import CellSet, prepare_cells
+from .errors import ModelInputError, S2SInputError
+from .normalize import Normalizer
+from .prompts import PAIR_ANSWERS, task_words
+from .sentences import status_token, type_token
+from .settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings
+from .tokenizer import WordTokenizer
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "data" / "default_model"
+S2S_CONFIG = "s2s_config.json"
+FORMAT_VERSION = 1
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except Exception:  # pragma: no cover
+        pass
+
+
+def resolve_device(device: str = "auto"):
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def build_lm(ms: ModelSettings, vocab_size: int, tok: WordTokenizer, seed: int = 0):
+    """A fresh small causal LM (Llama or GPT-2 architecture), or a local base model resized to our
+    vocabulary when ``ms.base_model`` names a directory."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    if ms.base_model:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        if not Path(ms.base_model).is_dir():
+            raise S2SInputError(ms.base_model, "base_model must be a local Hugging Face model directory")
+        lm = AutoModelForCausalLM.from_pretrained(ms.base_model, local_files_only=True)
+        lm.resize_token_embeddings(vocab_size)
+        lm.config.pad_token_id, lm.config.bos_token_id, lm.config.eos_token_id = tok.pad_id, tok.bos_id, tok.eos_id
+        return lm
+    common = dict(vocab_size=vocab_size, pad_token_id=tok.pad_id, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
+    if ms.architecture == "llama":
+        cfg = LlamaConfig(
+            hidden_size=ms.hidden_size, intermediate_size=ms.intermediate_size,
+            num_hidden_layers=ms.num_layers, num_attention_heads=ms.num_heads,
+            num_key_value_heads=ms.num_heads, max_position_embeddings=ms.max_positions,
+            tie_word_embeddings=True, **common,
+        )
+        return LlamaForCausalLM(cfg)
+    if ms.architecture == "gpt2":
+        cfg = GPT2Config(
+            n_embd=ms.hidden_size, n_layer=ms.num_layers, n_head=ms.num_heads, n_inner=ms.intermediate_size,
+            n_positions=ms.max_positions, **common,
+        )
+        return GPT2LMHeadModel(cfg)
+    raise S2SInputError("architecture", f"unknown architecture {ms.architecture!r} (llama or gpt2)")
+
+
+def _py(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+@dataclass
+class Predictions:
+    """Result of :meth:`S2SModel.predict_cells`.
+
+    ``cells``: one row per cell: ``image``, ``Object``, ``cell_type``, ``cell_type_probability``,
+    ``p_<type>`` for every type, ``status``, ``status_probability``, ``p_status_<label>`` for every
+    clinical label (per-cell values). ``image_status``: one row per image: ``image``, ``status``,
+    ``status_probability``, ``p_status_<label>``, ``n_cells`` (aggregated by mean log-probability).
+    ``unknown_markers``: the table's markers the model ignored. ``cancelled``: True when the progress
+    callback stopped the run (the rows not reached are NaN).
+    """
+
+    cells: pd.DataFrame
+    image_status: pd.DataFrame
+    unknown_markers: list[str]
+    used_markers: list[str]
+    cancelled: bool = False
+
+    def status_of(self, image: str | None = None) -> dict:
+        row = self.image_status.iloc[0] if image is None else self.image_status.set_index("image").loc[image]
+        return row.to_dict()
+
+
+class S2SModel:
+    def __init__(self, lm, tokenizer: WordTokenizer, markers: list[str], normalizer: Normalizer,
+                 type_labels: list[str], status_labels: list[str], sentence: SentenceSettings,
+                 pairs: PairSettings, prompt: PromptSettings, model: ModelSettings,
+                 info: dict | None = None, device: str = "auto"):
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.markers = list(markers)
+        self.normalizer = normalizer
+        self.type_labels = list(type_labels)
+        self.status_labels = list(status_labels)
+        self.sentence = sentence
+        self.pair_settings = pairs
+        self.prompt = prompt
+        self.model_settings = model
+        self.info = dict(info or {})
+        self.device = resolve_device(device)
+        self.lm.to(self.device)
+        self.lm.eval()
+
+    # --- construction ----------------------------------------------------------------------------
+    @classmethod
+    def create(cls, markers, type_labels, status_labels, normalizer, sentence=None, pairs=None,
+               prompt=None, model=None, seed: int = 0, device: str = "cpu") -> "S2SModel":
+        """A new untrained model for this panel and these label sets."""
+        sentence, pairs = sentence or SentenceSettings(), pairs or PairSettings()
+        prompt, model = prompt or PromptSettings(), model or ModelSettings()
+        labels = [type_token(t) for t in type_labels] + [status_token(s) for s in status_labels]
+        tok = WordTokenizer.build(markers, labels, prompt.distance_bins_um)
+        lm = build_lm(model, len(tok), tok, seed)
+        return cls(lm, tok, markers, normalizer, type_labels, status_labels, sentence, pairs, prompt,
+                   model, device=device)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, device: str = "auto") -> "S2SModel":
+        """Load a model directory; ``None`` loads the embedded default model (Damond panel)."""
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        _quiet_transformers()
+        path = DEFAULT_MODEL_DIR if path is None else Path(path)
+        cfg_path = path / S2S_CONFIG
+        if not cfg_path.exists():
+            raise S2SInputError(path, f"not a spatial2sentence model directory (no {S2S_CONFIG})")
+        meta = json.loads(cfg_path.read_text())
+        dev = resolve_device(device)
+        hf_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+        lm = AutoModelForCausalLM.from_pretrained(str(path), config=hf_cfg, local_files_only=True, dtype=dtype)
+        tok = WordTokenizer.load(path)
+        ps = meta["prompt"]
+        ps["distance_bins_um"] = tuple(ps.get("distance_bins_um", PromptSettings().distance_bins_um))
+        return cls(
+            lm, tok, meta["markers"], Normalizer.from_dict(meta["normalizer"]), meta["type_labels"],
+            meta["status_labels"], SentenceSettings.from_dict(meta["sentence"]),
+            PairSettings.from_dict(meta["pairs"]), PromptSettings.from_dict(ps),
+            ModelSettings.from_dict(meta["model"]), meta.get("info", {}), device=str(dev),
+        )
+
+    def config_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "markers": self.markers,
+            "normalizer": self.normalizer.to_dict(),
+            "type_labels": self.type_labels,
+            "status_labels": self.status_labels,
+            "sentence": self.sentence.to_dict(),
+            "pairs": self.pair_settings.to_dict(),
+            "prompt": {**self.prompt.to_dict(), "distance_bins_um": list(self.prompt.distance_bins_um)},
+            "model": self.model_settings.to_dict(),
+            "info": self.info,
+        }
+
+    def save_pretrained(self, path: str | Path, card: str | None = None) -> Path:
+        """Write the model directory (config.json, model.safetensors, tokenizer.json, s2s_config.json,
+        MODEL_CARD.md)."""
+        import torch
+
+        _quiet_transformers()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        lm = self.lm
+        if next(lm.parameters()).dtype != torch.float32:
+            lm = lm.float()
+        lm.save_pretrained(str(path), safe_serialization=True)
+        self.tokenizer.save(path)
+        (path / S2S_CONFIG).write_text(json.dumps(self.config_dict(), indent=1, default=float))
+        if card is not None:
+            (path / "MODEL_CARD.md").write_text(card)
+        return path
+
+    # --- labels ----------------------------------------------------------------------------------
+    def label_ids(self, task: str) -> list[int]:
+        if task == "type":
+            return self.tokenizer.ids([type_token(t) for t in self.type_labels])
+        if task == "status":
+            return self.tokenizer.ids([status_token(s) for s in self.status_labels])
+        if task == "pair":
+            return self.tokenizer.ids(list(PAIR_ANSWERS))
+        raise ValueError(task)
+
+    # --- cells -> prompts ------------------------------------------------------------------------
+    def prepare(self, cells: pd.DataFrame | CellSet, markers=None, image: str | None = None,
+                source: str = "cells") -> CellSet:
+        """Cells table -> :class:`CellSet` with partners (see :func:`~spatial2sentence.cellset.prepare_cells`)."""
+        if isinstance(cells, CellSet):
+            cs = cells
+        else:
+            cs = prepare_cells(cells, self.markers, self.normalizer, markers, image, source=source)
+        if cs.pairs is None:
+            cs.build_pairs(self.pair_settings)
+        return cs
+
+    def prompts_for(self, cells: pd.DataFrame | CellSet, object_ids=None, task: str = "type",
+                    markers=None) -> list[dict]:
+        """The prompt of each chosen cell (``object_ids``: values of the ``Object`` column; default all):
+        dicts with ``Object``, ``image``, ``text``, ``tokens`` (ids), ``task`` and ``partners`` (list of
+        dicts ``Object``, ``image``, ``role`` positive/negative, ``distance_um``, ``direction``)."""
+        from .prompts import direction_word
+
+        cs = self.prepare(cells, markers)
+        if object_ids is None:
+            idx = np.arange(len(cs))
+        else:
+            wanted = {str(o) for o in (object_ids if np.ndim(object_ids) else [object_ids])}
+            idx = np.flatnonzero([str(o) in wanted for o in cs.object_id])
+            found = {str(cs.object_id[i]) for i in idx}
+            missing = sorted(wanted - found)
+            if missing:
+                raise ModelInputError("cells", f"no cell with Object {', '.join(missing[:10])}")
+        out = []
+        for i in idx:
+            words = cs.context_words(int(i), self.sentence, self.prompt) + task_words(task)
+            parts = [
+                {"Object": _py(cs.object_id[j]), "image": str(cs.image[j]), "role": role, "distance_um": round(d, 2),
+                 "direction": direction_word(dx, dy)}
+                for j, role, d, dx, dy in (cs.partners(int(i)) if self.prompt.format == "multi" else [])
+            ]
+            out.append({"Object": _py(cs.object_id[i]), "image": str(cs.image[i]), "task": task, "text": " ".join(words),
+                        "tokens": self.tokenizer.encode(words), "partners": parts})
+        return out
+
+    # --- prediction ------------------------------------------------------------------------------
+    def predict_cells(self, cells: pd.DataFrame | CellSet, markers=None, image: str | None = None,
+                      batch_size: int = 256, tasks=("type", "status"), progress=None,
+                      source: str = "cells") -> Predictions:
+        """Cell types and clinical status of every cell (see :class:`Predictions`).
+
+        ``cells``: a table with ``Object``, ``x``, ``y`` (um), marker columns (any panel: names go
+        through the alias table; unknown markers are warned about and ignored) and optionally
+        ``image`` (several images at once). ``progress(done, total)`` is called after each batch;
+        returning ``False`` cancels (the result then has ``cancelled=True``).
+        """
+        from .predict import predict_cellset
+
+        cs = self.prepare(cells, markers, image, source=source)
+        return predict_cellset(self, cs, batch_size=batch_size, tasks=tasks, progress=progress)
+
+    def predict_image(self, image, mask, panel=None, batch_size: int = 256, progress=None) -> Predictions:
+        """Measure an :class:`~spatial2sentence.io.IMCImage` (or path) with its mask and predict."""
+        from .io import read_image, read_mask
+        from .measure import measure_cells
+
+        if not hasattr(image, "data"):
+            image = read_image(image, panel=panel)
+        if not hasattr(mask, "shape"):
+            mask = read_mask(mask, shape=image.shape)
+        if not np.any(mask):
+            raise ModelInputError(image.name, "empty image: the mask holds no cells")
+        df = measure_cells(image, mask)
+        return self.predict_cells(df, markers=image.channels, image=image.name, batch_size=batch_size,
+                                  progress=progress, source=image.name)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.lm.parameters())

@@ -1,0 +1,107 @@
+"""Constrained prediction: ONE forward pass per prompt, softmax over the label tokens' logits.
+
+Every label is a single token, so the probability of each class is the softmax, restricted to the task's
+label tokens, of the logits at the answer position (the last prompt token). Prompts are left-padded
+and given explicit position ids, so only the last position's logits are computed
+(``logits_to_keep=1``). CUDA runs in bf16 (model weights), CPU in float32; the softmax is float32.
+
+Image-level clinical status: the mean over the image's cells of the per-cell log-probabilities of each
+status, renormalised with a softmax; the per-cell probabilities are kept in the cell table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .prompts import task_words
+
+
+def score_prompts(lm, seqs: list[list[int]], label_ids: list[int], pad_id: int, device) -> np.ndarray:
+    """Probabilities (n x len(label_ids)) of each label after each prompt, in one forward pass."""
+    import torch
+
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, n - len(s):] = torch.as_tensor(s)
+        mask[i, n - len(s):] = 1
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        out = lm(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                 logits_to_keep=1, use_cache=False)
+        logits = out.logits[:, -1, :].float()
+        sel = logits[:, torch.as_tensor(label_ids, device=logits.device)]
+        return torch.softmax(sel, dim=-1).cpu().numpy()
+
+
+def _col(prefix: str, label: str) -> str:
+    return prefix + str(label).replace(" ", "_")
+
+
+def predict_cellset(model, cs, batch_size: int = 256, tasks=("type", "status"), progress=None):
+    from .model import Predictions
+
+    n = len(cs)
+    sents = cs.sentences(np.arange(n), model.sentence)
+    tasks = [t for t in tasks if t in ("type", "status")]
+    label_ids = {t: model.label_ids(t) for t in tasks}
+    labels = {"type": model.type_labels, "status": model.status_labels}
+    probs = {t: np.full((n, len(label_ids[t])), np.nan, np.float32) for t in tasks}
+    task_ids = {t: model.tokenizer.encode(task_words(t)) for t in tasks}
+    ph = cs.is_phenotype
+    todo = {t: (np.flatnonzero(~ph) if t == "type" else np.arange(n)) for t in tasks}
+    cancelled = False
+    order = np.arange(n)
+    done = 0
+    for c0 in range(0, n, batch_size):
+        chunk = order[c0:c0 + batch_size]
+        ctx = {int(i): model.tokenizer.encode(cs.context_words(int(i), model.sentence, model.prompt,
+                                                               sentence_cache=sents)) for i in chunk}
+        for t in tasks:
+            rows = np.intersect1d(chunk, todo[t])
+            if rows.size == 0:
+                continue
+            seqs = [ctx[int(i)] + task_ids[t] for i in rows]
+            probs[t][rows] = score_prompts(model.lm, seqs, label_ids[t], model.tokenizer.pad_id, model.device)
+        done += len(chunk)
+        if progress is not None and progress(done, n) is False:
+            cancelled = done < n
+            break
+
+    table = pd.DataFrame({"image": cs.image, "Object": cs.object_id})
+    if "type" in tasks:
+        p = probs["type"]
+        best = np.nanargmax(np.where(np.isnan(p), -1, p), axis=1)
+        ok = ~np.isnan(p).any(1)
+        ct = np.where(ok, np.asarray(labels["type"], dtype=object)[best], None)
+        if ph.any():
+            ct = np.where(ph, cs.phenotype, ct)
+        table["cell_type"] = ct
+        table["cell_type_probability"] = np.where(ok, p.max(1, initial=0), np.where(ph, 1.0, np.nan))
+        for j, lab in enumerate(labels["type"]):
+            table[_col("p_", lab)] = p[:, j]
+    img_rows = []
+    if "status" in tasks:
+        p = probs["status"]
+        ok = ~np.isnan(p).any(1)
+        best = np.argmax(np.where(ok[:, None], p, -1), axis=1)
+        table["status"] = np.where(ok, np.asarray(labels["status"], dtype=object)[best], None)
+        table["status_probability"] = np.where(ok, p.max(1, initial=0), np.nan)
+        for j, lab in enumerate(labels["status"]):
+            table[_col("p_status_", lab)] = p[:, j]
+        for im in pd.unique(cs.image):
+            sel = (cs.image == im) & ok
+            row = {"image": im, "n_cells": int((cs.image == im).sum())}
+            if sel.any():
+                mlp = np.log(np.clip(p[sel], 1e-12, 1)).mean(0)
+                agg = np.exp(mlp - mlp.max())
+                agg /= agg.sum()
+                row.update(status=labels["status"][int(agg.argmax())], status_probability=float(agg.max()))
+                row.update({_col("p_status_", lab): float(v) for lab, v in zip(labels["status"], agg)})
+            else:
+                row.update(status=None, status_probability=np.nan)
+            img_rows.append(row)
+    return Predictions(table, pd.DataFrame(img_rows), list(cs.unknown_markers), list(cs.used_markers),
+                       cancelled)

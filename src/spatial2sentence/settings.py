@@ -1,0 +1,94 @@
+"""All settings of sentences, pairs, prompts, model and training, as plain dataclasses.
+
+Each is stored in the model directory (``s2s_config.json``) so a saved model rebuilds exactly the prompts
+it was trained on. Every value here is *our* choice (the paper's code and settings are not available);
+the defaults are documented next to each field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+class _Base:
+    @classmethod
+    def from_dict(cls, d: dict | None):
+        d = dict(d or {})
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            from .errors import S2SInputError
+
+            raise S2SInputError(cls.__name__, f"unknown settings {sorted(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SentenceSettings(_Base):
+    """A cell sentence: its markers ranked by scaled expression (highest first)."""
+
+    cofactor: float = 1.0  # arcsinh(x / cofactor); 1 suits IMC counts
+    scaling: str = "model"  # "model": training statistics, "image": re-estimated per image
+    top_k: int = 8  # at most this many markers per sentence
+    threshold: float = 0.0  # keep only markers whose scaled value (z) exceeds this
+
+
+@dataclass
+class PairSettings(_Base):
+    """Partners of an anchor cell, found from KD-tree neighbourhoods (never an n x n matrix)."""
+
+    n_pos: int = 2  # positive partners: spatially adjacent AND expression-similar
+    n_neg: int = 1  # negative partners: distant AND dissimilar
+    pos_radius_um: float = 30.0  # positives lie within this distance
+    pos_k: int = 10  # nearest neighbours examined for positives
+    pos_sim_quantile: float = 0.5  # positive needs cosine >= this quantile of neighbour-pair cosines
+    neg_min_dist_um: float = 80.0  # negatives lie at least this far (relaxed to 2 x pos_radius if none)
+    neg_sim_quantile: float = 0.25  # negative needs cosine <= this quantile of random-pair cosines
+    neg_candidates: int = 16  # random candidates drawn per anchor and round
+    neg_rounds: int = 3
+    seed: int = 0
+
+
+@dataclass
+class PromptSettings(_Base):
+    """How prompts are written."""
+
+    format: str = "multi"  # "multi": anchor + partners (Spatial2Sentence); "single": one cell (Cell2Sentence)
+    distance_bins_um: tuple = (5, 10, 15, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480)
+
+
+@dataclass
+class ModelSettings(_Base):
+    """The causal LM. ``base_model``: a local Hugging Face causal-LM directory to start from (its
+    embeddings are resized to our word-level vocabulary); empty: a fresh model of ``architecture``."""
+
+    architecture: str = "llama"  # "llama" or "gpt2"
+    hidden_size: int = 160
+    num_layers: int = 3
+    num_heads: int = 4
+    intermediate_size: int = 384
+    max_positions: int = 128
+    base_model: str = ""
+
+
+@dataclass
+class TrainSettings(_Base):
+    seed: int = 0
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    task_mix: dict = field(default_factory=lambda: {"type": 0.6, "status": 0.3, "pair": 0.1})
+    class_balance: float = 0.5  # sampling weight of a cell ~ count(type) ** -class_balance
+    panel_subset_prob: float = 0.5  # chance that a prompt sees only a random subset of the panel
+    panel_subset_min: int = 3  # smallest random subset (sizes drawn log-uniformly)
+    val_fraction: float = 0.15  # images held out for validation (split by image)
+    eval_every: int = 200
+    eval_prompts: int = 1500
+    patience: int = 5  # evaluations without improvement before early stopping
+    checkpoint_every: int = 200
+    num_threads: int = 0  # torch threads on CPU (0: torch's default)
