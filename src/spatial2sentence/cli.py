@@ -39,6 +39,9 @@ def _register() -> None:
     from .commands import measure
 
     main.add_command(measure.measure)
+    from .commands import train; main.add_command(train.train)  # noqa: E702
+    from .commands import predict; main.add_command(predict.predict)  # noqa: E702
+    from .commands import sentences; main.add_command(sentences.sentences)  # noqa: E702
 
 
 _register()
