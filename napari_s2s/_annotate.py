@@ -1,0 +1,192 @@
+"""The annotation run behind the dock widget and the headless demo: no Qt here.
+
+:func:`annotate_steps` is a generator (what ``napari.qt.threading.thread_worker`` runs): it checks the
+inputs, loads the model, measures the cells with :func:`spatial2sentence.measure.measure_cells` and
+predicts with :meth:`spatial2sentence.model.S2SModel.predict_cells`, yielding ``("stage", text)`` and
+``("progress", done, total)`` messages, and returns an :class:`Annotation`. Cancelling (a
+``threading.Event``) stops the model between batches.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from spatial2sentence.errors import MaskError, S2SInputError
+
+_MODELS: dict = {}  # (path, device) -> S2SModel, so a second run does not reload
+
+
+@dataclass
+class Annotation:
+    image: str
+    cells: pd.DataFrame  # measured cells: Object, x, y (um), area, markers
+    table: pd.DataFrame  # one row per cell: Object, x, y, area, predictions (cell_type, p_*, status...)
+    image_status: dict  # status, status_probability, p_status_<label>
+    type_labels: list[str]
+    status_labels: list[str]
+    markers: list[str]  # the cells table's marker columns (the names the user gave)
+    unknown_markers: list[str]
+    used_markers: list[str]
+    model: object
+    seconds: float = 0.0
+    cancelled: bool = False
+    timings: dict = field(default_factory=dict)
+    cellset: object = None  # the model's prepared cells (partners), reused by the explanations
+
+
+class DeviceError(S2SInputError):
+    """The device asked for does not exist here."""
+
+
+def load_model(path: str | Path | None = None, device: str = "auto"):
+    """The model (``None``: the embedded default), cached per (path, device)."""
+    from spatial2sentence.model import DEFAULT_MODEL_DIR, S2SModel
+
+    device = (device or "auto").lower()
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DeviceError("device", "CUDA was asked for but this machine has no usable CUDA GPU; "
+                                        "choose auto or CPU")
+    if path is None or str(path) == "":
+        if not (DEFAULT_MODEL_DIR / "s2s_config.json").exists():
+            raise S2SInputError(DEFAULT_MODEL_DIR, "the embedded default model is not installed; "
+                                                   "choose a model folder")
+        path = None
+    key = (str(Path(path).resolve()) if path is not None else None, device)
+    if key not in _MODELS:
+        _MODELS[key] = S2SModel.from_pretrained(path, device=device)
+    return _MODELS[key]
+
+
+def check_inputs(data: np.ndarray, channels: list[str], mask: np.ndarray | None, image: str = "image") -> None:
+    """Shape and content checks, as one-line :class:`S2SInputError` messages."""
+    if mask is None:
+        raise MaskError(image, "no mask: add a Labels layer with the cell segmentation (0 = background)")
+    data = np.asarray(data) if not hasattr(data, "shape") else data
+    if data.ndim != 3:
+        raise S2SInputError(image, f"expected channels x height x width, got an array of shape {data.shape}")
+    if len(channels) != data.shape[0]:
+        raise S2SInputError(image, f"{len(channels)} marker names for {data.shape[0]} channels")
+    if len(set(channels)) != len(channels):
+        dup = sorted({c for c in channels if list(channels).count(c) > 1})
+        raise S2SInputError(image, f"marker names repeat: {', '.join(dup)}")
+    if tuple(mask.shape) != tuple(data.shape[1:]):
+        raise MaskError(image, f"mask shape {tuple(mask.shape)} differs from the image's "
+                               f"{tuple(data.shape[1:])}")
+    if not np.issubdtype(np.asarray(mask[:1, :1]).dtype, np.integer):
+        raise MaskError(image, "the mask is not an integer label image")
+    if not np.any(mask):
+        raise MaskError(image, "the mask holds no cells")
+
+
+def _predict_in_thread(model, cells, markers, image, batch_size, cancel: threading.Event):
+    """Run ``predict_cells`` in a helper thread; yield (done, total) from its progress callback."""
+    q: queue.Queue = queue.Queue()
+    out: dict = {}
+
+    def cb(done, total):
+        q.put(("progress", int(done), int(total)))
+        return not cancel.is_set()
+
+    def run():
+        try:
+            out["result"] = model.predict_cells(cells, markers=markers, image=image, batch_size=batch_size,
+                                                progress=cb)
+        except BaseException as err:  # handed to the caller's thread
+            out["error"] = err
+        finally:
+            q.put(("done",))
+
+    t = threading.Thread(target=run, name="s2s-predict", daemon=True)
+    t.start()
+    try:
+        while True:
+            try:
+                msg = q.get(timeout=0.1)
+            except queue.Empty:
+                yield None  # lets a GeneratorWorker check for abort requests
+                continue
+            if msg[0] == "done":
+                break
+            yield msg
+    finally:
+        if t.is_alive():  # closed early (worker quit): stop the model between batches
+            cancel.set()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
+def annotate_steps(data: np.ndarray, channels: list[str], mask: np.ndarray, image: str = "image",
+                   pixel_size_um: float = 1.0, model=None, model_path=None, device: str = "auto",
+                   batch_size: int = 256, cancel: threading.Event | None = None):
+    """Generator: measure + predict one image; see the module doc."""
+    cancel = cancel or threading.Event()
+    t0 = time.perf_counter()
+    timings = {}
+    channels = [str(c).strip() for c in channels]
+    check_inputs(data, channels, mask, image)
+    if model is None:
+        yield ("stage", "loading model")
+        model = load_model(model_path, device)
+    timings["model_s"] = time.perf_counter() - t0
+    yield ("stage", "measuring cells")
+    from spatial2sentence.measure import measure_cells
+
+    t1 = time.perf_counter()
+    cells = measure_cells(np.asarray(data), np.asarray(mask), channels=channels, pixel_size_um=pixel_size_um)
+    timings["measure_s"] = time.perf_counter() - t1
+    yield ("stage", f"predicting {len(cells)} cells")
+    t2 = time.perf_counter()
+    preds = None
+    cellset = model.prepare(cells, channels, image, source=image)  # reused for the explanations
+    gen = _predict_in_thread(model, cellset, None, image, batch_size, cancel)
+    try:
+        while True:
+            msg = next(gen)
+            if msg is not None:
+                yield msg
+            else:
+                yield None
+    except StopIteration as stop:
+        preds = stop.value
+    timings["predict_s"] = time.perf_counter() - t2
+    ann = finish(image, cells, preds, model, channels, time.perf_counter() - t0, timings)
+    ann.cellset = cellset
+    return ann
+
+
+def finish(image, cells, preds, model, channels, seconds, timings=None) -> Annotation:
+    pc = preds.cells.drop(columns=[c for c in ("image",) if c in preds.cells.columns])
+    pc = pc.set_index(pc["Object"].astype(str))
+    keep = cells.copy()
+    extra = pc.drop(columns=["Object"]).reindex(keep["Object"].astype(str).to_numpy())
+    extra.index = keep.index
+    table = pd.concat([keep, extra], axis=1)
+    table.insert(0, "image", image)
+    status = preds.image_status.iloc[0].to_dict() if len(preds.image_status) else {}
+    return Annotation(image=image, cells=cells, table=table, image_status=status,
+                      type_labels=list(model.type_labels), status_labels=list(model.status_labels),
+                      markers=list(channels), unknown_markers=list(preds.unknown_markers),
+                      used_markers=list(preds.used_markers), model=model, seconds=seconds,
+                      cancelled=bool(preds.cancelled), timings=dict(timings or {}))
+
+
+def annotate(data, channels, mask, **kwargs) -> Annotation:
+    """The whole run without progress (for scripts and the headless demo)."""
+    gen = annotate_steps(data, channels, mask, **kwargs)
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        return stop.value

@@ -1,0 +1,227 @@
+"""Layer building for napari-s2s: plain ``LayerData`` tuples and colormaps, no widgets.
+
+Everything here is pure numpy / napari model code, so the reader, the sample data, the dock widget, the
+demo and the tests share one way of turning IMC data and predictions into layers.
+
+Layer metadata: every layer this plugin makes carries ``metadata["s2s"]``, a dict with ``role``
+(``channel``, ``mask``, ``class_ids``, ``low_confidence``, ``confidence``, ``attribution``, ``partners``),
+``image`` (the image name), and for channels ``channel`` (the marker) and ``index``. The widget finds the
+channels of one image through it; layers made elsewhere are grouped by shape instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from spatial2sentence.palette import UNASSIGNED, hex_to_rgba, label_colors
+
+# additive colormaps for channels, cycled; the first ones are the most distinguishable
+CHANNEL_COLORMAPS = ("green", "magenta", "cyan", "yellow", "red", "blue", "bop orange", "bop purple")
+# channels shown at first (the rest are loaded but hidden, so a 37-marker panel is not a white blur)
+PREFERRED_VISIBLE = ("PIN", "INS", "GCG", "H3", "DNA1", "CDH", "SST", "CD99", "KRT19", "CD45", "CD3e")
+MAX_VISIBLE = 4
+TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
+LOW_CONFIDENCE_COLOR = (1.0, 1.0, 0.0, 1.0)
+POSITIVE_COLOR = "#00e676"  # positive partner lines
+NEGATIVE_COLOR = "#ff4081"  # negative partner lines
+ANCHOR_COLOR = "#ffffff"
+
+
+def s2s_meta(role: str, image: str, **extra) -> dict:
+    return {"s2s": {"role": role, "image": str(image), **extra}}
+
+
+def contrast_limits(channel: np.ndarray, q: float = 99.5) -> tuple[float, float]:
+    """0 to the ``q``-th percentile of the finite pixels (a positive upper bound always)."""
+    a = np.asarray(channel)
+    if a.size > 1_000_000:  # a strided sample is enough for a percentile
+        a = a.ravel()[:: int(np.ceil(a.size / 1_000_000))]
+    a = a[np.isfinite(a)]
+    hi = float(np.percentile(a, q)) if a.size else 1.0
+    if not np.isfinite(hi) or hi <= 0:
+        hi = float(a.max()) if a.size and float(a.max()) > 0 else 1.0
+    return 0.0, hi
+
+
+def visible_channels(channels: list[str]) -> set[int]:
+    idx = [channels.index(m) for m in PREFERRED_VISIBLE if m in channels][:MAX_VISIBLE]
+    return set(idx or range(min(3, len(channels))))
+
+
+def channel_layers(data: np.ndarray, channels: list[str], image: str, pixel_size_um: float = 1.0,
+                   translate=(0.0, 0.0), name_suffix: str = "", path: str | None = None) -> list[tuple]:
+    """One image layer per channel (named by marker, additive blending, 0..p99.5 contrast)."""
+    shown = visible_channels(list(channels))
+    out = []
+    for i, marker in enumerate(channels):
+        ch = np.asarray(data[i])
+        out.append((ch, {
+            "name": f"{marker}{name_suffix}",
+            "colormap": CHANNEL_COLORMAPS[sorted(shown).index(i) if i in shown else i % len(CHANNEL_COLORMAPS)],
+            "blending": "additive",
+            "contrast_limits": contrast_limits(ch),
+            "visible": i in shown,
+            "scale": (pixel_size_um, pixel_size_um),
+            "translate": tuple(translate),
+            "metadata": s2s_meta("channel", image, channel=str(marker), index=i, path=path,
+                                 pixel_size_um=pixel_size_um),
+        }, "image"))
+    return out
+
+
+def mask_layer(mask: np.ndarray, image: str, pixel_size_um: float = 1.0, translate=(0.0, 0.0),
+               name: str | None = None, path: str | None = None) -> tuple:
+    return (np.asarray(mask), {
+        "name": name or f"{image} mask",
+        "scale": (pixel_size_um, pixel_size_um),
+        "translate": tuple(translate),
+        "opacity": 0.6,
+        "metadata": s2s_meta("mask", image, path=path, pixel_size_um=pixel_size_um),
+    }, "labels")
+
+
+# ------------------------------------------------------------------------------------- predictions
+
+def type_colors(type_labels: list[str]) -> dict[str, str]:
+    return label_colors(list(type_labels))
+
+
+def cell_type_colormap(objects, cell_types, type_labels: list[str], opacity: float = 1.0):
+    """``DirectLabelColormap``: each cell (mask label) in its predicted type's colour, background
+    transparent, cells without a prediction (and labels not in the table) grey."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors = {t: hex_to_rgba(c, opacity) for t, c in type_colors(type_labels).items()}
+    grey = hex_to_rgba(UNASSIGNED, opacity)
+    cdict = {None: grey, 0: TRANSPARENT}
+    for o, t in zip(np.asarray(objects).tolist(), list(cell_types)):
+        cdict[int(o)] = colors.get(t, grey) if isinstance(t, str) else grey
+    return DirectLabelColormap(color_dict=cdict, background_value=0)
+
+
+def class_id_colormap(type_labels: list[str]):
+    from napari.utils.colormaps import DirectLabelColormap
+
+    cdict = {None: hex_to_rgba(UNASSIGNED), 0: TRANSPARENT}
+    for k, c in enumerate(type_colors(type_labels).values(), start=1):
+        cdict[k] = hex_to_rgba(c)
+    return DirectLabelColormap(color_dict=cdict, background_value=0)
+
+
+def lookup(mask: np.ndarray, objects, values, fill=0, dtype=None) -> np.ndarray:
+    """``values`` painted on ``mask`` (label ``objects[i]`` -> ``values[i]``; other pixels ``fill``)."""
+    objects = np.asarray(objects, dtype=np.int64)
+    values = np.asarray(values)
+    dtype = dtype or values.dtype
+    top = int(max(int(mask.max()) if mask.size else 0, int(objects.max()) if objects.size else 0))
+    lut = np.full(top + 1, fill, dtype=dtype)
+    ok = objects >= 0
+    lut[objects[ok]] = values[ok]
+    lut[0] = fill
+    return lut[mask]
+
+
+def class_ids(cell_types, type_labels: list[str]) -> np.ndarray:
+    """1-based class id of each cell (0: no prediction)."""
+    pos = {t: k for k, t in enumerate(type_labels, start=1)}
+    return np.array([pos.get(t, 0) if isinstance(t, str) else 0 for t in cell_types], dtype=np.uint16)
+
+
+def class_id_mask(mask: np.ndarray, objects, cell_types, type_labels) -> np.ndarray:
+    ids = class_ids(cell_types, type_labels)
+    dtype = np.uint8 if len(type_labels) < 255 else np.uint16
+    return lookup(mask, objects, ids, 0, dtype)
+
+
+def mask_features(table: pd.DataFrame, type_labels: list[str]) -> pd.DataFrame:
+    """Features of the mask layer: ``index`` = label value (napari's convention), the object id, the
+    predicted type, its probability, every class probability and the per-cell clinical status."""
+    f = pd.DataFrame({"index": table["Object"].astype(np.int64).to_numpy()})
+    f["Object"] = table["Object"].to_numpy()
+    f["cell_type"] = table["cell_type"].astype(object).where(table["cell_type"].notna(), "unassigned").to_numpy()
+    f["cell_type_probability"] = table["cell_type_probability"].to_numpy(np.float64)
+    cols = [c for c in table.columns if c.startswith("p_") and not c.startswith("p_status_")]
+    cols += [c for c in ("status", "status_probability") if c in table.columns]
+    cols += [c for c in table.columns if c.startswith("p_status_")]
+    for c in cols:
+        f[c] = table[c].to_numpy()
+    return f
+
+
+def counts_per_type(cell_types, type_labels: list[str]) -> list[tuple[str, int, str]]:
+    """(type, count, colour) for every type of the model (0 counts kept) and an ``unassigned`` row when
+    some cells have no prediction."""
+    s = pd.Series(list(cell_types), dtype=object)
+    colors = type_colors(type_labels)
+    rows = [(t, int((s == t).sum()), colors[t]) for t in type_labels]
+    n_none = int(s.isna().sum())
+    if n_none:
+        rows.append(("unassigned", n_none, UNASSIGNED))
+    return rows
+
+
+def low_confidence_colormap(objects, probabilities, threshold: float):
+    """Only the cells whose predicted-type probability is below ``threshold`` (outlined in yellow)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    cdict = {None: TRANSPARENT, 0: TRANSPARENT}
+    p = np.asarray(probabilities, dtype=float)
+    for o, v in zip(np.asarray(objects).tolist(), p.tolist()):
+        if not np.isfinite(v) or v < threshold:
+            cdict[int(o)] = LOW_CONFIDENCE_COLOR
+    return DirectLabelColormap(color_dict=cdict, background_value=0)
+
+
+# ------------------------------------------------------------------------------------- attributions
+
+def diverging_rgba(score: float, vmax: float) -> tuple[float, float, float, float]:
+    """Blue (against the prediction) - white - red (for it), by ``score / vmax``."""
+    if not np.isfinite(score) or vmax <= 0:
+        return hex_to_rgba(UNASSIGNED, 0.5)
+    t = float(np.clip(score / vmax, -1.0, 1.0))
+    if t >= 0:
+        return (1.0, 1.0 - 0.85 * t, 1.0 - 0.85 * t, 1.0)
+    t = -t
+    return (1.0 - 0.85 * t, 1.0 - 0.6 * t, 1.0, 1.0)
+
+
+def attribution_colormap(objects, scores):
+    from napari.utils.colormaps import DirectLabelColormap
+
+    s = np.asarray(scores, dtype=float)
+    vmax = float(np.nanmax(np.abs(s))) if np.isfinite(s).any() else 0.0
+    cdict = {None: TRANSPARENT, 0: TRANSPARENT}
+    for o, v in zip(np.asarray(objects).tolist(), s.tolist()):
+        cdict[int(o)] = diverging_rgba(v, vmax)
+    return DirectLabelColormap(color_dict=cdict, background_value=0), vmax
+
+
+def score_of(attribution: dict, what: str) -> float:
+    """How much ``what`` (a marker name, or ``"partners"``) drove one cell's prediction: the marker's
+    score, or the sum of its partners' scores; 0 when absent from the cell's prompt."""
+    if what == "partners":
+        return float(sum(float(p.get("score", 0.0)) for p in attribution.get("partners", [])))
+    for m in attribution.get("markers", []):
+        if str(m.get("marker")) == what:
+            return float(m.get("score", 0.0))
+    return 0.0
+
+
+# ------------------------------------------------------------------------------------------ partners
+
+def partner_shapes(anchor_xy_px, partners_xy_px, roles, scores=None, radius_px: float = 6.0):
+    """Shapes data for the explanation overlay: a circle around the anchor and one line per partner
+    (row, column order), coloured by role (positive green, negative pink); widths grow with the
+    partner's attribution score when known."""
+    ax, ay = anchor_xy_px
+    data = [np.array([[ay - radius_px, ax - radius_px], [ay + radius_px, ax + radius_px]])]
+    types, colors, widths = ["ellipse"], [ANCHOR_COLOR], [1.0]
+    s = np.abs(np.asarray(scores if scores is not None else [np.nan] * len(roles), dtype=float))
+    smax = float(np.nanmax(s)) if np.isfinite(s).any() and np.nanmax(s) > 0 else 0.0
+    for (px, py), role, sc in zip(partners_xy_px, roles, s):
+        data.append(np.array([[ay, ax], [py, px]]))
+        types.append("line")
+        colors.append(POSITIVE_COLOR if role == "positive" else NEGATIVE_COLOR)
+        widths.append(1.5 + (2.5 * sc / smax if smax and np.isfinite(sc) else 0.0))
+    return data, types, colors, widths

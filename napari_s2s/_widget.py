@@ -1,0 +1,694 @@
+"""The "Annotate cells" dock widget (thin: layers in :mod:`._layers`, the run in :mod:`._annotate`).
+
+Inputs: the channel layers of one image (found automatically: layers made by this plugin's reader carry
+``metadata["s2s"]``; other 2-D image layers are grouped by shape; a 3-D image layer is read as
+channels x y x x), the mask (a Labels layer), marker names (editable), the model (embedded default or a
+folder) and the device. Run starts a ``thread_worker`` generator whose progress shows in napari's
+activity dock; Cancel stops it between batches. Results: the mask recoloured by type (features =
+predictions), a legend, class-id / confidence / low-confidence layers, the image's clinical status,
+per-cell explanations (click a cell), an attribution overlay and exports. Errors are one-line napari
+notifications.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor, QIcon, QPixmap
+from qtpy.QtWidgets import (
+    QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView,
+    QLabel, QLineEdit, QPushButton, QSizePolicy, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+)
+
+from spatial2sentence.errors import S2SInputError
+
+from . import _explain, _layers
+from ._annotate import Annotation, annotate_steps
+from ._explanation import ExplanationPanel, prob_bar
+
+DEVICES = {"auto": "auto", "CPU": "cpu", "CUDA": "cuda"}
+_SUFFIX = re.compile(r"\s*\[[^\]]*\]$")
+
+
+def _notify(kind: str, message: str) -> None:
+    from napari.utils.notifications import show_error, show_info, show_warning
+
+    {"error": show_error, "warning": show_warning, "info": show_info}[kind](message)
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, S2SInputError):
+        return str(err).splitlines()[0]
+    msg = str(err).splitlines()[0] if str(err) else ""
+    return f"Annotation failed: {type(err).__name__}{': ' + msg if msg else ''}"
+
+
+def _meta(layer) -> dict:
+    m = getattr(layer, "metadata", None) or {}
+    return m.get("s2s", {}) if isinstance(m.get("s2s", {}), dict) else {}
+
+
+def _swatch(color: str, size: int = 14) -> QIcon:
+    pm = QPixmap(size, size)
+    pm.fill(QColor(color))
+    return QIcon(pm)
+
+
+class AnnotateCellsWidget(QWidget):
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.annotation: Annotation | None = None
+        self.cellset = None
+        self.mask_layer = None
+        self.worker = None
+        self._cancel: threading.Event | None = None
+        self._pbar = None
+        self._groups: dict[str, list] = {}
+        self._attributions: dict[str, dict] = {}
+        self.explanation: ExplanationPanel | None = None
+        self._explanation_dock = None
+        self.last_run_seconds: float | None = None
+        self._build_ui()
+        ev = self.viewer.layers.events
+        for name in ("inserted", "removed", "reordered"):
+            getattr(ev, name).connect(self._refresh_layers)
+        self._refresh_layers()
+
+    # ------------------------------------------------------------------------------------- UI
+    def _build_ui(self):
+        self.setMinimumWidth(360)
+        root = QVBoxLayout(self)
+        root.setContentsMargins(6, 6, 6, 6)
+        inputs = QGroupBox("Input")
+        form = QFormLayout(inputs)
+        self.image_combo = QComboBox()
+        self.image_combo.currentIndexChanged.connect(self._on_image_changed)
+        self.mask_combo = QComboBox()
+        self.markers_edit = QLineEdit()
+        self.markers_edit.setPlaceholderText("marker names in channel order, comma-separated")
+        self.markers_edit.setToolTip("One marker name per channel, in channel order (from the layer names "
+                                     "or the OME metadata). Edit them if the names are wrong.")
+        model_row = QHBoxLayout()
+        self.model_edit = QLineEdit()
+        self.model_edit.setPlaceholderText("embedded default model")
+        self.model_edit.setToolTip("A spatial2sentence model folder; empty: the embedded default model")
+        browse = QPushButton("Folder…")
+        browse.clicked.connect(self._browse_model)
+        model_row.addWidget(self.model_edit)
+        model_row.addWidget(browse)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(list(DEVICES))
+        form.addRow("Image", self.image_combo)
+        form.addRow("Mask", self.mask_combo)
+        form.addRow("Markers", self.markers_edit)
+        form.addRow("Model", model_row)
+        form.addRow("Device", self.device_combo)
+        root.addWidget(inputs)
+
+        run_row = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.setMinimumHeight(28)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        run_row.addWidget(self.run_button, 2)
+        run_row.addWidget(self.cancel_button, 1)
+        root.addLayout(run_row)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        root.addWidget(self.status_label)
+
+        self.results = QGroupBox("Results")
+        rl = QVBoxLayout(self.results)
+        self.clinical_label = QLabel("")
+        self.clinical_label.setWordWrap(True)
+        rl.addWidget(self.clinical_label)
+        self.clinical_box = QWidget()
+        self.clinical_bars = QGridLayout(self.clinical_box)
+        self.clinical_bars.setContentsMargins(0, 0, 0, 0)
+        self.clinical_bars.setVerticalSpacing(2)
+        rl.addWidget(self.clinical_box)
+        self.legend = QTableWidget(0, 3)
+        self.legend.setHorizontalHeaderLabels(["cell type", "cells", "%"])
+        self.legend.verticalHeader().setVisible(False)
+        self.legend.setEditTriggers(QTableWidget.NoEditTriggers)
+        self.legend.setSelectionMode(QTableWidget.NoSelection)
+        hh = self.legend.horizontalHeader()
+        hh.setSectionResizeMode(0, QHeaderView.Stretch)
+        hh.setSectionResizeMode(1, QHeaderView.ResizeToContents)
+        hh.setSectionResizeMode(2, QHeaderView.ResizeToContents)
+        self.legend.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        rl.addWidget(self.legend)
+        conf_row = QHBoxLayout()
+        conf_row.addWidget(QLabel("Outline cells with probability below"))
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(0.0, 1.0)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setValue(0.5)
+        self.threshold_spin.valueChanged.connect(self._update_low_confidence)
+        conf_row.addWidget(self.threshold_spin)
+        rl.addLayout(conf_row)
+        attr_row = QHBoxLayout()
+        attr_row.addWidget(QLabel("Attribution of"))
+        self.attr_combo = QComboBox()
+        self.attr_combo.setToolTip("Colour every cell by how much this marker (or its partners) drove its "
+                                   "prediction: red for, blue against")
+        attr_row.addWidget(self.attr_combo, 1)
+        self.attr_button = QPushButton("Show")
+        self.attr_button.clicked.connect(lambda: self.show_attributions(self.attr_combo.currentText()))
+        attr_row.addWidget(self.attr_button)
+        rl.addLayout(attr_row)
+        self.attr_note = QLabel("")
+        self.attr_note.setWordWrap(True)
+        self.attr_note.setStyleSheet("color:#c0c0c0;font-style:italic;")
+        rl.addWidget(self.attr_note)
+        exp_row = QHBoxLayout()
+        self.csv_button = QPushButton("Export CSV…")
+        self.csv_button.clicked.connect(self._export_csv_dialog)
+        self.tiff_button = QPushButton("Export class mask…")
+        self.tiff_button.clicked.connect(self._export_tiff_dialog)
+        exp_row.addWidget(self.csv_button)
+        exp_row.addWidget(self.tiff_button)
+        rl.addLayout(exp_row)
+        root.addWidget(self.results)
+        self.results.setEnabled(False)
+        root.addStretch(1)
+
+    def _browse_model(self):
+        d = QFileDialog.getExistingDirectory(self, "spatial2sentence model folder")
+        if d:
+            self.model_edit.setText(d)
+
+    # ------------------------------------------------------------------------------ layer discovery
+    def image_groups(self) -> dict[str, list]:
+        """{display name: [channel layers in order]} for every image found in the layer list."""
+        from napari.layers import Image
+
+        groups: dict[str, list] = {}
+        loose: dict[tuple, list] = {}
+        for layer in self.viewer.layers:
+            if not isinstance(layer, Image) or layer.rgb:
+                continue
+            m = _meta(layer)
+            if m.get("role") == "channel":
+                groups.setdefault(m.get("image", "image"), []).append(layer)
+            elif m.get("role"):
+                continue
+            elif layer.ndim == 3:
+                groups[f"{layer.name} ({layer.data.shape[0]} channels)"] = [layer]
+            elif layer.ndim == 2:
+                loose.setdefault(tuple(layer.data.shape), []).append(layer)
+        for k in groups:
+            groups[k].sort(key=lambda lay: _meta(lay).get("index", 0))
+        for shape, layers in loose.items():
+            groups[f"{len(layers)} layers of {shape[0]} x {shape[1]} px"] = layers
+        return groups
+
+    def mask_layers(self) -> list:
+        from napari.layers import Labels
+
+        return [lay for lay in self.viewer.layers if isinstance(lay, Labels)
+                and _meta(lay).get("role", "mask") == "mask"]
+
+    def _refresh_layers(self, event=None):
+        self._groups = self.image_groups()
+        cur = self.image_combo.currentText()
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems(list(self._groups))
+        if cur in self._groups:
+            self.image_combo.setCurrentText(cur)
+        self.image_combo.blockSignals(False)
+        curm = self.mask_combo.currentText()
+        self.mask_combo.clear()
+        self.mask_combo.addItems([lay.name for lay in self.mask_layers()])
+        if curm in [lay.name for lay in self.mask_layers()]:
+            self.mask_combo.setCurrentText(curm)
+        self._on_image_changed(keep_mask=bool(curm))
+
+    def _on_image_changed(self, *_, keep_mask: bool = False):
+        layers = self._groups.get(self.image_combo.currentText(), [])
+        self.markers_edit.setText(", ".join(self.marker_names(layers)))
+        if layers and not keep_mask:
+            image = _meta(layers[0]).get("image")
+            shape = tuple(layers[0].data.shape[-2:])
+            masks = self.mask_layers()
+            best = [m for m in masks if image and _meta(m).get("image") == image] or \
+                   [m for m in masks if tuple(m.data.shape) == shape]
+            if best:
+                self.mask_combo.setCurrentText(best[0].name)
+
+    @staticmethod
+    def marker_names(layers) -> list[str]:
+        if len(layers) == 1 and layers[0].ndim == 3:
+            m = _meta(layers[0]).get("channels") or layers[0].metadata.get("channel_names")
+            n = layers[0].data.shape[0]
+            return list(m) if m and len(m) == n else [f"ch{i}" for i in range(n)]
+        return [_meta(lay).get("channel") or _SUFFIX.sub("", lay.name) for lay in layers]
+
+    def current_inputs(self):
+        """(image name, data C x Y x X, marker names, mask layer, pixel size); raises S2SInputError."""
+        name = self.image_combo.currentText()
+        layers = self._groups.get(name)
+        if not layers:
+            raise S2SInputError(None, "no image: open an IMC image (its channels become image layers)")
+        mask_layer = next((m for m in self.mask_layers() if m.name == self.mask_combo.currentText()), None)
+        if mask_layer is None:
+            raise S2SInputError(name, "no mask: add a Labels layer with the cell segmentation")
+        if len(layers) == 1 and layers[0].ndim == 3:
+            data = np.asarray(layers[0].data)
+        else:
+            shapes = {tuple(lay.data.shape) for lay in layers}
+            if len(shapes) > 1:
+                raise S2SInputError(name, f"channel layers differ in shape: {sorted(shapes)}")
+            data = np.stack([np.asarray(lay.data) for lay in layers])
+        markers = [m.strip() for m in self.markers_edit.text().split(",") if m.strip()]
+        image = _meta(layers[0]).get("image") or name
+        ps = float(_meta(layers[0]).get("pixel_size_um") or layers[0].scale[-1] or 1.0)
+        mask = np.asarray(mask_layer.data)
+        if mask.shape != data.shape[1:]:
+            raise S2SInputError(mask_layer.name, f"mask shape {mask.shape} differs from the image's "
+                                                 f"{data.shape[1:]} ({name})")
+        return image, data, markers, mask_layer, ps
+
+    # ------------------------------------------------------------------------------------- running
+    def run(self):
+        """Start the annotation worker; returns it (or None when the inputs are unusable)."""
+        from napari.qt.threading import create_worker
+
+        if self.worker is not None:
+            _notify("warning", "An annotation is already running; cancel it first")
+            return None
+        try:
+            image, data, markers, mask_layer, ps = self.current_inputs()
+        except S2SInputError as err:
+            _notify("error", _one_line(err))
+            return None
+        self._cancel = threading.Event()
+        model_path = self.model_edit.text().strip() or None
+        device = DEVICES[self.device_combo.currentText()]
+        self._pending = (mask_layer, time.perf_counter())
+        worker = create_worker(
+            annotate_steps, data, markers, np.asarray(mask_layer.data), image=image, pixel_size_um=ps,
+            model_path=model_path, device=device, cancel=self._cancel,
+            _progress={"total": 0, "desc": f"Annotating {image}"}, _ignore_errors=True,
+            _start_thread=False,
+        )
+        self._pbar = getattr(worker, "pbar", None)
+        worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status_label.setText(f"Annotating {image}…")
+        worker.start()
+        return worker
+
+    def cancel(self):
+        if self._cancel is not None:
+            self._cancel.set()
+        if self.worker is not None:
+            self.worker.quit()
+
+    def _on_yielded(self, msg):
+        if not msg:
+            return
+        if msg[0] == "stage":
+            self.status_label.setText(msg[1].capitalize() + "…")
+            if self._pbar is not None:
+                self._pbar.set_description(msg[1])
+        elif msg[0] == "progress" and self._pbar is not None:
+            _, done, total = msg
+            if self._pbar.total != total:
+                self._pbar.total = total
+            self._pbar.update(done - self._pbar.n)
+
+    def _on_returned(self, ann: Annotation):
+        if ann is None:
+            return
+        if ann.cancelled or (self._cancel is not None and self._cancel.is_set()):
+            self.status_label.setText("Cancelled")
+            _notify("info", "Annotation cancelled")
+            return
+        mask_layer, t0 = self._pending
+        try:
+            self.show_annotation(ann, mask_layer)
+        except Exception as err:  # never a traceback dialog
+            _notify("error", _one_line(err))
+            return
+        self.last_run_seconds = time.perf_counter() - t0
+
+    def _on_errored(self, err):
+        self.status_label.setText(_one_line(err))
+        _notify("error", _one_line(err))
+
+    def _on_aborted(self):
+        if self._cancel is not None:
+            self._cancel.set()
+        self.status_label.setText("Cancelled")
+
+    def _on_finished(self):
+        self.worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    # ------------------------------------------------------------------------------------- results
+    def _layer(self, role: str, image: str):
+        for lay in self.viewer.layers:
+            m = _meta(lay)
+            if m.get("role") == role and m.get("image") == image:
+                return lay
+        return None
+
+    def _put_labels(self, role, image, data, name, like, **kwargs):
+        lay = self._layer(role, image)
+        if lay is None:
+            lay = self.viewer.add_labels(data, name=name, scale=like.scale, translate=like.translate,
+                                         metadata=_layers.s2s_meta(role, image), **kwargs)
+        else:
+            lay.data = data
+            for k, v in kwargs.items():
+                setattr(lay, k, v)
+        return lay
+
+    def show_annotation(self, ann: Annotation, mask_layer):
+        """Colour the mask, fill features, legend and status, and add the derived layers."""
+        self.annotation, self.mask_layer, self.cellset = ann, mask_layer, ann.cellset
+        self._attributions = {}
+        t = ann.table
+        objects, types = t["Object"].to_numpy(), t["cell_type"].to_numpy(dtype=object)
+        mask = np.asarray(mask_layer.data)
+        meta = dict(mask_layer.metadata)
+        meta["s2s"] = {**_meta(mask_layer), "role": "mask", "image": ann.image, "annotated": True}
+        mask_layer.metadata = meta
+        mask_layer.colormap = _layers.cell_type_colormap(objects, types, ann.type_labels)
+        mask_layer.features = _layers.mask_features(t, ann.type_labels)
+        mask_layer.opacity = max(mask_layer.opacity, 0.6)
+        cls = _layers.class_id_mask(mask, objects, types, ann.type_labels)
+        cls_layer = self._put_labels("class_ids", ann.image, cls, f"{ann.image} class id", mask_layer,
+                                     visible=False)
+        cls_layer.colormap = _layers.class_id_colormap(ann.type_labels)
+        import pandas as pd
+
+        cls_layer.features = pd.DataFrame({"index": np.arange(1, len(ann.type_labels) + 1),
+                                           "cell_type": ann.type_labels})
+        conf = _layers.lookup(mask, objects, t["cell_type_probability"].to_numpy(np.float32), np.nan, np.float32)
+        lay = self._layer("confidence", ann.image)
+        if lay is None:
+            self.viewer.add_image(conf, name=f"{ann.image} confidence", colormap="viridis", contrast_limits=(0, 1),
+                                  scale=mask_layer.scale, translate=mask_layer.translate, visible=False,
+                                  metadata=_layers.s2s_meta("confidence", ann.image), blending="translucent")
+        else:
+            lay.data = conf
+        low = self._put_labels("low_confidence", ann.image, mask, f"{ann.image} low confidence", mask_layer)
+        low.contour = 1
+        self._update_low_confidence()
+        self._add_click_callback(mask_layer)
+        self.viewer.layers.selection.active = mask_layer
+        self._fill_legend(ann)
+        self._fill_status(ann)
+        self._fill_attr_combo(ann)
+        self.results.setEnabled(True)
+        n = len(t)
+        extra = f"; markers ignored: {', '.join(ann.unknown_markers)}" if ann.unknown_markers else ""
+        self.status_label.setText(f"{n} cells of {ann.image} annotated in {ann.seconds:.1f} s{extra}")
+        if ann.unknown_markers:
+            _notify("warning", f"{ann.image}: the model does not know the markers {', '.join(ann.unknown_markers)}; "
+                               "they were ignored")
+
+    def _fill_legend(self, ann):
+        rows = _layers.counts_per_type(ann.table["cell_type"].to_numpy(dtype=object), ann.type_labels)
+        total = max(1, sum(r[1] for r in rows))
+        rows = sorted(rows, key=lambda r: -r[1])
+        self.legend.setRowCount(len(rows))
+        for i, (lab, cnt, color) in enumerate(rows):
+            item = QTableWidgetItem(_swatch(color), lab)
+            self.legend.setItem(i, 0, item)
+            c = QTableWidgetItem(str(cnt))
+            c.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+            self.legend.setItem(i, 1, c)
+            pc = QTableWidgetItem(f"{100 * cnt / total:.0f}")
+            pc.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+            self.legend.setItem(i, 2, pc)
+        self.legend.resizeRowsToContents()
+        h = self.legend.horizontalHeader().height() + sum(self.legend.rowHeight(i) for i in range(len(rows))) + 4
+        self.legend.setFixedHeight(min(h, 360))
+
+    def legend_rows(self) -> list[tuple[str, int]]:
+        return [(self.legend.item(i, 0).text(), int(self.legend.item(i, 1).text()))
+                for i in range(self.legend.rowCount())]
+
+    def _fill_status(self, ann):
+        s = ann.image_status or {}
+        while self.clinical_bars.count():
+            w = self.clinical_bars.takeAt(0).widget()
+            if w is not None:
+                w.deleteLater()
+        if not s.get("status"):
+            self.clinical_label.setText("Clinical status: not predicted")
+            return
+        self.clinical_label.setText(f"<b>Clinical status of {ann.image}: {s['status']}</b> "
+                                    f"(p = {float(s.get('status_probability', np.nan)):.2f}, from {len(ann.table)} cells)")
+        colors = _layers.type_colors(ann.status_labels)
+        for r, lab in enumerate(ann.status_labels):
+            v = float(s.get("p_status_" + str(lab).replace(" ", "_"), np.nan))
+            self.clinical_bars.addWidget(QLabel(lab), r, 0)
+            self.clinical_bars.addWidget(prob_bar(v, colors[lab]), r, 1)
+
+    def _update_low_confidence(self, *_):
+        ann = self.annotation
+        if ann is None:
+            return
+        lay = self._layer("low_confidence", ann.image)
+        if lay is None:
+            return
+        thr = float(self.threshold_spin.value())
+        p = ann.table["cell_type_probability"].to_numpy(float)
+        lay.colormap = _layers.low_confidence_colormap(ann.table["Object"].to_numpy(), p, thr)
+        lay.name = f"{ann.image} low confidence (p < {thr:.2f})"
+        n = int(np.sum(~(p >= thr)))
+        self.threshold_spin.setToolTip(f"{n} cells below {thr:.2f}, outlined in yellow")
+
+    # ------------------------------------------------------------------------------ explanations
+    def _add_click_callback(self, layer):
+        if getattr(layer, "_s2s_click", False):
+            return
+        layer._s2s_click = True
+        layer.mouse_drag_callbacks.append(self._on_mask_click)
+        layer.events.selected_label.connect(self._on_selected_label)
+
+    def _on_mask_click(self, layer, event):
+        if getattr(event, "button", 1) not in (1, None) or layer.mode not in ("pan_zoom", "pick"):
+            return
+        start = np.asarray(event.position)
+        yield
+        moved = False
+        while event.type == "mouse_move":
+            moved = moved or np.linalg.norm(np.asarray(event.position) - start) > 2 * float(np.max(layer.scale))
+            yield
+        if moved:
+            return
+        value = layer.get_value(event.position, view_direction=event.view_direction,
+                                dims_displayed=event.dims_displayed, world=True)
+        if value is not None and int(value) > 0:
+            self.explain_cell(int(value))
+
+    def _on_selected_label(self, event=None):
+        if self.mask_layer is None or self.annotation is None:
+            return
+        v = int(self.mask_layer.selected_label)
+        if v > 0 and str(v) in set(self.annotation.table["Object"].astype(str)):
+            self.explain_cell(v)
+
+    def _ensure_panel(self) -> ExplanationPanel:
+        if self.explanation is None:
+            self.explanation = ExplanationPanel()
+            self.explanation.partner_clicked.connect(lambda o: self.explain_cell(int(o)))
+            try:
+                self._explanation_dock = self.viewer.window.add_dock_widget(
+                    self.explanation, name="Cell explanation", area="right")
+            except Exception:  # no window (e.g. a bare ViewerModel)
+                pass
+        return self.explanation
+
+    def _cellset(self):
+        if self.cellset is None:
+            ann = self.annotation
+            self.cellset = ann.model.prepare(ann.cells, ann.markers, ann.image, source=ann.image)
+        return self.cellset
+
+    def explain_cell(self, obj: int) -> dict | None:
+        """Fill the explanation panel with cell ``obj`` and draw its partners; returns the info dict."""
+        ann = self.annotation
+        if ann is None:
+            return None
+        t0 = time.perf_counter()
+        try:
+            prompt = ann.model.prompts_for(self._cellset(), [obj], markers=ann.markers)[0]
+        except S2SInputError as err:
+            _notify("warning", _one_line(err))
+            return None
+        table = ann.table.set_index(ann.table["Object"].astype(str))
+        row = table.loc[str(obj)]
+        probs = {lab: float(row.get("p_" + str(lab).replace(" ", "_"), np.nan)) for lab in ann.type_labels}
+        attribution, note = None, ""
+        try:
+            attribution = self._attributions.get(str(obj)) or _explain.explain_cells(
+                ann.model, ann.cells, [obj], markers=ann.markers).get(str(obj))
+        except _explain.AttributionsUnavailable as err:
+            note = str(err)
+        scores = {}
+        if attribution:
+            scores = {str(p.get("object", p.get("Object"))): float(p.get("score", np.nan))
+                      for p in attribution.get("partners", [])}
+        partners = []
+        for p in prompt["partners"]:
+            key = str(p["Object"])
+            ct = table["cell_type"].get(key) if key in table.index else None
+            partners.append({**p, "cell_type": ct if isinstance(ct, str) else None, "score": scores.get(key)})
+        words = prompt["text"].split()
+        try:
+            anchor = words[words.index(":") + 1: words.index(";")]
+        except ValueError:
+            anchor = []
+        info = {
+            "object": obj, "image": ann.image, "predicted": row["cell_type"] if isinstance(row["cell_type"], str) else None,
+            "probability": float(row["cell_type_probability"]), "probabilities": probs,
+            "colors": _layers.type_colors(ann.type_labels), "text": prompt["text"], "partners": partners,
+            "attribution": attribution, "note": note, "anchor_markers": anchor,
+        }
+        self._draw_partners(obj, partners, table)
+        panel = self._ensure_panel()
+        info["seconds"] = time.perf_counter() - t0
+        panel.show_cell(info)
+        return info
+
+    def _draw_partners(self, obj, partners, table):
+        ann, ml = self.annotation, self.mask_layer
+        ps = float(_meta(ml).get("pixel_size_um") or ml.scale[-1] or 1.0)
+        ax, ay = float(table.loc[str(obj), "x"]) / ps, float(table.loc[str(obj), "y"]) / ps
+        pxy, roles, scores = [], [], []
+        for p in partners:
+            k = str(p["Object"])
+            if k not in table.index:
+                continue
+            pxy.append((float(table.loc[k, "x"]) / ps, float(table.loc[k, "y"]) / ps))
+            roles.append(p["role"])
+            scores.append(np.nan if p.get("score") is None else p["score"])
+        data, types, colors, widths = _layers.partner_shapes((ax, ay), pxy, roles, scores)
+        lay = self._layer("partners", ann.image)
+        if lay is not None:
+            self.viewer.layers.remove(lay)
+        self.viewer.add_shapes(data, shape_type=types, edge_color=colors, edge_width=widths,
+                               face_color="transparent", name=f"{ann.image} partners of cell {obj}",
+                               scale=ml.scale, translate=ml.translate,
+                               metadata=_layers.s2s_meta("partners", ann.image, object=obj))
+        self.viewer.layers.selection.active = ml
+
+    # ------------------------------------------------------------------------------ attributions
+    def _fill_attr_combo(self, ann):
+        self.attr_combo.clear()
+        if not _explain.available():
+            self.attr_combo.addItem("attributions unavailable")
+            self.attr_combo.setEnabled(False)
+            self.attr_button.setEnabled(False)
+            self.attr_note.setText("attributions unavailable: spatial2sentence.explain is not installed; "
+                                   "explanations show the prompt without word shading")
+            return
+        self.attr_combo.setEnabled(True)
+        self.attr_button.setEnabled(True)
+        self.attr_combo.addItems(list(ann.used_markers or ann.markers) + ["partners"])
+        self.attr_note.setText("")
+
+    def compute_attributions(self):
+        """Attributions of every cell (cached); raises AttributionsUnavailable."""
+        ann = self.annotation
+        if not self._attributions:
+            self._attributions = _explain.explain_cells(ann.model, ann.cells, ann.table["Object"].tolist(),
+                                                        markers=ann.markers)
+        return self._attributions
+
+    def show_attributions(self, what: str):
+        """Colour every cell by how much ``what`` (a marker or ``"partners"``) drove its prediction."""
+        ann = self.annotation
+        if ann is None or not what:
+            return None
+        try:
+            attrs = self.compute_attributions()
+        except _explain.AttributionsUnavailable as err:
+            self.attr_note.setText(str(err))
+            _notify("warning", str(err))
+            return None
+        objects = ann.table["Object"].to_numpy()
+        scores = np.array([_layers.score_of(attrs[str(o)], what) if str(o) in attrs else np.nan
+                           for o in objects], dtype=float)
+        cmap, vmax = _layers.attribution_colormap(objects, scores)
+        lay = self._put_labels("attribution", ann.image, np.asarray(self.mask_layer.data),
+                               f"{ann.image} attribution", self.mask_layer)
+        lay.colormap = cmap
+        lay.opacity = 0.9
+        lay.name = f"{ann.image} attribution: {what}"
+        lay.metadata = _layers.s2s_meta("attribution", ann.image, what=what, vmax=vmax)
+        self.attr_note.setText(f"{what}: red = drove the prediction, blue = against; "
+                               f"max |score| {vmax:.3g}")
+        self.viewer.layers.selection.active = self.mask_layer
+        return lay
+
+    # ------------------------------------------------------------------------------------ export
+    def export_csv(self, path) -> Path:
+        from spatial2sentence.io import write_csv_atomic
+
+        if self.annotation is None:
+            raise S2SInputError(None, "nothing to export: run the annotation first")
+        return write_csv_atomic(self.annotation.table, path)
+
+    def export_class_mask(self, path) -> Path:
+        from spatial2sentence.io import write_tiff_atomic
+
+        ann = self.annotation
+        if ann is None:
+            raise S2SInputError(None, "nothing to export: run the annotation first")
+        cls = _layers.class_id_mask(np.asarray(self.mask_layer.data), ann.table["Object"].to_numpy(),
+                                    ann.table["cell_type"].to_numpy(dtype=object), ann.type_labels)
+        out = write_tiff_atomic(path, cls)
+        import pandas as pd
+        from spatial2sentence.io import write_csv_atomic
+
+        write_csv_atomic(pd.DataFrame({"class_id": np.arange(1, len(ann.type_labels) + 1),
+                                       "cell_type": ann.type_labels}),
+                         Path(path).with_name(Path(path).name.split(".")[0] + "_classes.csv"))
+        return out
+
+    def _export_csv_dialog(self):
+        if self.annotation is None:
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Per-cell predictions", f"{self.annotation.image}_cells.csv",
+                                              "CSV (*.csv)")
+        if path:
+            try:
+                self.export_csv(path)
+                _notify("info", f"Wrote {path}")
+            except (S2SInputError, OSError) as err:
+                _notify("error", _one_line(err) if isinstance(err, S2SInputError) else f"{path}: {err.strerror}")
+
+    def _export_tiff_dialog(self):
+        if self.annotation is None:
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Class-id mask", f"{self.annotation.image}_classes.tiff",
+                                              "TIFF (*.tiff *.tif)")
+        if path:
+            try:
+                self.export_class_mask(path)
+                _notify("info", f"Wrote {path} (class ids listed in *_classes.csv)")
+            except (S2SInputError, OSError) as err:
+                _notify("error", _one_line(err) if isinstance(err, S2SInputError) else f"{path}: {err.strerror}")
