@@ -1,0 +1,237 @@
+"""The model: tiny models trained on real data (the 3 Damond toy images), save/load, determinism,
+constrained prediction, bad input, the CLI. Fast: tiny models, a few seconds each."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spatial2sentence.errors import ModelInputError, S2SInputError
+from spatial2sentence.model import DEFAULT_MODEL_DIR, S2SModel
+from spatial2sentence.settings import ModelSettings, PairSettings, TrainSettings
+from spatial2sentence.training import train
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TOY = DATA / "damond_pancreas_toy"
+TINY = ModelSettings(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=96)
+
+
+def tiny_settings(steps=25, seed=0, **kw):
+    return TrainSettings(steps=steps, seed=seed, batch_size=16, lr=3e-3, warmup_steps=5, eval_every=10,
+                         eval_prompts=48, checkpoint_every=10_000, num_threads=1, **kw)
+
+
+def toy_cells() -> pd.DataFrame:
+    """The 3 real toy images measured with our reader, joined with their labels (362 real cells)."""
+    from spatial2sentence.tables import load_table
+
+    return load_table(TOY, progress=False)
+
+
+@pytest.fixture(scope="module")
+def cells():
+    return toy_cells()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, cells):
+    out = tmp_path_factory.mktemp("tiny")
+    res = train(cells, out, model_settings=TINY, train_settings=tiny_settings(), progress_bar=False, log=lambda *a: None)
+    return out, res
+
+
+def test_toy_cells_are_real_and_labelled(cells):
+    assert len(cells) == 362 and set(cells["cell_type"]) == {"alpha", "beta", "other"}
+    assert {"H3", "CD99", "PIN", "CD8a", "CDH", "x", "y", "stage"} <= set(cells.columns)
+
+
+def test_model_directory_files(tiny):
+    out, res = tiny
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "s2s_config.json", "MODEL_CARD.md"} <= names
+    meta = json.loads((out / "s2s_config.json").read_text())
+    assert meta["markers"] == ["H3", "CD99", "PIN", "CD8A", "CDH1"]
+    assert meta["type_labels"] == ["alpha", "beta", "other"]
+    assert meta["status_labels"] == ["Long-duration", "Non-diabetic", "Onset"]
+    assert set(meta["normalizer"]["centre"]) == set(meta["markers"])
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert tok.encode("cell : PIN CD99 ; task type answer T:beta").ids == res.model.tokenizer.encode(
+        "cell : PIN CD99 ; task type answer T:beta".split())
+
+
+def test_save_load_identical_probabilities(tiny, cells, tmp_path):
+    out, res = tiny
+    a = S2SModel.from_pretrained(out, device="cpu").predict_cells(cells)
+    res.model.save_pretrained(tmp_path / "again")
+    b = S2SModel.from_pretrained(tmp_path / "again", device="cpu").predict_cells(cells)
+    cols = [c for c in a.cells.columns if c.startswith("p_")]
+    np.testing.assert_array_equal(a.cells[cols].to_numpy(), b.cells[cols].to_numpy())
+    pd.testing.assert_frame_equal(a.image_status, b.image_status)
+
+
+def test_training_is_deterministic(cells, tmp_path):
+    import torch
+
+    w = []
+    for k in range(2):
+        r = train(cells, tmp_path / f"m{k}", model_settings=TINY, train_settings=tiny_settings(steps=8, seed=5),
+                  progress_bar=False, log=lambda *a: None)
+        w.append({n: p.detach().clone() for n, p in r.model.lm.state_dict().items()})
+    assert w[0].keys() == w[1].keys()
+    assert all(torch.equal(w[0][n], w[1][n]) for n in w[0])
+
+
+def test_probabilities_cover_every_class_and_sum_to_one(tiny, cells):
+    model = S2SModel.from_pretrained(tiny[0], device="cpu")
+    pred = model.predict_cells(cells)
+    c = pred.cells
+    p = c[["p_alpha", "p_beta", "p_other"]].to_numpy()
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(c["cell_type_probability"], p.max(1), atol=1e-6)
+    ps = c[[f"p_status_{s}" for s in model.status_labels]].to_numpy()
+    np.testing.assert_allclose(ps.sum(1), 1.0, atol=1e-5)
+    assert set(pred.image_status["image"]) == {"E34", "G01", "J02"}
+    assert np.allclose(pred.image_status[[f"p_status_{s}" for s in model.status_labels]].sum(1), 1.0)
+    assert list(c["Object"]) == list(cells["Object"])
+
+
+def test_one_pass_scoring_matches_full_logits(tiny, cells):
+    """The constrained one-pass probabilities equal a softmax over the label tokens of an ordinary
+    right-padded forward pass (no left-padding artefacts)."""
+    import torch
+
+    model = S2SModel.from_pretrained(tiny[0], device="cpu")
+    sub = cells[cells["image"] == "G01"].head(12)
+    prompts = model.prompts_for(sub)
+    pred = model.predict_cells(sub, tasks=("type",))
+    lid = model.label_ids("type")
+    for k, p in enumerate(prompts):
+        with torch.no_grad():
+            logits = model.lm(input_ids=torch.tensor([p["tokens"]])).logits[0, -1]
+        ref = torch.softmax(logits[lid], -1).numpy()
+        np.testing.assert_allclose(pred.cells[["p_alpha", "p_beta", "p_other"]].to_numpy()[k], ref, atol=2e-5)
+
+
+def test_prompts_for_lists_partners(tiny, cells):
+    model = S2SModel.from_pretrained(tiny[0], device="cpu")
+    sub = cells[cells["image"] == "E34"]
+    obj = int(sub["Object"].iloc[10])
+    [p] = model.prompts_for(sub, [obj])
+    assert p["Object"] == obj and p["text"].startswith("[BOS] cell :") and p["text"].endswith("task type answer")
+    roles = [q["role"] for q in p["partners"]]
+    assert roles.count("positive") <= 2 and roles.count("negative") <= 1
+    for q in p["partners"]:
+        assert q["direction"] in p["text"] and q["distance_um"] >= 0
+    assert len(p["tokens"]) == len(p["text"].split())
+    with pytest.raises(ModelInputError, match="no cell with Object"):
+        model.prompts_for(sub, [999_999])
+
+
+def test_partial_panel_and_unknown_markers(tiny, cells):
+    model = S2SModel.from_pretrained(tiny[0], device="cpu")
+    sub = cells[cells["image"] == "J02"][["Object", "x", "y", "PIN", "CD99", "H3"]].copy()
+    sub = sub.rename(columns={"PIN": "proinsulin"})  # an alias
+    sub["FOO1"] = 1.0
+    with pytest.warns(UserWarning, match="FOO1"):
+        pred = model.predict_cells(sub, markers=["proinsulin", "CD99", "H3", "FOO1"])
+    assert pred.unknown_markers == ["FOO1"] and set(pred.used_markers) == {"PIN", "CD99", "H3"}
+    assert pred.cells["cell_type"].notna().all()
+
+
+def test_no_shared_marker_is_a_clear_error(tiny):
+    model = S2SModel.from_pretrained(tiny[0], device="cpu")
+    df = pd.DataFrame({"Object": [1, 2], "x": [1.0, 2.0], "y": [1.0, 2.0], "CD3": [1.0, 2.0], "CD20": [0.0, 1.0]})
+    with pytest.raises(ModelInputError, match="shares no marker") as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.predict_cells(df)
+    assert isinstance(err.value, S2SInputError) and "\n" not in str(err.value)
+
+
+def test_empty_and_one_cell_images(tiny, cells):
+    model = S2SModel.from_pretrained(tiny[0], device="cpu")
+    with pytest.raises(ModelInputError, match="no cells"):
+        model.predict_cells(cells.iloc[:0])
+    with pytest.raises(ModelInputError, match="empty image"):
+        from spatial2sentence.io import read_image
+
+        img = read_image(TOY / "img" / "E34.tiff", panel=TOY / "panel.csv")
+        model.predict_image(img, np.zeros(img.shape, np.uint16))
+    one = model.predict_cells(cells.iloc[[0]].drop(columns=["image"]))
+    assert len(one.cells) == 1 and np.isclose(one.cells[["p_alpha", "p_beta", "p_other"]].sum(1).iloc[0], 1.0)
+    [p] = model.prompts_for(cells.iloc[[0]])
+    assert p["partners"] == [] and " near " not in p["text"]
+
+
+def test_label_set_mismatch_is_a_clear_error(cells, tmp_path):
+    with pytest.raises(ModelInputError, match="differ from the configured label set"):
+        train(cells, tmp_path / "x", model_settings=TINY, train_settings=tiny_settings(steps=1),
+              type_labels=["alpha", "beta"], progress_bar=False)
+
+
+def test_progress_callback_and_cancel(tiny, cells):
+    model = S2SModel.from_pretrained(tiny[0], device="cpu")
+    seen = []
+    full = model.predict_cells(cells, batch_size=100, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (362, 362) and len(seen) == 4
+    part = model.predict_cells(cells, batch_size=100, progress=lambda d, t: False)
+    assert part.cancelled and part.cells["cell_type"].iloc[:100].notna().all()
+    assert part.cells["cell_type"].iloc[100:].isna().all()
+    assert not full.cancelled
+
+
+def test_single_cell_format_and_phenotype_only_cells(cells, tmp_path):
+    from spatial2sentence.settings import PromptSettings
+
+    r = train(cells, tmp_path / "single", model_settings=TINY, prompt=PromptSettings(format="single"),
+              train_settings=tiny_settings(steps=5), progress_bar=False, log=lambda *a: None)
+    [p] = r.model.prompts_for(cells.iloc[:3], [int(cells["Object"].iloc[0])])
+    assert p["partners"] == [] and ";" in p["text"] and "near" not in p["text"]
+    # phenotyped layouts (no markers): sentences from the phenotype, status is learned and predicted
+    lay = pd.read_csv(DATA / "damond_diabetes_layouts" / "cells.csv.gz", nrows=6000)
+    lay = lay.rename(columns={"imageID": "image", "cellType": "cell_type"})[["image", "x", "y", "cell_type", "stage"]]
+    r = train(lay, tmp_path / "pheno", model_settings=TINY, train_settings=tiny_settings(steps=5),
+              progress_bar=False, log=lambda *a: None)
+    [p] = r.model.prompts_for(lay.head(50), [3])
+    assert "phenotype T:" in p["text"]
+    pred = r.model.predict_cells(lay.head(300), tasks=("status",))
+    assert pred.image_status["status"].notna().all()
+
+
+def test_cli_predict_and_sentences(tiny, tmp_path):
+    from click.testing import CliRunner
+
+    from spatial2sentence.cli import main
+
+    out = tmp_path / "pred.csv"
+    args = ["predict", "--model", str(tiny[0]), str(TOY / "img" / "G01.tiff"), str(TOY / "masks" / "G01.tiff"),
+            "--panel", str(TOY / "panel.csv"), "-o", str(out), "--device", "cpu"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out)
+    assert {"Object", "cell_type", "cell_type_probability", "p_alpha", "p_beta", "p_other"} <= set(df.columns)
+    status = json.loads((tmp_path / "pred.status.json").read_text())
+    assert status["status"] in ("Non-diabetic", "Onset", "Long-duration") and "clinical status" in r.output
+    r = CliRunner().invoke(main, ["sentences", "--model", str(tiny[0]), str(TOY / "img" / "G01.tiff"),
+                                  str(TOY / "masks" / "G01.tiff"), "--panel", str(TOY / "panel.csv"), "-n", "2"])
+    assert r.exit_code == 0 and r.output.count("[BOS] cell :") == 2
+    r = CliRunner().invoke(main, ["predict", "--model", str(tmp_path / "nope"), str(TOY / "img" / "G01.tiff"),
+                                  str(TOY / "masks" / "G01.tiff"), "-o", str(out)])
+    assert r.exit_code == 1 and "not a spatial2sentence model directory" in r.output
+
+
+@pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "s2s_config.json").exists(), reason="default model not built")
+def test_default_model_reads_the_real_toy_images(cells):
+    model = S2SModel.from_pretrained(None, device="cpu")
+    assert len(model.type_labels) == 16 and model.status_labels == ["Non-diabetic", "Onset", "Long-duration"]
+    sub = cells[cells["image"] == "G01"]
+    pred = model.predict_cells(sub, markers=["H3", "CD99", "PIN", "CD8a", "CDH"])
+    assert pred.unknown_markers == [] and len(pred.cells) == len(sub)
+    assert sum((DEFAULT_MODEL_DIR / f).stat().st_size for f in ("model.safetensors",)) < 25e6
