@@ -578,7 +578,8 @@ def run_batch(
 
     ``workers=0`` runs in this process; ``workers=N`` starts a LocalCluster of N single-threaded
     processes; ``scheduler`` connects to an existing cluster (``client`` an existing
-    ``distributed.Client``). ``progress(record, done, total)`` is called as each image finishes;
+    ``distributed.Client``). ``progress(record, done, total)`` is called once with ``record=None``
+    before the first image, then as each image finishes;
     ``should_stop()`` returning True cancels (finished images are kept, run-level files are still
     written).
     """
@@ -599,6 +600,9 @@ def run_batch(
     mode = "in-process"
     kw = dict(out_dir=str(out), model=model_arg, device=device, batch_size=batch_size, overwrite=overwrite,
               fingerprint=meta["fingerprint"])
+
+    if progress is not None:
+        progress(None, 0, total)
 
     def finish(rec):
         records[rec["image"]] = rec

@@ -61,9 +61,9 @@ def annotate(input_dir, out_dir, model_dir, device, workers, scheduler, overwrit
     bar = tqdm(total=None, desc="annotating", unit="image", dynamic_ncols=True)
 
     def progress(rec, done, total):
-        if bar.total != total:
-            bar.total = total
-            bar.refresh()
+        if rec is None:
+            bar.reset(total=total)
+            return
         bar.update(1)
         if rec["state"] == "error":
             bar.write(f"error: {rec['image']}: {rec['file']}: {rec['reason']}")

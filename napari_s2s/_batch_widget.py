@@ -1,0 +1,288 @@
+"""The "Batch annotate folder" dock widget: ``s2s annotate`` from napari.
+
+Pick an input folder (a steinbock folder, image + mask TIFFs, or ``.mcd`` files with ``masks/``; see
+:mod:`spatial2sentence.batch`), an output folder, the model and the device, then Run. The run is
+:func:`spatial2sentence.batch.run_batch` in a ``thread_worker`` generator that yields one message per
+finished image: napari's activity dock shows the progress and a live table lists every image (name,
+cells, predicted clinical status, error). Cancel stops after the current image (finished images are
+kept and the run-level files are written); Run again resumes. Double-click a finished row to open its
+type overlay in the viewer.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
+    QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+)
+
+from spatial2sentence.errors import S2SInputError
+
+DEVICES = {"auto": "auto", "CPU": "cpu", "CUDA": "cuda"}
+COLUMNS = ["image", "cells", "status", "error"]
+
+
+def _notify(kind: str, message: str) -> None:
+    from napari.utils.notifications import show_error, show_info, show_warning
+
+    {"error": show_error, "warning": show_warning, "info": show_info}[kind](message)
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, S2SInputError):
+        return str(err).splitlines()[0]
+    msg = str(err).splitlines()[0] if str(err) else ""
+    return f"Batch annotation failed: {type(err).__name__}{': ' + msg if msg else ''}"
+
+
+def batch_steps(input_dir, out_dir, model=None, device="auto", workers=0, overwrite=False, cancel=None):
+    """Generator for a ``thread_worker``: yields ``("start", total)`` then ``("image", record, done,
+    total)`` per finished image; returns the :class:`~spatial2sentence.batch.BatchResult`.
+
+    ``run_batch`` runs in a helper thread and reports through a queue, so the generator can yield
+    while it works; ``cancel`` (a ``threading.Event``) stops it after the current image.
+    """
+    from spatial2sentence.batch import run_batch
+
+    messages: queue.Queue = queue.Queue()
+    outcome: dict = {}
+
+    def progress(rec, done, total):
+        messages.put(("start", total) if rec is None else ("image", rec, done, total))
+
+    def target():
+        try:
+            outcome["result"] = run_batch(
+                input_dir, out_dir, model=model, device=device, workers=workers, overwrite=overwrite,
+                progress=progress, should_stop=(cancel.is_set if cancel is not None else None),
+            )
+        except BaseException as err:  # re-raised in the worker thread below
+            outcome["error"] = err
+        finally:
+            messages.put(None)
+
+    thread = threading.Thread(target=target, name="s2s-batch", daemon=True)
+    thread.start()
+    while True:
+        msg = messages.get()
+        if msg is None:
+            break
+        yield msg
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+class BatchAnnotateWidget(QWidget):
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker = None
+        self.result = None
+        self._cancel: threading.Event | None = None
+        self._pbar = None
+        self._rows: dict[str, int] = {}
+        self._records: dict[str, dict] = {}
+        self._build_ui()
+
+    # ------------------------------------------------------------------------------------- UI
+    def _folder_row(self, edit: QLineEdit, title: str) -> QHBoxLayout:
+        row = QHBoxLayout()
+        button = QPushButton("Folder…")
+        button.clicked.connect(lambda: self._browse(edit, title))
+        row.addWidget(edit)
+        row.addWidget(button)
+        return row
+
+    def _build_ui(self):
+        self.setMinimumWidth(380)
+        root = QVBoxLayout(self)
+        root.setContentsMargins(6, 6, 6, 6)
+        box = QGroupBox("Folders and model")
+        form = QFormLayout(box)
+        self.input_edit = QLineEdit()
+        self.input_edit.setPlaceholderText("steinbock folder, images + masks, or .mcd files")
+        self.input_edit.setToolTip(
+            "steinbock folder (img/, masks/, panel.csv); or TIFF images X.tiff with masks X_mask.tiff or "
+            "masks/X.tiff; or .mcd files whose acquisition A of F.mcd has its mask at masks/F_AAA.tiff. "
+            "A panel.csv in the folder names the channels.")
+        self.output_edit = QLineEdit()
+        self.output_edit.setPlaceholderText("output folder (a rerun resumes in it)")
+        self.model_edit = QLineEdit()
+        self.model_edit.setPlaceholderText("embedded default model")
+        self.model_edit.setToolTip("A spatial2sentence model folder; empty: the embedded default model")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(list(DEVICES))
+        self.workers_spin = QSpinBox()
+        self.workers_spin.setRange(0, 64)
+        self.workers_spin.setToolTip("0: annotate in napari's process; N: a local Dask cluster of N processes")
+        self.overwrite_check = QCheckBox("redo images already done")
+        form.addRow("Input", self._folder_row(self.input_edit, "Input folder"))
+        form.addRow("Output", self._folder_row(self.output_edit, "Output folder"))
+        form.addRow("Model", self._folder_row(self.model_edit, "spatial2sentence model folder"))
+        form.addRow("Device", self.device_combo)
+        form.addRow("Workers", self.workers_spin)
+        form.addRow("", self.overwrite_check)
+        root.addWidget(box)
+
+        run_row = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.setMinimumHeight(28)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        run_row.addWidget(self.run_button, 2)
+        run_row.addWidget(self.cancel_button, 1)
+        root.addLayout(run_row)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        root.addWidget(self.status_label)
+
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QTableWidget.NoEditTriggers)
+        self.table.setSelectionBehavior(QTableWidget.SelectRows)
+        hh = self.table.horizontalHeader()
+        hh.setSectionResizeMode(0, QHeaderView.ResizeToContents)
+        hh.setSectionResizeMode(1, QHeaderView.ResizeToContents)
+        hh.setSectionResizeMode(2, QHeaderView.ResizeToContents)
+        hh.setSectionResizeMode(3, QHeaderView.Stretch)
+        self.table.cellDoubleClicked.connect(lambda row, _col: self.open_overlay(self.table.item(row, 0).text()))
+        root.addWidget(self.table, 1)
+
+    def _browse(self, edit: QLineEdit, title: str):
+        d = QFileDialog.getExistingDirectory(self, title, edit.text() or "")
+        if d:
+            edit.setText(d)
+
+    # ------------------------------------------------------------------------------------- run
+    def run(self):
+        """Start the batch worker; returns it (None when the folders are missing)."""
+        from napari.qt.threading import create_worker
+
+        if self.worker is not None:
+            _notify("warning", "A batch run is already going; cancel it first")
+            return None
+        src, out = self.input_edit.text().strip(), self.output_edit.text().strip()
+        if not src or not out:
+            _notify("error", "Choose an input folder and an output folder")
+            return None
+        self._cancel = threading.Event()
+        self.result = None
+        self.table.setRowCount(0)
+        self._rows.clear()
+        self._records.clear()
+        worker = create_worker(
+            batch_steps, src, out, model=self.model_edit.text().strip() or None,
+            device=DEVICES[self.device_combo.currentText()], workers=self.workers_spin.value(),
+            overwrite=self.overwrite_check.isChecked(), cancel=self._cancel,
+            _progress={"total": 0, "desc": "Batch annotation"}, _ignore_errors=True, _start_thread=False,
+        )
+        self._pbar = getattr(worker, "pbar", None)
+        worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status_label.setText(f"Reading {src}…")
+        worker.start()
+        return worker
+
+    def cancel(self):
+        """Stop after the current image (finished images are kept; Run resumes)."""
+        if self._cancel is not None:
+            self._cancel.set()
+        if self.worker is not None:
+            self.status_label.setText("Cancelling after the current image…")
+
+    def _on_yielded(self, msg):
+        if msg[0] == "start":
+            total = msg[1]
+            if self._pbar is not None:
+                self._pbar.total = total
+                self._pbar.update(0)
+            self.status_label.setText(f"Annotating {total} images…")
+            return
+        _, rec, done, total = msg
+        self.add_record(rec)
+        if self._pbar is not None:
+            self._pbar.update(done - self._pbar.n)
+        if not (self._cancel is not None and self._cancel.is_set()):
+            self.status_label.setText(f"{done} of {total} images: {rec['image']} {rec['state']}")
+
+    def add_record(self, rec: dict) -> None:
+        """Add or update the table row of one image."""
+        name = rec["image"]
+        self._records[name] = rec
+        row = self._rows.get(name)
+        if row is None:
+            row = self.table.rowCount()
+            self.table.insertRow(row)
+            self._rows[name] = row
+        status = ""
+        if rec.get("status"):
+            p = rec.get("status_probability")
+            status = rec["status"] + (f" ({p:.2f})" if p is not None else "")
+        error = f"{Path(rec['file']).name}: {rec['reason']}" if rec["state"] == "error" else ""
+        values = [name, "" if rec.get("cells") is None else str(rec["cells"]), status, error]
+        tip = {"skipped": "already done: outputs kept from an earlier run", "done": "annotated",
+               "error": f"{rec.get('file')}: {rec.get('reason')}", "cancelled": "cancelled"}.get(rec["state"], "")
+        for col, value in enumerate(values):
+            item = QTableWidgetItem(value)
+            item.setToolTip(tip)
+            if col == 1:
+                item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
+            if rec["state"] == "error":
+                item.setForeground(Qt.red)
+            self.table.setItem(row, col, item)
+        self.table.scrollToItem(self.table.item(row, 0))
+
+    def table_rows(self) -> list[list[str]]:
+        return [[self.table.item(r, c).text() for c in range(self.table.columnCount())]
+                for r in range(self.table.rowCount())]
+
+    def _on_returned(self, result):
+        self.result = result
+        im = result.run["images"]
+        text = (f"{im['annotated']} annotated, {im['skipped_already_done']} already done, {im['failed']} failed "
+                f"of {im['total']} images -> {result.out_dir}")
+        if self._cancel is not None and self._cancel.is_set() and im["cancelled"]:
+            text = f"Cancelled: {text}"
+        self.status_label.setText(text)
+        _notify("warning" if im["failed"] else "info", text)
+
+    def _on_errored(self, err):
+        self.status_label.setText(_one_line(err))
+        _notify("error", _one_line(err))
+
+    def _on_finished(self):
+        self.worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    # ------------------------------------------------------------------------------------- results
+    def open_overlay(self, name: str):
+        """Add the type overlay PNG of a finished image to the viewer (RGB image layer)."""
+        import numpy as np
+        from PIL import Image
+
+        from spatial2sentence.batch import output_paths
+
+        out = self.output_edit.text().strip()
+        path = output_paths(out, name)["overlay"] if out else None
+        if path is None or not path.is_file():
+            _notify("warning", f"No overlay for {name} (the image failed or is not done)")
+            return None
+        with Image.open(path) as im:
+            data = np.asarray(im.convert("RGB"))
+        return self.viewer.add_image(data, rgb=True, name=f"{name} cell types")
