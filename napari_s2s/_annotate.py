@@ -90,6 +90,14 @@ def check_inputs(data: np.ndarray, channels: list[str], mask: np.ndarray | None,
 
 def _predict_in_thread(model, cells, markers, image, batch_size, cancel: threading.Event):
     """Run ``predict_cells`` in a helper thread; yield (done, total) from its progress callback."""
+    return in_thread(lambda cb: model.predict_cells(cells, markers=markers, image=image, batch_size=batch_size,
+                                                    progress=cb), cancel)
+
+
+def in_thread(fn, cancel: threading.Event):
+    """Generator: run ``fn(progress_callback)`` in a helper thread, yield ``("progress", done, total)``
+    from the callback (and ``None`` every 0.1 s so a worker can check for abort), return its result.
+    The callback returns False once ``cancel`` is set."""
     q: queue.Queue = queue.Queue()
     out: dict = {}
 
@@ -99,8 +107,7 @@ def _predict_in_thread(model, cells, markers, image, batch_size, cancel: threadi
 
     def run():
         try:
-            out["result"] = model.predict_cells(cells, markers=markers, image=image, batch_size=batch_size,
-                                                progress=cb)
+            out["result"] = fn(cb)
         except BaseException as err:  # handed to the caller's thread
             out["error"] = err
         finally:
@@ -188,5 +195,20 @@ def annotate(data, channels, mask, **kwargs) -> Annotation:
     try:
         while True:
             next(gen)
+    except StopIteration as stop:
+        return stop.value
+
+
+def explain_all_steps(model, cellset, object_ids, markers=None, cancel: threading.Event | None = None):
+    """Generator: attributions of every cell (``{str(object): attribution}``), with progress."""
+    from . import _explain
+
+    cancel = cancel or threading.Event()
+    yield ("stage", f"attributions of {len(object_ids)} cells")
+    gen = in_thread(lambda cb: _explain.explain_cells(model, cellset, object_ids, markers=markers, progress=cb),
+                    cancel)
+    try:
+        while True:
+            yield next(gen)
     except StopIteration as stop:
         return stop.value

@@ -70,6 +70,8 @@ class AnnotateCellsWidget(QWidget):
         self._cancel: threading.Event | None = None
         self._pbar = None
         self._groups: dict[str, list] = {}
+        self.attribution_worker = None
+        self._all_attributions = False
         self._attributions: dict[str, dict] = {}
         self.explanation: ExplanationPanel | None = None
         self._explanation_dock = None
@@ -163,6 +165,8 @@ class AnnotateCellsWidget(QWidget):
         attr_row.addWidget(self.attr_combo, 1)
         self.attr_button = QPushButton("Show")
         self.attr_button.clicked.connect(lambda: self.show_attributions(self.attr_combo.currentText()))
+        self.attr_combo.currentTextChanged.connect(
+            lambda t: self._all_attributions and self.annotation is not None and self._paint_attributions(t))
         attr_row.addWidget(self.attr_button)
         rl.addLayout(attr_row)
         self.attr_note = QLabel("")
@@ -291,9 +295,15 @@ class AnnotateCellsWidget(QWidget):
         except S2SInputError as err:
             _notify("error", _one_line(err))
             return None
-        self._cancel = threading.Event()
         model_path = self.model_edit.text().strip() or None
         device = DEVICES[self.device_combo.currentText()]
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                _notify("error", "CUDA was asked for but this machine has no usable CUDA GPU; choose auto or CPU")
+                return None
+        self._cancel = threading.Event()
         self._pending = (mask_layer, time.perf_counter())
         worker = create_worker(
             annotate_steps, data, markers, np.asarray(mask_layer.data), image=image, pixel_size_um=ps,
@@ -385,6 +395,7 @@ class AnnotateCellsWidget(QWidget):
         """Colour the mask, fill features, legend and status, and add the derived layers."""
         self.annotation, self.mask_layer, self.cellset = ann, mask_layer, ann.cellset
         self._attributions = {}
+        self._all_attributions = False
         t = ann.table
         objects, types = t["Object"].to_numpy(), t["cell_type"].to_numpy(dtype=object)
         mask = np.asarray(mask_layer.data)
@@ -527,8 +538,12 @@ class AnnotateCellsWidget(QWidget):
             self.cellset = ann.model.prepare(ann.cells, ann.markers, ann.image, source=ann.image)
         return self.cellset
 
-    def explain_cell(self, obj: int) -> dict | None:
-        """Fill the explanation panel with cell ``obj`` and draw its partners; returns the info dict."""
+    def explain_cell(self, obj: int, attributions: str = "async") -> dict | None:
+        """Fill the explanation panel with cell ``obj`` and draw its partners; returns the info dict.
+
+        The prompt, probabilities and partners appear at once; the word shading (integrated gradients,
+        ``spatial2sentence.explain``) follows from a worker (``attributions="async"``), or is computed
+        before returning (``"sync"``), or skipped (``"none"``)."""
         ann = self.annotation
         if ann is None:
             return None
@@ -538,40 +553,98 @@ class AnnotateCellsWidget(QWidget):
         except S2SInputError as err:
             _notify("warning", _one_line(err))
             return None
-        table = ann.table.set_index(ann.table["Object"].astype(str))
+        table = self._table_by_object()
         row = table.loc[str(obj)]
         probs = {lab: float(row.get("p_" + str(lab).replace(" ", "_"), np.nan)) for lab in ann.type_labels}
-        attribution, note = None, ""
-        try:
-            attribution = self._attributions.get(str(obj)) or _explain.explain_cells(
-                ann.model, ann.cells, [obj], markers=ann.markers).get(str(obj))
-        except _explain.AttributionsUnavailable as err:
-            note = str(err)
-        scores = {}
-        if attribution:
-            scores = {str(p.get("object", p.get("Object"))): float(p.get("score", np.nan))
-                      for p in attribution.get("partners", [])}
         partners = []
         for p in prompt["partners"]:
             key = str(p["Object"])
             ct = table["cell_type"].get(key) if key in table.index else None
-            partners.append({**p, "cell_type": ct if isinstance(ct, str) else None, "score": scores.get(key)})
+            partners.append({**p, "cell_type": ct if isinstance(ct, str) else None, "score": None})
         words = prompt["text"].split()
         try:
             anchor = words[words.index(":") + 1: words.index(";")]
         except ValueError:
             anchor = []
         info = {
-            "object": obj, "image": ann.image, "predicted": row["cell_type"] if isinstance(row["cell_type"], str) else None,
+            "object": obj, "image": ann.image,
+            "predicted": row["cell_type"] if isinstance(row["cell_type"], str) else None,
             "probability": float(row["cell_type_probability"]), "probabilities": probs,
             "colors": _layers.type_colors(ann.type_labels), "text": prompt["text"], "partners": partners,
-            "attribution": attribution, "note": note, "anchor_markers": anchor,
+            "attribution": None, "note": "", "anchor_markers": anchor,
         }
+        cached = self._attributions.get(str(obj))
+        if cached is not None:
+            self._apply_attribution(info, cached)
+        elif not _explain.available():
+            info["note"] = "attributions unavailable: spatial2sentence.explain is not installed"
+        elif attributions == "sync":
+            try:
+                self._apply_attribution(info, self._explain_one(obj))
+            except _explain.AttributionsUnavailable as err:
+                info["note"] = str(err)
+        elif attributions == "async":
+            info["note"] = "computing attributions…"
         self._draw_partners(obj, partners, table)
         panel = self._ensure_panel()
         info["seconds"] = time.perf_counter() - t0
         panel.show_cell(info)
+        if attributions == "async" and cached is None and info["note"] == "computing attributions…":
+            self._start_cell_attribution(obj, info)
         return info
+
+    def _table_by_object(self):
+        ann = self.annotation
+        if getattr(self, "_table_cache", (None,))[0] is not ann:
+            self._table_cache = (ann, ann.table.set_index(ann.table["Object"].astype(str)))
+        return self._table_cache[1]
+
+    def _explain_one(self, obj) -> dict:
+        ann = self.annotation
+        res = _explain.explain_cells(ann.model, self._cellset(), [obj], markers=ann.markers)
+        att = res.get(str(obj))
+        if att is None:
+            raise _explain.AttributionsUnavailable("attributions unavailable for this cell")
+        self._attributions[str(obj)] = att
+        return att
+
+    @staticmethod
+    def _apply_attribution(info, att):
+        info["attribution"] = att
+        scores = {str(p.get("object", p.get("Object"))): p.get("score") for p in att.get("partners", [])}
+        for p in info["partners"]:
+            sc = scores.get(str(p["Object"]))
+            p["score"] = None if sc is None else float(sc)
+        info["note"] = ""
+
+    def _start_cell_attribution(self, obj, info):
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(self._explain_one, obj, _ignore_errors=True, _start_thread=False)
+
+        def done(att):
+            panel = self.explanation
+            if panel is not None and panel.current is not None and panel.current.get("object") == obj:
+                new = dict(panel.current)
+                new["partners"] = [dict(p) for p in new["partners"]]
+                self._apply_attribution(new, att)
+                panel.show_cell(new)
+                self._draw_partners(obj, new["partners"], self._table_by_object())
+
+        def failed(err):
+            panel = self.explanation
+            if panel is not None and panel.current is not None and panel.current.get("object") == obj:
+                panel.note.setText(str(err).splitlines()[0] if str(err) else "attributions failed")
+
+        def finished():
+            if self.attribution_worker is worker:
+                self.attribution_worker = None
+
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+        worker.finished.connect(finished)
+        self.attribution_worker = worker
+        worker.start()
 
     def _draw_partners(self, obj, partners, table):
         ann, ml = self.annotation, self.mask_layer
@@ -587,12 +660,18 @@ class AnnotateCellsWidget(QWidget):
             scores.append(np.nan if p.get("score") is None else p["score"])
         data, types, colors, widths = _layers.partner_shapes((ax, ay), pxy, roles, scores)
         lay = self._layer("partners", ann.image)
-        if lay is not None:
-            self.viewer.layers.remove(lay)
-        self.viewer.add_shapes(data, shape_type=types, edge_color=colors, edge_width=widths,
-                               face_color="transparent", name=f"{ann.image} partners of cell {obj}",
-                               scale=ml.scale, translate=ml.translate,
-                               metadata=_layers.s2s_meta("partners", ann.image, object=obj))
+        name = f"{ann.image} partners of cell {obj}"
+        if lay is None:
+            lay = self.viewer.add_shapes(data, shape_type=types, edge_color=colors, edge_width=widths,
+                                         face_color="transparent", name=name, scale=ml.scale,
+                                         translate=ml.translate,
+                                         metadata=_layers.s2s_meta("partners", ann.image, object=obj))
+        else:  # reuse the layer: removing one costs a garbage collection (~0.5 s)
+            lay.selected_data = set()
+            lay.data = []
+            lay.add(data, shape_type=types, edge_color=colors, edge_width=widths, face_color="transparent")
+            lay.name = name
+            lay.metadata = _layers.s2s_meta("partners", ann.image, object=obj)
         self.viewer.layers.selection.active = ml
 
     # ------------------------------------------------------------------------------ attributions
@@ -610,25 +689,68 @@ class AnnotateCellsWidget(QWidget):
         self.attr_combo.addItems(list(ann.used_markers or ann.markers) + ["partners"])
         self.attr_note.setText("")
 
-    def compute_attributions(self):
-        """Attributions of every cell (cached); raises AttributionsUnavailable."""
-        ann = self.annotation
-        if not self._attributions:
-            self._attributions = _explain.explain_cells(ann.model, ann.cells, ann.table["Object"].tolist(),
-                                                        markers=ann.markers)
-        return self._attributions
-
     def show_attributions(self, what: str):
-        """Colour every cell by how much ``what`` (a marker or ``"partners"``) drove its prediction."""
+        """Colour every cell by how much ``what`` (a marker or ``"partners"``) drove its prediction.
+
+        The attributions of all cells are computed once, in a worker with a progress bar (returned, so
+        callers can wait on it); later calls repaint at once (and return the layer)."""
+        from napari.qt.threading import create_worker
+
+        from ._annotate import explain_all_steps
+
         ann = self.annotation
         if ann is None or not what:
             return None
-        try:
-            attrs = self.compute_attributions()
-        except _explain.AttributionsUnavailable as err:
-            self.attr_note.setText(str(err))
-            _notify("warning", str(err))
+        if not _explain.available():
+            self.attr_note.setText("attributions unavailable: spatial2sentence.explain is not installed")
+            _notify("warning", "attributions unavailable: spatial2sentence.explain is not installed")
             return None
+        if self.attr_combo.findText(what) >= 0 and self.attr_combo.currentText() != what:
+            self.attr_combo.blockSignals(True)
+            self.attr_combo.setCurrentText(what)
+            self.attr_combo.blockSignals(False)
+        if self._all_attributions:
+            return self._paint_attributions(what)
+        if self.attribution_worker is not None:
+            return self.attribution_worker
+        worker = create_worker(explain_all_steps, ann.model, self._cellset(), ann.table["Object"].tolist(),
+                               markers=ann.markers, _progress={"total": 0, "desc": "Attributions"},
+                               _ignore_errors=True, _start_thread=False)
+        pbar = getattr(worker, "pbar", None)
+
+        def step(msg):
+            if msg and msg[0] == "progress" and pbar is not None:
+                if pbar.total != msg[2]:
+                    pbar.total = msg[2]
+                pbar.update(msg[1] - pbar.n)
+
+        def done(res):
+            if self.annotation is not ann:
+                return
+            self._attributions.update(res)
+            self._all_attributions = True
+            self._paint_attributions(what)
+
+        def failed(err):
+            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            self.attr_note.setText(f"attributions failed: {msg}")
+            _notify("error", f"attributions failed: {msg}")
+
+        def finished():
+            self.attribution_worker = None
+
+        worker.yielded.connect(step)
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+        worker.finished.connect(finished)
+        self.attribution_worker = worker
+        self.attr_note.setText(f"computing the attributions of {len(ann.table)} cells (integrated gradients)…")
+        worker.start()
+        return worker
+
+    def _paint_attributions(self, what: str):
+        ann = self.annotation
+        attrs = self._attributions
         objects = ann.table["Object"].to_numpy()
         scores = np.array([_layers.score_of(attrs[str(o)], what) if str(o) in attrs else np.nan
                            for o in objects], dtype=float)
@@ -639,8 +761,8 @@ class AnnotateCellsWidget(QWidget):
         lay.opacity = 0.9
         lay.name = f"{ann.image} attribution: {what}"
         lay.metadata = _layers.s2s_meta("attribution", ann.image, what=what, vmax=vmax)
-        self.attr_note.setText(f"{what}: red = drove the prediction, blue = against; "
-                               f"max |score| {vmax:.3g}")
+        self.attr_note.setText(f"Cells coloured by the attribution of {what} to their predicted type: "
+                               f"red = drove it, blue = against it, white = no effect (max |score| {vmax:.2g})")
         self.viewer.layers.selection.active = self.mask_layer
         return lay
 

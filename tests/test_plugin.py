@@ -1,0 +1,378 @@
+"""napari plugin: manifest, reader, sample data, annotate widget, explanation panel, overlays, exports.
+
+Run headlessly: QT_API=pyqt5 xvfb-run -a -s "-screen 0 1600x1200x24" python -m pytest tests/test_plugin*.py
+The model is a tiny untrained one (napari_s2s._testing): predictions are meaningless, the code path is
+the real one.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari_s2s import _explain, _layers  # noqa: E402
+from napari_s2s._sample_data import damond_dir, load_damond  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    from napari_s2s._testing import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Every notification the widget shows, as (kind, message)."""
+    seen = []
+    import napari_s2s._widget as w
+
+    monkeypatch.setattr(w, "_notify", lambda kind, msg: seen.append((kind, msg)))
+    return seen
+
+
+def add_layers(viewer, layer_data):
+    from napari.layers import Layer
+
+    out = []
+    for data, kwargs, kind in layer_data:
+        out.append(viewer.add_layer(Layer.create(data, kwargs, kind)))
+    return out
+
+
+@pytest.fixture
+def annotated(make_napari_viewer, qtbot, tiny_model, notes):
+    """Viewer with the E34 sample, annotated by the widget."""
+    from napari_s2s._sample_data import damond_e34
+    from napari_s2s._widget import AnnotateCellsWidget
+
+    viewer = make_napari_viewer(show=True)  # a hidden canvas renders stale frames in screenshots
+    add_layers(viewer, damond_e34())
+    widget = AnnotateCellsWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Annotate cells")
+    widget.model_edit.setText(str(tiny_model))
+    widget.device_combo.setCurrentText("CPU")
+    worker = widget.run()
+    assert worker is not None, notes
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert widget.annotation is not None, notes
+    return viewer, widget
+
+
+# ------------------------------------------------------------------------------------------ packaging
+
+def test_manifest_is_valid():
+    from npe2 import PluginManifest
+
+    pm = PluginManifest.from_file(REPO / "napari.yaml")
+    ids = {c.id for c in pm.contributions.commands}
+    assert "napari-s2s.annotate_cells" in ids and "napari-s2s.get_reader" in ids
+    for cmd in pm.contributions.commands:  # every python_name resolves
+        mod, _, attr = cmd.python_name.partition(":")
+        assert callable(getattr(__import__(mod, fromlist=[attr]), attr)), cmd.python_name
+    assert (REPO / "napari_s2s" / "napari.yaml").read_text() == (REPO / "napari.yaml").read_text()
+
+
+# ------------------------------------------------------------------------------------------ reader
+
+def test_reader_tiff_steinbock_mask_and_refusals(tmp_path):
+    from napari_s2s._reader import get_reader
+
+    root = damond_dir()
+    layers = get_reader(str(root / "img" / "E34.tiff"))(str(root / "img" / "E34.tiff"))
+    kinds = [k for _, _, k in layers]
+    assert kinds == ["image"] * 5 + ["labels"]
+    names = [kw["name"] for _, kw, _ in layers[:5]]
+    assert names == ["H3", "CD99", "PIN", "CD8a", "CDH"]  # from panel.csv beside img/
+    data, kw, _ = layers[2]
+    assert kw["blending"] == "additive"
+    assert kw["contrast_limits"][0] == 0 and kw["contrast_limits"][1] == pytest.approx(np.percentile(data, 99.5))
+    # steinbock folder: 3 images with masks, side by side
+    layers = get_reader(str(root))(str(root))
+    assert sum(k == "labels" for *_, k in layers) == 3 and len(layers) == 18
+    assert layers[-1][1]["translate"][1] > 200
+    # a mask alone opens as Labels
+    ml = get_reader(str(root / "masks" / "E34.tiff"))(str(root / "masks" / "E34.tiff"))
+    assert ml[0][2] == "labels"
+    # what it cannot read: None, no exception
+    (tmp_path / "x.csv").write_text("a\n1\n")
+    (tmp_path / "broken.tiff").write_bytes(b"II*\x00garbage")
+    assert get_reader(str(tmp_path / "x.csv")) is None
+    assert get_reader(str(tmp_path / "missing.tiff")) is None
+    assert get_reader(str(tmp_path / "broken.tiff")) is None
+    assert get_reader(str(tmp_path)) is None
+
+
+def test_reader_ome_names(tmp_path):
+    from spatial2sentence.io import write_tiff_atomic
+
+    from napari_s2s._reader import get_reader
+
+    data = np.random.default_rng(0).gamma(2, 2, size=(3, 20, 30)).astype(np.float32)
+    p = write_tiff_atomic(tmp_path / "a.ome.tiff", data, channel_names=["PIN", "GCG", "H3"], ome=True)
+    layers = get_reader(str(p))(str(p))
+    assert [kw["name"] for _, kw, _ in layers] == ["PIN", "GCG", "H3"]
+
+
+def test_sample_data():
+    from napari_s2s import _sample_data as s
+
+    layers = s.damond_e34()
+    assert [k for *_, k in layers].count("labels") == 1
+    sim = s.simulated_islet()
+    assert len(sim) == 38 and sim[-1][2] == "labels"
+    assert sum(kw["visible"] for _, kw, k in sim if k == "image") <= 4
+    readme = (s.simulated_dir() / "README.md").read_text()
+    assert "semi-synthetic" in readme and "R13" in readme
+
+
+# ------------------------------------------------------------------------------------------ core of the run
+
+def test_annotate_steps_yields_progress_and_cancels(tiny_model):
+    from napari_s2s._annotate import annotate_steps
+
+    image, mask = load_damond("E34")
+    msgs = []
+    gen = annotate_steps(image.data, image.channels, mask, image="E34", model_path=tiny_model, device="cpu",
+                         batch_size=16)
+    try:
+        while True:
+            m = next(gen)
+            if m:
+                msgs.append(m)
+    except StopIteration as stop:
+        ann = stop.value
+    prog = [m for m in msgs if m[0] == "progress"]
+    assert prog[-1][1] == prog[-1][2] == len(ann.table) and len(prog) > 3
+    assert not ann.cancelled
+    cancel = threading.Event()
+    cancel.set()
+    gen = annotate_steps(image.data, image.channels, mask, image="E34", model_path=tiny_model, device="cpu",
+                         batch_size=16, cancel=cancel)
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        assert stop.value.cancelled
+
+
+# ------------------------------------------------------------------------------------------ widget
+
+def test_widget_annotates_sample(annotated, tmp_path):
+    from napari.utils.colormaps import DirectLabelColormap
+
+    viewer, widget = annotated
+    ann = widget.annotation
+    mask_layer = widget.mask_layer
+    assert mask_layer.name == "E34 mask"
+    assert widget.markers_edit.text() == "H3, CD99, PIN, CD8a, CDH"
+    # colormap: each cell its type's colour, background transparent
+    cmap = mask_layer.colormap
+    assert isinstance(cmap, DirectLabelColormap)
+    colors = _layers.type_colors(ann.type_labels)
+    for o, t in zip(ann.table["Object"][:20], ann.table["cell_type"][:20]):
+        np.testing.assert_allclose(cmap.color_dict[int(o)], _layers.hex_to_rgba(colors[t]), atol=1e-6)
+    assert cmap.color_dict[0][3] == 0
+    # features: napari's index column = label value, predictions and every class probability
+    f = mask_layer.features
+    assert list(f["index"]) == list(ann.table["Object"])
+    for lab in ann.type_labels:
+        assert f"p_{lab}" in f.columns
+    np.testing.assert_allclose(f[[f"p_{t}" for t in ann.type_labels]].sum(1), 1, atol=1e-4)
+    assert {"cell_type", "cell_type_probability", "status"} <= set(f.columns)
+    # class-id, confidence and low-confidence layers
+    roles = {lay.metadata.get("s2s", {}).get("role") for lay in viewer.layers}
+    assert {"class_ids", "confidence", "low_confidence"} <= roles
+    cls = next(lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "class_ids")
+    o = int(ann.table["Object"].iloc[0])
+    k = ann.type_labels.index(ann.table["cell_type"].iloc[0]) + 1
+    assert np.all(cls.data[np.asarray(mask_layer.data) == o] == k)
+    # legend counts = table counts; clinical status shown
+    assert sum(n for _, n in widget.legend_rows()) == len(ann.table) == 113
+    assert ann.image_status["status"] in widget.clinical_label.text()
+    # exports (atomic writes through spatial2sentence.io)
+    csv = widget.export_csv(tmp_path / "cells.csv")
+    back = pd.read_csv(csv)
+    assert len(back) == 113 and "cell_type" in back.columns and "p_beta" in back.columns
+    import tifffile
+
+    tif = widget.export_class_mask(tmp_path / "classes.tiff")
+    np.testing.assert_array_equal(tifffile.imread(tif), cls.data)
+    assert (tmp_path / "classes_classes.csv").exists()
+
+
+def _centroid_cell(widget):
+    """A cell whose centroid pixel belongs to it (so a click there hits it)."""
+    mask = np.asarray(widget.mask_layer.data)
+    h, w = mask.shape
+    t = widget.annotation.table
+    t = t.assign(d=np.hypot(t["x"] - w / 2, t["y"] - h / 2)).sort_values("d")  # central cells first
+    for _, r in t.iterrows():
+        y, x = int(round(r["y"])), int(round(r["x"]))
+        if mask[y, x] == r["Object"] and r["area"] > 30:
+            return int(r["Object"]), (y, x)
+    raise AssertionError("no convex cell")
+
+
+def test_click_opens_explanation(annotated, MouseEvent):
+    from napari.utils._proxies import ReadOnlyWrapper
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    viewer, widget = annotated
+    obj, (y, x) = _centroid_cell(widget)
+    layer = widget.mask_layer
+    assert viewer.layers.selection.active is layer
+    for kind in ("mouse_press", "mouse_release"):
+        ev = ReadOnlyWrapper(MouseEvent(type=kind, is_dragging=False, position=(y, x), view_direction=None,
+                                        dims_displayed=(0, 1), dims_point=(0, 0), button=1))
+        (mouse_press_callbacks if kind == "mouse_press" else mouse_release_callbacks)(layer, ev)
+    panel = widget.explanation
+    assert panel is not None and panel.current["object"] == obj
+    prompt = widget.annotation.model.prompts_for(widget.annotation.cellset, [obj],
+                                                 markers=widget.annotation.markers)[0]
+    shown = panel.prompt_text()
+    assert "cell :" in shown
+    assert " ".join(shown.split()) == " ".join(w for w in prompt["text"].split() if w != "[BOS]")
+    assert f"Cell {obj}" in panel.title.text()
+    assert panel.partners.count() == len(prompt["partners"])
+    # partners drawn: a circle + one line per partner, in the mask's coordinates
+    shapes = next(lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "partners")
+    assert len(shapes.data) == 1 + len(prompt["partners"])
+    # clicking a partner in the panel moves the panel to it
+    if panel.partners.count():
+        item = panel.partners.item(0)
+        panel.partners.itemClicked.emit(item)
+        assert panel.current["object"] == prompt["partners"][0]["Object"]
+    # selecting a label does the same
+    layer.selected_label = obj
+    assert panel.current["object"] == obj
+    assert panel.current["seconds"] < 0.5
+
+
+def test_screenshot_class_colour_at_centroid(annotated, qtbot):
+    viewer, widget = annotated
+    obj, (y, x) = _centroid_cell(widget)
+    for lay in viewer.layers:
+        lay.visible = lay is widget.mask_layer
+    widget.mask_layer.opacity = 1.0
+    cam = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    cam.center = (y, x)
+    cam.zoom = 40
+    qtbot.wait(50)
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    h, w = shot.shape[:2]
+    px = shot[h // 2, w // 2, :3].astype(int)
+    t = widget.annotation.table.set_index("Object").loc[obj, "cell_type"]
+    want = np.round(np.array(_layers.hex_to_rgba(_layers.type_colors(widget.annotation.type_labels)[t])[:3]) * 255)
+    assert np.abs(px - want).max() <= 3, (px, want, t)
+
+
+def _wait(qtbot, widget):
+    qtbot.waitUntil(lambda: widget.attribution_worker is None, timeout=120_000)
+
+
+def test_attribution_overlay_with_stand_in_explainer(annotated, monkeypatch, qtbot):
+    """The attribution object shape of the brief, from a stand-in explainer (fast, exact values)."""
+    viewer, widget = annotated
+
+    def fake(model, cells, object_ids, markers=None, progress=None):
+        out = []
+        for o in object_ids:
+            r = widget.annotation.cells.set_index("Object").loc[o]
+            ms = [{"marker": m, "score": float(np.log1p(r[m])) * (1 if k % 2 else -1)}
+                  for k, m in enumerate(widget.annotation.markers)]
+            out.append({"object": o, "predicted": "beta", "probabilities": {},
+                        "tokens": [{"token": m["marker"], "score": m["score"], "part": "anchor"} for m in ms],
+                        "markers": ms, "partners": []})
+        if progress:
+            progress(len(out), len(out))
+        return out
+
+    monkeypatch.setattr(_explain, "OVERRIDE", fake)
+    widget._fill_attr_combo(widget.annotation)
+    assert widget.attr_combo.isEnabled()
+    widget.show_attributions("PIN")
+    _wait(qtbot, widget)
+    lay = next(lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "attribution")
+    assert lay.metadata["s2s"]["what"] == "PIN"
+    obj, _ = _centroid_cell(widget)
+    v = -float(np.log1p(widget.annotation.cells.set_index("Object").loc[obj, "PIN"]))  # PIN: index 2
+    np.testing.assert_allclose(lay.colormap.color_dict[obj], _layers.diverging_rgba(v, lay.metadata["s2s"]["vmax"]),
+                               atol=1e-6)
+    # repaint for another marker without recomputing
+    assert widget.show_attributions("H3") is lay
+
+
+def test_real_attributions_shade_the_prompt(annotated, qtbot):
+    viewer, widget = annotated
+    if not _explain.available():
+        pytest.skip("spatial2sentence.explain not installed")
+    obj, _ = _centroid_cell(widget)
+    info = widget.explain_cell(obj)
+    assert info["seconds"] < 0.5
+    _wait(qtbot, widget)
+    qtbot.waitUntil(lambda: widget.explanation.current.get("attribution") is not None, timeout=10_000)
+    att = widget.explanation.current["attribution"]
+    assert att["object"] == obj and att["tokens"]
+    assert "rgba(" in widget.explanation.prompt.toHtml() or "background-color" in widget.explanation.prompt.toHtml()
+    assert "ranked by expression" not in widget.explanation.markers.text()
+
+
+def test_attributions_unavailable_degrades(annotated, monkeypatch, notes):
+    viewer, widget = annotated
+    monkeypatch.setattr(_explain, "OVERRIDE", None)
+    monkeypatch.setattr(_explain, "available", lambda: False)
+    widget._fill_attr_combo(widget.annotation)
+    assert not widget.attr_combo.isEnabled() and "attributions unavailable" in widget.attr_note.text()
+    assert widget.show_attributions("PIN") is None
+    obj, _ = _centroid_cell(widget)
+    info = widget.explain_cell(obj)
+    assert info is not None and info["attribution"] is None
+    assert "attributions unavailable" in widget.explanation.note.text()
+    assert "cell :" in widget.explanation.prompt_text()
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+def test_errors_are_one_line_notifications(make_napari_viewer, qtbot, tiny_model, notes, monkeypatch):
+    from napari_s2s._widget import AnnotateCellsWidget
+
+    viewer = make_napari_viewer()
+    image, mask = load_damond("E34")
+    for i, m in enumerate(image.channels):
+        viewer.add_image(image.data[i], name=m)
+    widget = AnnotateCellsWidget(viewer)
+    widget.model_edit.setText(str(tiny_model))
+    # no mask
+    assert widget.run() is None
+    assert notes[-1][0] == "error" and "no mask" in notes[-1][1] and "\n" not in notes[-1][1]
+    # a mask of another shape
+    viewer.add_labels(np.ones((50, 60), np.uint16), name="wrong mask")
+    widget.mask_combo.setCurrentText("wrong mask")
+    assert widget.run() is None
+    assert "differs" in notes[-1][1]
+    # a panel the model cannot read (no shared marker): worker error -> notification
+    viewer.add_labels(mask, name="mask")
+    widget.mask_combo.setCurrentText("mask")
+    widget.markers_edit.setText("foo1, foo2, foo3, foo4, foo5")
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: notes and notes[-1][0] == "error", timeout=5000)
+    assert "\n" not in notes[-1][1] and widget.annotation is None
+    # CUDA asked for but absent
+    import torch
+
+    if not torch.cuda.is_available():
+        widget.markers_edit.setText("H3, CD99, PIN, CD8a, CDH")
+        widget.device_combo.setCurrentText("CUDA")
+        assert widget.run() is None
+        assert notes[-1][0] == "error" and "CUDA" in notes[-1][1]
