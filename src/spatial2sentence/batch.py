@@ -573,6 +573,7 @@ def run_batch(
     progress: Callable[[dict, int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     client=None,
+    threads: int | None = None,
 ) -> BatchResult:
     """Annotate every image of ``input_dir`` into ``out_dir`` (see the module doc).
 
@@ -581,7 +582,8 @@ def run_batch(
     ``distributed.Client``). ``progress(record, done, total)`` is called once with ``record=None``
     before the first image, then as each image finishes;
     ``should_stop()`` returning True cancels (finished images are kept, run-level files are still
-    written).
+    written). ``threads``: torch threads of an in-process run (default: torch's own choice; Dask
+    workers always use 1).
     """
     started = time.time()
     t0 = time.perf_counter()
@@ -613,7 +615,7 @@ def run_batch(
         for job in jobs:
             if should_stop is not None and should_stop():
                 break
-            finish(annotate_image(job, should_stop=should_stop, **kw))
+            finish(annotate_image(job, should_stop=should_stop, torch_threads=threads, **kw))
     else:
         from distributed import Client, LocalCluster, as_completed
 
@@ -675,7 +677,8 @@ def run_batch(
         "output": str(out.resolve()),
         "model": meta,
         "settings": {"device": device, "workers": workers, "scheduler": scheduler, "mode": mode,
-                     "overwrite": overwrite, "batch_size": batch_size},
+                     "overwrite": overwrite, "batch_size": batch_size,
+                     "torch_threads": 1 if mode != "in-process" else _torch_threads()},
         "versions": versions(),
         "images": {
             "total": total,
@@ -702,6 +705,15 @@ def run_batch(
 
     write_json_atomic(run, out / "run.json")
     return BatchResult(out, disc.kind, ordered, run)
+
+
+def _torch_threads() -> int | None:
+    try:
+        import torch
+
+        return torch.get_num_threads()
+    except ImportError:  # pragma: no cover
+        return None
 
 
 def versions() -> dict:

@@ -20,9 +20,11 @@ import click
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on an existing Dask cluster, e.g. tcp://host:8786 (OUT must be on a shared disk).")
 @click.option("--overwrite", is_flag=True, help="Redo images whose outputs already exist.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads of an in-process run (default: torch's choice; Dask workers use 1).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Prompts per model forward pass.")
-def annotate(input_dir, out_dir, model_dir, device, workers, scheduler, overwrite, batch_size):
+def annotate(input_dir, out_dir, model_dir, device, workers, scheduler, overwrite, threads, batch_size):
     """Annotate every image of the folder INPUT: cell types, probabilities and clinical status.
 
     \b
@@ -71,7 +73,8 @@ def annotate(input_dir, out_dir, model_dir, device, workers, scheduler, overwrit
 
     try:
         result = run_batch(input_dir, out_dir, model=model_dir, device=device, workers=workers,
-                           scheduler=scheduler, overwrite=overwrite, batch_size=batch_size, progress=progress)
+                           scheduler=scheduler, overwrite=overwrite, batch_size=batch_size, progress=progress,
+                           threads=threads)
     finally:
         bar.close()
     im, t = result.run["images"], result.run["timings"]
