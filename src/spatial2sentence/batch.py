@@ -593,9 +593,24 @@ def run_batch(
         raise S2SInputError(out, "the output folder must differ from the input folder")
     meta = model_meta(model)
     model_arg = None if model is None else str(Path(model).resolve())
+    local = client is None and scheduler is None
+    if local and device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise S2SInputError("--device cuda", "CUDA is not available on this machine (use auto or cpu)")
+    in_process = local and workers <= 0
+    t_discover = time.perf_counter()
+    if in_process:  # load once, here, so that a broken model fails the run once rather than every image
+        try:
+            get_model(model_arg, device)
+        except S2SInputError:
+            raise
+        except Exception as err:
+            raise S2SInputError(meta["path"], f"cannot load the model ({_first_line(err)})") from None
+    t_model = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     n_stale = clean_stale_parts(out)
-    t_discover = time.perf_counter()
     jobs = disc.jobs
     total = len(jobs)
     records: dict[str, dict] = {}
@@ -611,7 +626,7 @@ def run_batch(
         if progress is not None:
             progress(rec, len(records), total)
 
-    if client is None and scheduler is None and workers <= 0:
+    if in_process:
         for job in jobs:
             if should_stop is not None and should_stop():
                 break
@@ -692,7 +707,8 @@ def run_batch(
         "timings": {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "discover_s": round(t_discover - t0, 3),
-            "annotate_s": round(wall, 3),
+            "model_load_in_process_s": round(t_model - t_discover, 3) if in_process else None,
+            "annotate_s": round(wall, 3),  # model load (or cluster start-up) to the last image
             "collect_s": round(t_collect - t_annotate, 3),
             "total_s": round(t_collect - t0, 3),
             "annotated_cells": n_cells,
