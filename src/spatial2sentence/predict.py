@@ -53,21 +53,28 @@ def predict_cellset(model, cs, batch_size: int = 256, tasks=("type", "status"), 
     ph = cs.is_phenotype
     todo = {t: (np.flatnonzero(~ph) if t == "type" else np.arange(n)) for t in tasks}
     cancelled = False
-    order = np.arange(n)
     done = 0
-    for c0 in range(0, n, batch_size):
-        chunk = order[c0:c0 + batch_size]
+    # blocks of several batches: prompts are sorted by length inside a block so batches carry little
+    # padding; progress is reported (and cancelling checked) after every batch
+    block = batch_size * 8
+    for b0 in range(0, n, block):
+        cells = np.arange(b0, min(n, b0 + block))
         ctx = {int(i): model.tokenizer.encode(cs.context_words(int(i), model.sentence, model.prompt,
-                                                               sentence_cache=sents)) for i in chunk}
-        for t in tasks:
-            rows = np.intersect1d(chunk, todo[t])
-            if rows.size == 0:
-                continue
-            seqs = [ctx[int(i)] + task_ids[t] for i in rows]
-            probs[t][rows] = score_prompts(model.lm, seqs, label_ids[t], model.tokenizer.pad_id, model.device)
-        done += len(chunk)
-        if progress is not None and progress(done, n) is False:
-            cancelled = done < n
+                                                               sentence_cache=sents)) for i in cells}
+        cells = cells[np.argsort([len(ctx[int(i)]) for i in cells], kind="stable")]
+        for c0 in range(0, len(cells), batch_size):
+            chunk = cells[c0:c0 + batch_size]
+            for t in tasks:
+                rows = chunk[np.isin(chunk, todo[t])]
+                if rows.size == 0:
+                    continue
+                seqs = [ctx[int(i)] + task_ids[t] for i in rows]
+                probs[t][rows] = score_prompts(model.lm, seqs, label_ids[t], model.tokenizer.pad_id, model.device)
+            done += len(chunk)
+            if progress is not None and progress(done, n) is False:
+                cancelled = done < n
+                break
+        if cancelled:
             break
 
     table = pd.DataFrame({"image": cs.image, "Object": cs.object_id})
