@@ -216,12 +216,12 @@ def partner_shapes(anchor_xy_px, partners_xy_px, roles, scores=None, radius_px: 
     partner's attribution score when known."""
     ax, ay = anchor_xy_px
     data = [np.array([[ay - radius_px, ax - radius_px], [ay + radius_px, ax + radius_px]])]
-    types, colors, widths = ["ellipse"], [ANCHOR_COLOR], [1.0]
+    types, colors, widths = ["ellipse"], [ANCHOR_COLOR], [0.8]
     s = np.abs(np.asarray(scores if scores is not None else [np.nan] * len(roles), dtype=float))
     smax = float(np.nanmax(s)) if np.isfinite(s).any() and np.nanmax(s) > 0 else 0.0
     for (px, py), role, sc in zip(partners_xy_px, roles, s):
         data.append(np.array([[ay, ax], [py, px]]))
         types.append("line")
         colors.append(POSITIVE_COLOR if role == "positive" else NEGATIVE_COLOR)
-        widths.append(1.5 + (2.5 * sc / smax if smax and np.isfinite(sc) else 0.0))
+        widths.append(0.6 + (1.0 * sc / smax if smax and np.isfinite(sc) else 0.0))
     return data, types, colors, widths

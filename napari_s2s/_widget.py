@@ -149,7 +149,10 @@ class AnnotateCellsWidget(QWidget):
         self.legend.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
         rl.addWidget(self.legend)
         conf_row = QHBoxLayout()
-        conf_row.addWidget(QLabel("Outline cells with probability below"))
+        conf_lab = QLabel("Outline cells (yellow) with p below")
+        conf_lab.setToolTip("Cells whose predicted type has a probability below this value are outlined in "
+                            "the 'low confidence' layer")
+        conf_row.addWidget(conf_lab, 1)
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(0.0, 1.0)
         self.threshold_spin.setSingleStep(0.05)
@@ -287,6 +290,7 @@ class AnnotateCellsWidget(QWidget):
         """Start the annotation worker; returns it (or None when the inputs are unusable)."""
         from napari.qt.threading import create_worker
 
+        t_start = time.perf_counter()
         if self.worker is not None:
             _notify("warning", "An annotation is already running; cancel it first")
             return None
@@ -304,7 +308,7 @@ class AnnotateCellsWidget(QWidget):
                 _notify("error", "CUDA was asked for but this machine has no usable CUDA GPU; choose auto or CPU")
                 return None
         self._cancel = threading.Event()
-        self._pending = (mask_layer, time.perf_counter())
+        self._pending = (mask_layer, t_start)
         worker = create_worker(
             annotate_steps, data, markers, np.asarray(mask_layer.data), image=image, pixel_size_um=ps,
             model_path=model_path, device=device, cancel=self._cancel,
@@ -440,7 +444,7 @@ class AnnotateCellsWidget(QWidget):
     def _fill_legend(self, ann):
         rows = _layers.counts_per_type(ann.table["cell_type"].to_numpy(dtype=object), ann.type_labels)
         total = max(1, sum(r[1] for r in rows))
-        rows = sorted(rows, key=lambda r: -r[1])
+        rows = sorted([r for r in rows if r[1] > 0], key=lambda r: -r[1])
         self.legend.setRowCount(len(rows))
         for i, (lab, cnt, color) in enumerate(rows):
             item = QTableWidgetItem(_swatch(color), lab)
@@ -453,7 +457,7 @@ class AnnotateCellsWidget(QWidget):
             self.legend.setItem(i, 2, pc)
         self.legend.resizeRowsToContents()
         h = self.legend.horizontalHeader().height() + sum(self.legend.rowHeight(i) for i in range(len(rows))) + 4
-        self.legend.setFixedHeight(min(h, 360))
+        self.legend.setFixedHeight(min(h, 300))
 
     def legend_rows(self) -> list[tuple[str, int]]:
         return [(self.legend.item(i, 0).text(), int(self.legend.item(i, 1).text()))
@@ -528,9 +532,30 @@ class AnnotateCellsWidget(QWidget):
             try:
                 self._explanation_dock = self.viewer.window.add_dock_widget(
                     self.explanation, name="Cell explanation", area="right")
+                mine = self._own_dock()
+                if mine is not None and mine.parentWidget() is self._explanation_dock.parentWidget():
+                    # one tab each: the explanation gets the full height of the right side
+                    mine.parentWidget().tabifyDockWidget(mine, self._explanation_dock)
             except Exception:  # no window (e.g. a bare ViewerModel)
                 pass
+        if self._explanation_dock is not None:
+            self._explanation_dock.show()
+            self._explanation_dock.raise_()
         return self.explanation
+
+    def _own_dock(self):
+        from qtpy.QtWidgets import QDockWidget
+
+        w = self.parentWidget()
+        while w is not None and not isinstance(w, QDockWidget):
+            w = w.parentWidget()
+        return w
+
+    def show_controls(self):
+        """Bring the "Annotate cells" tab to the front."""
+        dock = self._own_dock()
+        if dock is not None:
+            dock.raise_()
 
     def _cellset(self):
         if self.cellset is None:
