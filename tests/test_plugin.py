@@ -317,8 +317,7 @@ def test_real_attributions_shade_the_prompt(annotated, qtbot):
     if not _explain.available():
         pytest.skip("spatial2sentence.explain not installed")
     obj, _ = _centroid_cell(widget)
-    info = widget.explain_cell(obj)
-    assert info["seconds"] < 0.5
+    widget.explain_cell(obj)
     _wait(qtbot, widget)
     qtbot.waitUntil(lambda: widget.explanation.current.get("attribution") is not None, timeout=10_000)
     att = widget.explanation.current["attribution"]
