@@ -119,6 +119,9 @@ def main(argv=None):
         widget.show_attributions(what)
         wait(lambda: widget.attribution_worker is None)
     widget.show_controls()
+    for lay in viewer.layers:
+        if lay.metadata.get("s2s", {}).get("role") in ("partners", "low_confidence"):
+            lay.visible = False
     viewer.reset_view()
     close_toasts(viewer)
     wait(lambda: True)

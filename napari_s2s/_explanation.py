@@ -136,6 +136,8 @@ class ExplanationPanel(QWidget):
         lay.addWidget(self._heading("Partners (click one to explain it; lines on the image)"))
         self.partners = QListWidget()
         self.partners.setMinimumHeight(70)
+        self.partners.setWordWrap(True)
+        self.partners.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.partners.itemClicked.connect(self._on_partner)
         lay.addWidget(self.partners, 1)
         self.timing = QLabel("")

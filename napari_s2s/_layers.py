@@ -177,8 +177,10 @@ def low_confidence_colormap(objects, probabilities, threshold: float):
 
 def diverging_rgba(score: float, vmax: float) -> tuple[float, float, float, float]:
     """Blue (against the prediction) - white - red (for it), by ``score / vmax``."""
-    if not np.isfinite(score) or vmax <= 0:
-        return hex_to_rgba(UNASSIGNED, 0.5)
+    if not np.isfinite(score):
+        return hex_to_rgba(UNASSIGNED, 0.35)  # not in this cell's prompt
+    if vmax <= 0:
+        return (1.0, 1.0, 1.0, 1.0)
     t = float(np.clip(score / vmax, -1.0, 1.0))
     if t >= 0:
         return (1.0, 1.0 - 0.85 * t, 1.0 - 0.85 * t, 1.0)
@@ -199,13 +201,14 @@ def attribution_colormap(objects, scores):
 
 def score_of(attribution: dict, what: str) -> float:
     """How much ``what`` (a marker name, or ``"partners"``) drove one cell's prediction: the marker's
-    score, or the sum of its partners' scores; 0 when absent from the cell's prompt."""
+    score, or the sum of its partners' scores; NaN when absent from the cell's prompt (drawn grey)."""
     if what == "partners":
-        return float(sum(float(p.get("score", 0.0)) for p in attribution.get("partners", [])))
+        parts = attribution.get("partners", [])
+        return float(sum(float(p.get("score", 0.0)) for p in parts)) if parts else float("nan")
     for m in attribution.get("markers", []):
         if str(m.get("marker")) == what:
             return float(m.get("score", 0.0))
-    return 0.0
+    return float("nan")
 
 
 # ------------------------------------------------------------------------------------------ partners
@@ -215,13 +218,13 @@ def partner_shapes(anchor_xy_px, partners_xy_px, roles, scores=None, radius_px: 
     (row, column order), coloured by role (positive green, negative pink); widths grow with the
     partner's attribution score when known."""
     ax, ay = anchor_xy_px
-    data = [np.array([[ay - radius_px, ax - radius_px], [ay + radius_px, ax + radius_px]])]
-    types, colors, widths = ["ellipse"], [ANCHOR_COLOR], [0.8]
+    data = [np.array([[ay, ax], [radius_px, radius_px]])]  # ellipse as (centre, radii)
+    types, colors, widths = ["ellipse"], [ANCHOR_COLOR], [0.6]
     s = np.abs(np.asarray(scores if scores is not None else [np.nan] * len(roles), dtype=float))
     smax = float(np.nanmax(s)) if np.isfinite(s).any() and np.nanmax(s) > 0 else 0.0
     for (px, py), role, sc in zip(partners_xy_px, roles, s):
         data.append(np.array([[ay, ax], [py, px]]))
         types.append("line")
         colors.append(POSITIVE_COLOR if role == "positive" else NEGATIVE_COLOR)
-        widths.append(0.6 + (1.0 * sc / smax if smax and np.isfinite(sc) else 0.0))
+        widths.append(0.4 + (0.8 * sc / smax if smax and np.isfinite(sc) else 0.0))
     return data, types, colors, widths

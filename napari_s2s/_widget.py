@@ -787,7 +787,8 @@ class AnnotateCellsWidget(QWidget):
         lay.name = f"{ann.image} attribution: {what}"
         lay.metadata = _layers.s2s_meta("attribution", ann.image, what=what, vmax=vmax)
         self.attr_note.setText(f"Cells coloured by the attribution of {what} to their predicted type: "
-                               f"red = drove it, blue = against it, white = no effect (max |score| {vmax:.2g})")
+                               f"red = drove it, blue = against it, white = no effect, grey = not in the cell's prompt "
+                               f"(max |score| {vmax:.2g})")
         self.viewer.layers.selection.active = self.mask_layer
         return lay
 
