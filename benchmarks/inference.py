@@ -139,7 +139,8 @@ def main():
         "speedup_vs_generate_batched": round((n / t_one) / (ng / t_genb), 1),
         "agreement_generate_vs_one_pass_argmax": round(float(np.mean([a == b for a, b in zip(gen1, one_pass_labels)])), 4),
         "generate_answers_outside_label_set": int(sum(a is None for a in gen1)),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+                    "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()]},
         "note": "wall clock on a shared 2-core machine; generate timings exclude prompt building",
     }
     print(f"one-pass constrained scoring: {res['one_pass']['cells_per_s']:.0f} cells/s "

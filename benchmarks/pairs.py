@@ -101,7 +101,8 @@ def main():
         "benchmark": "pair building (positives: KD-tree neighbours; negatives: random same-image candidates)",
         "settings": __import__("spatial2sentence.settings", fromlist=["PairSettings"]).PairSettings().to_dict(),
         "markers": 38,
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
+                    "load_average_1_5_15min_at_end": [round(x, 2) for x in __import__("os").getloadavg()]},
         "results": rows,
         "log_log_slope_time_vs_n": round(slope, 3),
         "note": "n log n growth has a log-log slope slightly above 1; memory stays O(n). Times are wall "

@@ -236,3 +236,13 @@ def test_default_model_reads_the_real_toy_images(cells):
     pred = model.predict_cells(sub, markers=["H3", "CD99", "PIN", "CD8a", "CDH"])
     assert pred.unknown_markers == [] and len(pred.cells) == len(sub)
     assert sum((DEFAULT_MODEL_DIR / f).stat().st_size for f in ("model.safetensors",)) < 25e6
+
+
+def test_resume_continues_from_the_checkpoint(cells, tmp_path):
+    msgs = []
+    train(cells, tmp_path / "r", model_settings=TINY, train_settings=tiny_settings(steps=4), progress_bar=False,
+          log=msgs.append)
+    assert (tmp_path / "r" / "checkpoint" / "state.pt").exists()
+    r = train(cells, tmp_path / "r", model_settings=TINY, train_settings=tiny_settings(steps=6), resume=True,
+              progress_bar=False, log=msgs.append)
+    assert any("resumed" in m and "step 4" in m for m in msgs) and r.steps_done == 6

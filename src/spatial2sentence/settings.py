@@ -91,4 +91,5 @@ class TrainSettings(_Base):
     eval_prompts: int = 1500
     patience: int = 5  # evaluations without improvement before early stopping
     checkpoint_every: int = 200
+    checkpoint_dir: str = ""  # where resumable state goes (empty: <out>/checkpoint)
     num_threads: int = 0  # torch threads on CPU (0: torch's default)

@@ -12,7 +12,7 @@ log-uniformly between ``panel_subset_min`` and the panel size; the same subset f
 so that images carrying only part of the panel are read instead of collapsing. The loss is the
 cross-entropy of the answer token only. Validation images are held out (split by image); the best
 validation loss is kept and training stops after ``patience`` evaluations without improvement.
-``resume=True`` continues from ``<out>/checkpoint/state.pt``.
+``resume=True`` continues from ``<checkpoint_dir>/state.pt`` (default ``<out>/checkpoint``).
 """
 
 from __future__ import annotations
@@ -325,7 +325,7 @@ def train(
     torch.manual_seed(ts.seed)
     step, history, best, bad = 0, [], {"loss": float("inf")}, 0
     best_state = None
-    ckpt = out / "checkpoint" / "state.pt"
+    ckpt = (Path(ts.checkpoint_dir) if ts.checkpoint_dir else out / "checkpoint") / "state.pt"
     if resume and ckpt.exists():
         st = torch.load(ckpt, weights_only=False)
         lm.load_state_dict(st["model"])

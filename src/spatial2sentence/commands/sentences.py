@@ -32,6 +32,7 @@ def sentences(cells_or_image, mask, model_dir, panel, objects, n, task, image_na
 
         img = read_image(cells_or_image, panel=panel)
         df = measure_cells(img, read_mask(mask, shape=img.shape, image_path=cells_or_image))
+        df.insert(0, "image", img.name)
         markers = img.channels
     else:
         df = pd.read_csv(cells_or_image)

@@ -91,7 +91,9 @@ def train(config, data, out, steps, seed, fmt, device, threads, resume, no_eval)
     ]
     if config:
         info["recipe"] = str(config)
-    info["command"] = "s2s train " + (f"--config {config}" if config else "--data " + " ".join(data))
+    import sys
+
+    info["command"] = "s2s " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else "s2s train"
     res = run_train(
         tables, out,
         sentence=SentenceSettings.from_dict(cfg.get("sentence")),
