@@ -32,7 +32,7 @@ mask and length are those of the prompt.
 
 Completeness: the scores sum to ``f(x) - f(baseline)`` up to the quadrature error, reported per cell
 as ``completeness_error`` (absolute, in log-probability units) beside ``f_input`` and ``f_baseline``.
-Steps are adaptive: ``n_steps`` (default 32) first; a cell whose error exceeds ``tolerance`` (5%) of
+Steps are adaptive: ``n_steps`` (default 16) first; a cell whose error exceeds ``tolerance`` (5%) of
 max(|f(x) - f(baseline)|, 0.1) is redone with twice the steps, up to ``max_steps`` (256). Confident
 predictions (f(x) - f(b) of 6-8 nats, a sharp sigmoid along the path) are the ones that need more.
 
@@ -156,7 +156,7 @@ def _target_fn(lm, emb, mask, pos, label_ids, targets):
 
 
 def attribute_prompts(lm, tokenizer, seqs: list[list[int]], label_ids: list[int], targets=None,
-                      n_steps: int = 32, method: str = "gausslegendre", baseline: str = "pad",
+                      n_steps: int = 16, method: str = "gausslegendre", baseline: str = "pad",
                       internal_batch_size: int = 256, device=None, keep_bos: bool = True,
                       keep_last: int = 3) -> list[Attribution]:
     """Integrated gradients of the constrained target log-probability for a batch of prompts.
@@ -322,7 +322,7 @@ def _complete(att: Attribution, tolerance: float) -> bool:
     return att.completeness_error <= tolerance * max(abs(att.f_input - att.f_baseline), 0.1)
 
 
-def explain_prompts(model, prompts: list[dict], target=None, n_steps: int = 32, method: str = "gausslegendre",
+def explain_prompts(model, prompts: list[dict], target=None, n_steps: int = 16, method: str = "gausslegendre",
                     baseline: str = "pad", internal_batch_size: int = 256, progress=None,
                     chunk_cells: int = 64, tolerance: float | None = 0.05, max_steps: int = 256) -> list[dict]:
     """Explanations of ``prompts`` (entries of :meth:`S2SModel.prompts_for`, one task for all).
@@ -371,7 +371,7 @@ def explain_prompts(model, prompts: list[dict], target=None, n_steps: int = 32, 
 
 
 def explain_cells(model, cells, object_ids=None, target=None, task: str = "type", markers=None,
-                  n_steps: int = 32, method: str = "gausslegendre", baseline: str = "pad",
+                  n_steps: int = 16, method: str = "gausslegendre", baseline: str = "pad",
                   internal_batch_size: int = 256, progress=None, tolerance: float | None = 0.05,
                   max_steps: int = 256) -> list[dict]:
     """Explain the prediction of each chosen cell (``object_ids``: ``Object`` values; default all cells).
@@ -398,7 +398,7 @@ def explain_cells(model, cells, object_ids=None, target=None, task: str = "type"
 
 
 def explain_image(model, image, mask, object_ids=None, panel=None, target=None, task: str = "type",
-                  n_steps: int = 32, method: str = "gausslegendre", baseline: str = "pad",
+                  n_steps: int = 16, method: str = "gausslegendre", baseline: str = "pad",
                   internal_batch_size: int = 256, progress=None, tolerance: float | None = 0.05,
                   max_steps: int = 256) -> list[dict]:
     """Measure an image (:class:`~spatial2sentence.io.IMCImage` or path) with its mask (array or path)

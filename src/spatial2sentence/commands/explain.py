@@ -48,7 +48,7 @@ def format_prompt(tokens: list[dict], width: int = 100) -> list[str]:
 @click.option("--target", default=None, help="Class to explain (default: the predicted one).")
 @click.option("--task", type=click.Choice(["type", "status"]), default="type", show_default=True,
               help="Explain the cell type or the (per-cell) clinical status.")
-@click.option("--steps", "n_steps", type=int, default=32, show_default=True,
+@click.option("--steps", "n_steps", type=int, default=16, show_default=True,
               help="Integration steps to start with (doubled, up to 256, until the completeness error "
                    "is below 5% of f(x) - f(baseline)).")
 @click.option("--baseline", type=click.Choice(["pad", "unk", "zeros"]), default="pad", show_default=True,
