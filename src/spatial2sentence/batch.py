@@ -473,6 +473,7 @@ def _annotate(job, out_dir, model, device, batch_size, fingerprint, should_stop,
     paths = output_paths(out_dir, job.name)
     for p_ in paths.values():
         p_.parent.mkdir(parents=True, exist_ok=True)
+    paths["done"].unlink(missing_ok=True)  # (overwrite) never a done marker over a half-replaced set
     write_csv_atomic(table, paths["cells"])
     if os.environ.get("S2S_BATCH_STALL_AFTER"):
         _stall_inside(paths["types"])
