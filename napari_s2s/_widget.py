@@ -436,7 +436,9 @@ class AnnotateCellsWidget(QWidget):
         self.results.setEnabled(True)
         n = len(t)
         extra = f"; markers ignored: {', '.join(ann.unknown_markers)}" if ann.unknown_markers else ""
-        self.status_label.setText(f"{n} cells of {ann.image} annotated in {ann.seconds:.1f} s{extra}")
+        load = ann.timings.get("model_s", 0.0)
+        loaded = f" (incl. {load:.1f} s loading the model)" if load > 0.5 else ""
+        self.status_label.setText(f"{n} cells of {ann.image} annotated in {ann.seconds:.1f} s{loaded}{extra}")
         if ann.unknown_markers:
             _notify("warning", f"{ann.image}: the model does not know the markers {', '.join(ann.unknown_markers)}; "
                                "they were ignored")
