@@ -42,6 +42,7 @@ def _register() -> None:
     from .commands import train; main.add_command(train.train)  # noqa: E702
     from .commands import predict; main.add_command(predict.predict)  # noqa: E702
     from .commands import sentences; main.add_command(sentences.sentences)  # noqa: E702
+    from .commands import simulate; main.add_command(simulate.simulate)  # noqa: E702
     from .commands import annotate; main.add_command(annotate.annotate)  # noqa: E702
     from .commands import explain; main.add_command(explain.explain)  # noqa: E702
 
