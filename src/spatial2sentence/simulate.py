@@ -248,7 +248,7 @@ def cell_expression(
     other = rng.integers(0, len(CELL_TYPES) - 1, size=len(unk))
     unk_w = rng.uniform(*params.unknown_mix_range, size=len(unk))
     base[unk] = (1 - unk_w[:, None]) * base[unk] + unk_w[:, None] * prof[other]
-    # weak cells: identity markers (above the panel-wide median of that marker) dimmed
+    # weak cells: identity markers (over twice the cross-type median of that marker) dimmed
     weak = rng.random(n) < params.weak_frac
     weak_f = rng.uniform(*params.weak_range, size=n)
     identity = prof > 2.0 * np.median(prof, axis=0)[None, :]
