@@ -152,3 +152,16 @@ def test_reading_never_modifies_inputs(tiny_image):
     with pytest.raises((ValueError, OSError)):
         image.data[0, 0, 0] = 1.0  # memory-mapped read-only
     assert all(p.read_bytes() == b for p, b in before.items())
+
+
+def test_writers_are_deterministic_and_follow_umask(tmp_path, rng):
+    import os
+
+    data = rng.random((3, 8, 9)).astype(np.float32)
+    a = write_tiff_atomic(tmp_path / "a.ome.tiff", data, ["A", "B", "C"], ome=True)
+    b = write_tiff_atomic(tmp_path / "b.ome.tiff", data, ["A", "B", "C"], ome=True)
+    assert a.read_bytes() == b.read_bytes()
+    assert read_image(a).channels == ["A", "B", "C"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (a.stat().st_mode & 0o777) == (0o666 & ~umask)

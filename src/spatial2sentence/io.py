@@ -21,10 +21,12 @@ Supported inputs
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import tempfile
+import uuid
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -521,6 +523,15 @@ def find_steinbock_mask(image_path: Path, mask_dir: str = "masks") -> Path | Non
 
 
 # --------------------------------------------------------------------------------------------- writing
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
@@ -531,6 +542,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs follow the umask
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -578,6 +590,11 @@ def write_tiff_atomic(
         if ome:
             axes = "CYX" if array.ndim == 3 else "YX"
             metadata = {"axes": axes, "PhysicalSizeX": pixel_size_um, "PhysicalSizeY": pixel_size_um}
+            # tifffile puts a time-based UUID into the OME-XML; derive it from the content instead
+            # so the same array gives the same bytes.
+            digest = hashlib.sha1(np.ascontiguousarray(array).tobytes())
+            digest.update(repr((list(channel_names or []), pixel_size_um)).encode())
+            metadata["UUID"] = f"urn:uuid:{uuid.UUID(digest.hexdigest()[:32])}"
             if channel_names is not None:
                 metadata["Channel"] = {"Name": list(channel_names)}
             tifffile.imwrite(
