@@ -119,3 +119,20 @@ def test_unknown_markers_are_listed_and_ignored():
         cs = prepare_cells(df, ["CD8A", "H3"], Normalizer())
     assert cs.unknown_markers == ["FOO"] and cs.used_markers == ["CD8A"]
     assert any("FOO" in str(x.message) for x in w)
+
+
+def test_data_on_another_intensity_scale_is_rescaled_per_image():
+    rng = np.random.default_rng(1)
+    x = rng.gamma(2.0, 1.0, (300, 3))
+    n = Normalizer().fit(x, ["A", "B", "C"])
+    df = pd.DataFrame({"Object": np.arange(300), "x": rng.uniform(0, 100, 300), "y": rng.uniform(0, 100, 300),
+                       "A": x[:, 0] * 1000, "B": x[:, 1] * 1000, "C": x[:, 2] * 1000})
+    cs = prepare_cells(df, ["A", "B", "C"], n)  # safeguard off: everything clipped high
+    assert (cs.z > 4).mean() > 0.9
+    with pytest.warns(UserWarning, match="training scale"):
+        cs = prepare_cells(df, ["A", "B", "C"], n, rescale_offset_z=3.0)
+    assert abs(np.median(cs.z)) < 0.5
+    same = pd.DataFrame({**{k: df[k] for k in ("Object", "x", "y")}, "A": x[:, 0], "B": x[:, 1], "C": x[:, 2]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare_cells(same, ["A", "B", "C"], n, rescale_offset_z=3.0)

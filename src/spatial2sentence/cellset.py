@@ -179,6 +179,7 @@ def prepare_cells(
     image: str | None = None,
     allow_phenotype: bool = True,
     source: str = "cells",
+    rescale_offset_z: float = 0.0,
 ) -> CellSet:
     """Build a :class:`CellSet` from a cells table (see module doc). ``markers``: the table's marker
     columns (default: every numeric column that is not an id, position, label or shape)."""
@@ -229,6 +230,8 @@ def prepare_cells(
                 z[np.ix_(sel, j)] = normalizer.transform(raw[sel], canon)
         else:
             z[:, j] = normalizer.transform(raw, canon)
+            if rescale_offset_z > 0:
+                _rescale_offset_images(z, raw, j, canon, images, normalizer, rescale_offset_z, source)
         present[:, j] = np.isfinite(raw)
     elif allow_phenotype and tcol is not None:
         phenotype = df[tcol].astype(str).to_numpy(dtype=object)
@@ -253,6 +256,25 @@ def prepare_cells(
         unknown_markers=unknown,
         used_markers=list(used),
     )
+
+
+def _rescale_offset_images(z, raw, j, canon, images, normalizer, limit, source) -> None:
+    """Rescale, on itself, each image whose values sit far from the model's training scale."""
+    from dataclasses import replace
+
+    own = replace(normalizer, scaling="image")
+    for im in pd.unique(images):
+        sel = images == im
+        if sel.sum() < 20:
+            continue
+        offset = float(np.median(np.abs(np.median(z[np.ix_(sel, j)], axis=0))))
+        if offset > limit:
+            warnings.warn(
+                f"{source}: image {im}: intensities far from the model's training scale (median |z| "
+                f"{offset:.1f} > {limit}); markers rescaled on this image",
+                stacklevel=3,
+            )
+            z[np.ix_(sel, j)] = own.transform(raw[sel], canon)
 
 
 def concat_cellsets(sets: list[CellSet]) -> CellSet:

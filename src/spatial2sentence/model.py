@@ -224,7 +224,8 @@ class S2SModel:
         if isinstance(cells, CellSet):
             cs = cells
         else:
-            cs = prepare_cells(cells, self.markers, self.normalizer, markers, image, source=source)
+            cs = prepare_cells(cells, self.markers, self.normalizer, markers, image, source=source,
+                               rescale_offset_z=self.sentence.rescale_offset_z)
         if cs.pairs is None:
             cs.build_pairs(self.pair_settings)
         return cs

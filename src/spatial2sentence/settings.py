@@ -34,6 +34,10 @@ class SentenceSettings(_Base):
     scaling: str = "model"  # "model": training statistics, "image": re-estimated per image
     top_k: int = 8  # at most this many markers per sentence
     threshold: float = 0.0  # keep only markers whose scaled value (z) exceeds this
+    # safeguard for data on another intensity scale (other instrument or preprocessing): when, in one
+    # image, the median over markers of |median z| exceeds this, that image is rescaled on itself
+    # (with a warning); 0 disables
+    rescale_offset_z: float = 3.0
 
 
 @dataclass
