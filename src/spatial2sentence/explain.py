@@ -146,12 +146,18 @@ def _baseline_vector(lm, tokenizer, baseline: str):
     raise ValueError(f"unknown baseline {baseline!r} ({', '.join(BASELINES)})")
 
 
-def _target_fn(lm, emb, mask, pos, label_ids, targets):
-    """Constrained log-probability of each row's target: (rows,), and the label log-probs (rows, L)."""
+def _target_fn(lm, emb, pos, keep, row_pos, label_ids, targets):
+    """Constrained log-probability of each row's target: (rows,), and the label log-probs (rows, L).
+
+    Rows are right-padded and run WITHOUT an attention mask: attention is causal, so a row's last real
+    position never sees the padding after it, and the result equals the unpadded prompt's. ``keep``:
+    the distinct last positions of the rows (HF ``logits_to_keep`` as an index tensor); ``row_pos``:
+    each row's index into ``keep``."""
     import torch
 
-    out = lm(inputs_embeds=emb, attention_mask=mask, position_ids=pos, logits_to_keep=1, use_cache=False)
-    logp = torch.log_softmax(out.logits[:, -1, label_ids].float(), dim=-1)
+    out = lm(inputs_embeds=emb, position_ids=pos, logits_to_keep=keep, use_cache=False)
+    logits = out.logits[torch.arange(emb.shape[0], device=emb.device), row_pos]
+    logp = torch.log_softmax(logits[:, label_ids].float(), dim=-1)
     return logp.gather(1, targets[:, None])[:, 0], logp
 
 
@@ -166,7 +172,8 @@ def attribute_prompts(lm, tokenizer, seqs: list[list[int]], label_ids: list[int]
     The baseline keeps ``[BOS]`` (``keep_bos``) and the last ``keep_last`` tokens (the task words) of
     every prompt and replaces every other token by the ``baseline`` embedding.
     Every prompt gets ``n_steps`` quadrature points; ``internal_batch_size`` bounds the rows (prompt x
-    point) of one forward + backward pass, so several prompts share a pass when it allows.
+    point) of one forward + backward pass, so several prompts share a pass when it allows. Prompts are
+    grouped by length (less padding) and right-padded (no attention mask needed, see ``_target_fn``).
     """
     import torch
 
@@ -179,38 +186,41 @@ def attribute_prompts(lm, tokenizer, seqs: list[list[int]], label_ids: list[int]
     lab = torch.as_tensor(label_ids, device=device)
     n_steps = len(alphas)
     per_pass = max(1, int(internal_batch_size) // n_steps)  # prompts per pass
+    order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i]), i))
     results: list[Attribution | None] = [None] * len(seqs)
     was_training = lm.training
     lm.eval()
     req = [p.requires_grad for p in lm.parameters()]
     for p in lm.parameters():
         p.requires_grad_(False)
+    dtype = next(lm.parameters()).dtype
     try:
-        for c0 in range(0, len(seqs), per_pass):
-            chunk = list(range(c0, min(len(seqs), c0 + per_pass)))
-            n = max(len(seqs[i]) for i in chunk)
+        for c0 in range(0, len(order), per_pass):
+            chunk = order[c0:c0 + per_pass]
+            lens = torch.as_tensor([len(seqs[i]) for i in chunk])
+            n = int(lens.max())
             B = len(chunk)
             ids = torch.full((B, n), tokenizer.pad_id, dtype=torch.long)
-            mask = torch.zeros((B, n), dtype=torch.long)
             for r, i in enumerate(chunk):
-                s = seqs[i]
-                ids[r, n - len(s):] = torch.as_tensor(s)
-                mask[r, n - len(s):] = 1
-            pos = (mask.cumsum(1) - 1).clamp(min=0)
-            ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
+                ids[r, :len(seqs[i])] = torch.as_tensor(seqs[i])
+            cols = torch.arange(n)
+            real = cols[None, :] < lens[:, None]
+            pos = cols.expand(B, n).to(device)
+            keep, row_pos = torch.unique(lens - 1, return_inverse=True)
+            keep, row_pos = keep.to(device), row_pos.to(device)
+            ids, real = ids.to(device), real.to(device)
             with torch.no_grad():
                 x = emb_layer(ids).float()
                 b = base_vec.float().expand_as(x).clone()
-                pad_pos = mask == 0
-                b[pad_pos] = x[pad_pos]  # padding is identical in input and baseline
+                same = ~real  # padding is identical in input and baseline
                 if keep_bos:
-                    bos = ids == tokenizer.bos_id
-                    b[bos] = x[bos]
+                    same |= ids == tokenizer.bos_id
                 if keep_last:
-                    b[:, n - keep_last:] = x[:, n - keep_last:]
-                dtype = next(lm.parameters()).dtype
+                    same |= real & (cols[None, :].to(device) >= (lens[:, None].to(device) - keep_last))
+                b[same] = x[same]
                 # f(input) (also gives the probabilities and the default target) and f(baseline)
-                _, logp_x = _target_fn(lm, x.to(dtype), mask, pos, lab, torch.zeros(B, dtype=torch.long, device=device))
+                zero = torch.zeros(B, dtype=torch.long, device=device)
+                _, logp_x = _target_fn(lm, x.to(dtype), pos, keep, row_pos, lab, zero)
                 if targets is None:
                     tg = logp_x.argmax(1)
                 else:
@@ -218,20 +228,21 @@ def attribute_prompts(lm, tokenizer, seqs: list[list[int]], label_ids: list[int]
                         int(logp_x[r].argmax()) if targets[i] is None else int(targets[i])
                         for r, i in enumerate(chunk)], device=device)
                 f_x = logp_x.gather(1, tg[:, None])[:, 0]
-                f_b, _ = _target_fn(lm, b.to(dtype), mask, pos, lab, tg)
+                f_b, _ = _target_fn(lm, b.to(dtype), pos, keep, row_pos, lab, tg)
             diff = x - b
             grads = torch.zeros_like(x)
             # rows = (prompt, step) pairs, in passes of at most internal_batch_size rows
-            rows = [(r, k) for r in range(B) for k in range(n_steps)]
+            ri_all = torch.arange(B, device=device).repeat_interleave(n_steps)
+            ai_all = torch.as_tensor(alphas, dtype=x.dtype, device=device).repeat(B)
+            wi_all = torch.as_tensor(weights, dtype=x.dtype, device=device).repeat(B)
             rows_per_pass = max(1, int(internal_batch_size))
-            for s0 in range(0, len(rows), rows_per_pass):
-                rr = rows[s0:s0 + rows_per_pass]
-                ri = torch.as_tensor([r for r, _ in rr], device=device)
-                a = torch.as_tensor([alphas[k] for _, k in rr], dtype=x.dtype, device=device)[:, None, None]
-                w = torch.as_tensor([weights[k] for _, k in rr], dtype=x.dtype, device=device)[:, None, None]
+            for s0 in range(0, len(ri_all), rows_per_pass):
+                ri = ri_all[s0:s0 + rows_per_pass]
+                a = ai_all[s0:s0 + rows_per_pass][:, None, None]
+                w = wi_all[s0:s0 + rows_per_pass][:, None, None]
                 e = (b[ri] + a * diff[ri]).to(dtype).requires_grad_(True)
                 with torch.enable_grad():
-                    f, _ = _target_fn(lm, e, mask[ri], pos[ri], lab, tg[ri])
+                    f, _ = _target_fn(lm, e, pos[ri], keep, row_pos[ri], lab, tg[ri])
                     (g,) = torch.autograd.grad(f.sum(), e)
                 grads.index_add_(0, ri, g.float() * w)
             attr = (diff * grads).sum(-1)  # (B, n)
@@ -239,7 +250,7 @@ def attribute_prompts(lm, tokenizer, seqs: list[list[int]], label_ids: list[int]
             for r, i in enumerate(chunk):
                 L = len(seqs[i])
                 results[i] = Attribution(
-                    scores=attr[r, n - L:].detach().cpu().numpy().astype(np.float64),
+                    scores=attr[r, :L].detach().cpu().numpy().astype(np.float64),
                     probabilities=probs[r].cpu().numpy().astype(np.float64),
                     target=int(tg[r]), f_input=float(f_x[r]), f_baseline=float(f_b[r]),
                 )
