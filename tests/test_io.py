@@ -165,3 +165,12 @@ def test_writers_are_deterministic_and_follow_umask(tmp_path, rng):
     umask = os.umask(0)
     os.umask(umask)
     assert (a.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_csv_writer_compresses_by_target_suffix(tmp_path):
+    import gzip
+
+    from spatial2sentence.io import write_csv_atomic
+
+    path = write_csv_atomic(pd.DataFrame({"a": [1, 2]}), tmp_path / "t.csv.gz")
+    assert gzip.open(path, "rt").read().splitlines() == ["a", "1", "2"]

@@ -551,6 +551,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def write_csv_atomic(df: pd.DataFrame, path: str | Path, **kwargs) -> Path:
     kwargs.setdefault("index", False)
+    # The temporary name ends in .part, so pandas cannot infer compression from it: use the target's.
+    kwargs.setdefault("compression", {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip"}.get(Path(path).suffix.lower()))
     with atomic_path(path) as tmp:
         df.to_csv(tmp, **kwargs)
     return Path(path)
