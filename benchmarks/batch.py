@@ -9,7 +9,9 @@ rendered by ``s2s simulate`` (seed 0) into a steinbock folder. The same folder i
 
 For each: images per minute and cells per second over the annotation phase (from the first image to
 the last: reading, measuring, model load, prediction, writing; for the cluster also its start-up), and
-the total time including discovery and the run-level files (summary.csv, cells.h5ad), the time to the
+the CPU time used (this process and the cluster's worker processes: a figure that other jobs on a
+shared machine do not distort), the total time including discovery and the run-level files
+(summary.csv, cells.h5ad), the time to the
 first finished image (start-up) and the steady-state rate from the first to the last image. The per-image
 outputs of the two runs are compared byte for byte (they must be identical). The GPU is used when
 one is present (``--device auto``); the JSON says which device ran.
@@ -49,6 +51,14 @@ def subset(src: Path, dst: Path, n: int) -> Path:
         t = pd.read_csv(src / "images.csv")
         t[t["image"].isin(names)].to_csv(dst / "images.csv", index=False)
     return dst
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the cluster's worker processes once closed)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def outputs(root: Path) -> dict[str, bytes]:
@@ -93,11 +103,13 @@ def main():
         if out.exists():
             shutil.rmtree(out)
         load0 = os.getloadavg()
+        cpu0 = cpu_seconds()
         t0 = time.perf_counter()
         stamps = []
         res = run_batch(data, out, model=args.model, device=args.device, **kw,
                         progress=lambda rec, done, n: rec is not None and stamps.append(time.perf_counter()))
         total = time.perf_counter() - t0
+        cpu = cpu_seconds() - cpu0
         # steady state: from the first finished image to the last (no start-up, no model load)
         steady = (len(stamps) - 1) / (stamps[-1] - stamps[0]) * 60 if len(stamps) > 2 else None
         run = res.run
@@ -115,6 +127,8 @@ def main():
             "per_image_s_sum": tim["per_image_s_sum"],
             "first_image_after_s": round(stamps[0] - t0, 2) if stamps else None,
             "steady_state_images_per_minute": round(steady, 3) if steady else None,
+            "cpu_s": round(cpu, 1),
+            "cells_per_cpu_second": round(tim["annotated_cells"] / cpu, 1) if cpu > 0 else None,
             "load_average_before": [round(x, 2) for x in load0],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "device": json.loads((next((out / "done").glob("*.json"))).read_text())["device"],
@@ -147,11 +161,12 @@ def main():
     path.write_text(json.dumps(report, indent=2) + "\n")
     print()
     print(f"{'':24s} {'images/min':>11s} {'cells/s':>9s} {'annotate s':>11s} {'total s':>8s} "
-          f"{'1st image s':>12s} {'steady img/min':>15s}")
+          f"{'1st image s':>12s} {'steady img/min':>15s} {'cells/CPU-s':>12s}")
     for label, r in results.items():
         st = r["steady_state_images_per_minute"]
         print(f"{label:24s} {r['images_per_minute']:11.2f} {r['cells_per_second']:9.0f} {r['annotate_s']:11.1f} "
-              f"{r['total_s']:8.1f} {r['first_image_after_s']:12.1f} {st if st is None else round(st, 2)!s:>15s}")
+              f"{r['total_s']:8.1f} {r['first_image_after_s']:12.1f} {st if st is None else round(st, 2)!s:>15s} "
+              f"{r['cells_per_cpu_second']!s:>12s}")
     print(f"speed-up {speedup:.2f}x; per-image outputs identical: {identical}; GPU: {report['gpu']}")
     print(f"-> {path}")
 
