@@ -1,4 +1,5 @@
-# napari-s2s: `make demo` sets everything up and runs the main job on the sample data;
+# napari-s2s: `make demo` sets everything up and opens napari with the plugin and the sample data
+# (without a display: the headless annotation of the sample data);
 # `make test` sets everything up and runs the test suite (headless, under Xvfb).
 PYTHON ?= python3
 VENV ?= .venv
@@ -24,13 +25,17 @@ system-deps:
 	@bash .ci/system-deps.sh
 
 demo: setup
-	$(VENV)/bin/s2s measure sample_data/damond_pancreas_toy -o out/demo/cells
+	$(PY) -m napari_s2s.demo --out out/plugin_demo
 
 test: setup system-deps
 	QT_API=pyqt5 xvfb-run -a -s "-screen 0 1600x1200x24" $(PY) -m pytest -q
 
-benchmarks: setup
+# The speed benchmarks (minutes each; not part of the tests). The accuracy table: s2s benchmark.
+benchmarks: setup system-deps
 	$(PY) benchmarks/measure.py
+	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/pairs.py
+	QT_API=pyqt5 xvfb-run -a -s "-screen 0 1600x1200x24" $(PY) benchmarks/plugin.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
