@@ -347,9 +347,9 @@ def main(argv=None):
     ap.add_argument("--sim-dir", default=None,
                     help="steinbock folder with the held-out images (default: out/damond_sim, the default "
                          "model's recipe data, when it exists, else out/explain_sim, rendered here)")
-    ap.add_argument("--per-type", type=int, default=25, help="cells explained per type (other types)")
-    ap.add_argument("--per-focus-type", type=int, default=80, help="cells explained per beta/alpha/delta")
-    ap.add_argument("--random-cells", type=int, default=150, help="cells for the randomised-model check")
+    ap.add_argument("--per-type", type=int, default=20, help="cells explained per type (other types)")
+    ap.add_argument("--per-focus-type", type=int, default=60, help="cells explained per beta/alpha/delta")
+    ap.add_argument("--random-cells", type=int, default=120, help="cells for the randomised-model check")
     ap.add_argument("--internal-batch-size", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-timing", action="store_true")
@@ -390,7 +390,7 @@ def main(argv=None):
     tables = load_images(images, sim_dir)
     results: dict = {"model": str(args.model or "default"), "heldout_donors": donors, "images": images,
                      "sim_dir": str(sim_dir.relative_to(REPO) if sim_dir.is_relative_to(REPO) else sim_dir),
-                     "semi_synthetic": True}
+                     "semi_synthetic": True, "per_type": args.per_type, "per_focus_type": args.per_focus_type}
 
     if not args.skip_timing:
         results["timing"] = timing(model, tables[TIMING_IMAGE], args)
@@ -471,7 +471,7 @@ def report(r: dict) -> str:
         "[PAD] embedding at every content word, [BOS] and the task words kept; Gauss-Legendre quadrature, 16 "
         "steps doubled (up to 256) until the completeness error is below 5% of |f(x) - f(baseline)|.",
         "",
-        "Reproduce: `python benchmarks/explain.py` (CPU, 2 threads).",
+        "Reproduce: `python benchmarks/explain.py` (CPU, 2 threads; `--timing-only` redoes the speed section).",
         "",
     ]
     if "timing" in r:
@@ -499,8 +499,8 @@ def report(r: dict) -> str:
     L += [
         "## Cells explained",
         "",
-        f"{r['n_explained']} held-out cells, stratified by true type (up to 80 beta / alpha / delta, 25 of each "
-        f"other type), in {r['explain_seconds']} s. Cell-type accuracy of the model on these images: "
+        f"{r['n_explained']} held-out cells, stratified by true type (up to {r.get('per_focus_type')} beta / alpha / "
+        f"delta, {r.get('per_type')} of each other type; seeded), in {r['explain_seconds']} s. Cell-type accuracy of the model on these images: "
         f"{r['accuracy_on_images']:.3f}. Completeness error / |f(x) - f(b)|: median {c['median']:.4f}, p99 "
         f"{c['p99']:.4f}, max {c['max']:.4f} ({100 * c['share_below_5pct']:.1f}% below 5%); steps used: {r['steps_used']}.",
         "",
