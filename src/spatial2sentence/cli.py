@@ -45,6 +45,7 @@ def _register() -> None:
     from .commands import simulate; main.add_command(simulate.simulate)  # noqa: E702
     from .commands import annotate; main.add_command(annotate.annotate)  # noqa: E702
     from .commands import explain; main.add_command(explain.explain)  # noqa: E702
+    from .commands import benchmark; main.add_command(benchmark.benchmark)  # noqa: E702
 
 
 _register()
