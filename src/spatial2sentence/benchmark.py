@@ -567,8 +567,8 @@ def run_dataset(ds: Dataset, budget: Budget, methods=ALL_METHODS, log=print, wor
     df = ds.df
     groups = group_of(ds)
     folds0 = make_folds(ds, 0)  # decides whether clinical status can be benchmarked
-    if not ds.clinical:
-        methods = [m for m in methods if m != "composition_logreg"]
+    if not ds.clinical or not (ds.cell_type or ds.phenotype_only):
+        methods = [m for m in methods if m != "composition_logreg"]  # needs clinical labels and cell types
     if not ds.cell_type and not ds.clinical:
         from .errors import S2SInputError
 
