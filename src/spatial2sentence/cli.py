@@ -35,17 +35,18 @@ def main():
     """
 
 
-def _register() -> None:
-    from .commands import measure
+# Subcommands, each a click command named like its module in spatial2sentence.commands.
+_COMMANDS = (
+    "measure", "simulate", "train", "predict", "sentences", "explain", "annotate", "benchmark",
+)
 
-    main.add_command(measure.measure)
-    from .commands import train; main.add_command(train.train)  # noqa: E702
-    from .commands import predict; main.add_command(predict.predict)  # noqa: E702
-    from .commands import sentences; main.add_command(sentences.sentences)  # noqa: E702
-    from .commands import simulate; main.add_command(simulate.simulate)  # noqa: E702
-    from .commands import annotate; main.add_command(annotate.annotate)  # noqa: E702
-    from .commands import explain; main.add_command(explain.explain)  # noqa: E702
-    from .commands import benchmark; main.add_command(benchmark.benchmark)  # noqa: E702
+
+def _register() -> None:
+    from importlib import import_module
+
+    for name in _COMMANDS:
+        module = import_module(f".commands.{name}", __package__)
+        main.add_command(getattr(module, name))
 
 
 _register()
