@@ -174,3 +174,17 @@ def test_csv_writer_compresses_by_target_suffix(tmp_path):
 
     path = write_csv_atomic(pd.DataFrame({"a": [1, 2]}), tmp_path / "t.csv.gz")
     assert gzip.open(path, "rt").read().splitlines() == ["a", "1", "2"]
+
+
+def test_single_mcd_acquisition_equals_full_read():
+    from spatial2sentence.io import mcd_acquisition_ids, read_mcd_acquisition
+
+    mcd = RAW / "20210305_NE_mockData2" / "20210305_NE_mockData2.mcd"
+    panel = read_panel(STEINBOCK / "panel.csv")
+    every = read_mcd(mcd, panel)
+    assert mcd_acquisition_ids(mcd) == [1, 2, 3]
+    one = read_mcd_acquisition(mcd, 2, panel)
+    assert one.name == every[1].name and one.channels == every[1].channels
+    assert np.array_equal(one.data, every[1].data)
+    with pytest.raises(ImageReadError, match="no acquisition 9"):
+        read_mcd_acquisition(mcd, 9)

@@ -73,6 +73,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import MaskError, S2SInputError
+from .io import _first_line
 
 SUBDIRS = ("cells", "types", "overlays", "done")
 _MASK_SUFFIXES = (".tiff", ".tif")
@@ -188,44 +189,19 @@ def discover(input_dir: str | Path) -> Discovery:
 
 
 def _mcd_acquisitions(path: Path) -> list[int]:
-    from .errors import ImageReadError
-    from .io import _readimc
+    from .io import mcd_acquisition_ids
 
-    readimc = _readimc()
-    try:
-        with readimc.MCDFile(path) as mcd:
-            ids = [acq.id for slide in mcd.slides for acq in slide.acquisitions]
-    except Exception as err:
-        raise ImageReadError(path, f"not a readable MCD file ({_first_line(err)})") from None
-    if not ids:
-        raise ImageReadError(path, "MCD file holds no acquisition")
-    return ids
+    return mcd_acquisition_ids(path)
 
 
 def _read_mcd_acquisition(path: str, acq_id: int, name: str, panel_path: str | None):
     """One acquisition of an MCD file (instead of ``read_mcd``, which reads every acquisition)."""
-    from .errors import ImageReadError
-    from .io import _acquisition_image, _readimc, read_panel
+    from .io import read_mcd_acquisition, read_panel
 
-    readimc = _readimc()
     panel = read_panel(panel_path) if panel_path else None
-    try:
-        with readimc.MCDFile(path) as mcd:
-            acqs = [a for s in mcd.slides for a in s.acquisitions if a.id == acq_id]
-            if not acqs:
-                raise ImageReadError(path, f"no acquisition {acq_id}")
-            data = mcd.read_acquisition(acqs[0])
-            metals, labels = acqs[0].channel_names, acqs[0].channel_labels
-    except S2SInputError:
-        raise
-    except Exception as err:
-        raise ImageReadError(path, f"acquisition {acq_id} is not readable ({_first_line(err)})") from None
-    return _acquisition_image(data, metals, labels, name, path, panel, panel_path, None)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    image = read_mcd_acquisition(path, acq_id, panel, panel_path=panel_path)
+    image.name = name
+    return image
 
 
 # ----------------------------------------------------------------------------------------- model

@@ -393,6 +393,47 @@ def read_mcd(
     return images
 
 
+def mcd_acquisition_ids(path: str | Path) -> list[int]:
+    """The acquisition ids of an IMC ``.mcd`` file, without reading any pixels."""
+    path = _check_file(path)
+    readimc = _readimc()
+    try:
+        with readimc.MCDFile(path) as mcd:
+            ids = [acq.id for slide in mcd.slides for acq in slide.acquisitions]
+    except Exception as err:
+        raise ImageReadError(path, f"not a readable MCD file ({_first_line(err)})") from None
+    if not ids:
+        raise ImageReadError(path, "MCD file holds no acquisition")
+    return ids
+
+
+def read_mcd_acquisition(
+    path: str | Path,
+    acquisition_id: int,
+    panel: pd.DataFrame | None = None,
+    pixel_size_um: float | None = None,
+    panel_path: str | Path | None = None,
+) -> IMCImage:
+    """One acquisition of an ``.mcd`` file (named as by :func:`read_mcd`), reading only its pixels."""
+    path = _check_file(path)
+    readimc = _readimc()
+    try:
+        with readimc.MCDFile(path) as mcd:
+            found = [a for s in mcd.slides for a in s.acquisitions if a.id == acquisition_id]
+            if not found:
+                raise ImageReadError(path, f"no acquisition {acquisition_id}")
+            data = mcd.read_acquisition(found[0])
+            metals, labels = found[0].channel_names, found[0].channel_labels
+    except S2SInputError:
+        raise
+    except Exception as err:
+        raise ImageReadError(
+            path, f"acquisition {acquisition_id} is not readable ({_first_line(err)})"
+        ) from None
+    name = f"{image_stem(path)}_{acquisition_id:03d}"
+    return _acquisition_image(data, metals, labels, name, path, panel, panel_path, pixel_size_um)
+
+
 def read_imc_txt(
     path: str | Path,
     panel: pd.DataFrame | None = None,
