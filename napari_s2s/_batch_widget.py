@@ -17,11 +17,12 @@ from pathlib import Path
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
+    QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLineEdit,
     QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
 from spatial2sentence.errors import S2SInputError
+from ._controls import RunControls
 
 DEVICES = {"auto": "auto", "CPU": "cpu", "CUDA": "cuda"}
 COLUMNS = ["image", "cells", "status", "error"]
@@ -131,19 +132,10 @@ class BatchAnnotateWidget(QWidget):
         form.addRow("", self.overwrite_check)
         root.addWidget(box)
 
-        run_row = QHBoxLayout()
-        self.run_button = QPushButton("Run")
-        self.run_button.setMinimumHeight(28)
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        run_row.addWidget(self.run_button, 2)
-        run_row.addWidget(self.cancel_button, 1)
-        root.addLayout(run_row)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-        root.addWidget(self.status_label)
+        self.controls = RunControls(root, self.run, self.cancel)
+        self.run_button = self.controls.run_button
+        self.cancel_button = self.controls.cancel_button
+        self.status_label = self.controls.status_label
 
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
@@ -192,8 +184,7 @@ class BatchAnnotateWidget(QWidget):
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)
         self.worker = worker
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
+        self.controls.running(True)
         self.status_label.setText(f"Reading {src}…")
         worker.start()
         return worker
@@ -267,8 +258,7 @@ class BatchAnnotateWidget(QWidget):
 
     def _on_finished(self):
         self.worker = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        self.controls.running(False)
 
     # ------------------------------------------------------------------------------------- results
     def open_overlay(self, name: str):

@@ -30,6 +30,7 @@ from spatial2sentence.errors import S2SInputError
 from . import _explain, _layers
 from ._annotate import Annotation, annotate_steps
 from ._explanation import ExplanationPanel, prob_bar
+from ._controls import RunControls
 
 DEVICES = {"auto": "auto", "CPU": "cpu", "CUDA": "cuda"}
 _SUFFIX = re.compile(r"\s*\[[^\]]*\]$")
@@ -113,19 +114,10 @@ class AnnotateCellsWidget(QWidget):
         form.addRow("Device", self.device_combo)
         root.addWidget(inputs)
 
-        run_row = QHBoxLayout()
-        self.run_button = QPushButton("Run")
-        self.run_button.setMinimumHeight(28)
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        run_row.addWidget(self.run_button, 2)
-        run_row.addWidget(self.cancel_button, 1)
-        root.addLayout(run_row)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-        root.addWidget(self.status_label)
+        self.controls = RunControls(root, self.run, self.cancel)
+        self.run_button = self.controls.run_button
+        self.cancel_button = self.controls.cancel_button
+        self.status_label = self.controls.status_label
 
         self.results = QGroupBox("Results")
         rl = QVBoxLayout(self.results)
@@ -322,8 +314,7 @@ class AnnotateCellsWidget(QWidget):
         worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
         self.worker = worker
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
+        self.controls.running(True)
         self.status_label.setText(f"Annotating {image}…")
         worker.start()
         return worker
@@ -373,8 +364,7 @@ class AnnotateCellsWidget(QWidget):
 
     def _on_finished(self):
         self.worker = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        self.controls.running(False)
 
     # ------------------------------------------------------------------------------------- results
     def _layer(self, role: str, image: str):

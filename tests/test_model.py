@@ -159,7 +159,7 @@ def test_empty_and_one_cell_images(tiny, cells):
     model = S2SModel.from_pretrained(tiny[0], device="cpu")
     with pytest.raises(ModelInputError, match="no cells"):
         model.predict_cells(cells.iloc[:0])
-    with pytest.raises(ModelInputError, match="empty image"):
+    with pytest.raises(S2SInputError, match="empty image"):
         from spatial2sentence.io import read_image
 
         img = read_image(TOY / "img" / "E34.tiff", panel=TOY / "panel.csv")

@@ -414,16 +414,9 @@ def explain_image(model, image, mask, object_ids=None, panel=None, target=None, 
                   max_steps: int = 256) -> list[dict]:
     """Measure an image (:class:`~spatial2sentence.io.IMCImage` or path) with its mask (array or path)
     and explain the chosen cells (default: all), through the same path as ``s2s predict``."""
-    from .io import read_image, read_mask
-    from .measure import measure_cells
+    from .measure import measure_image
 
-    if not hasattr(image, "data"):
-        image = read_image(image, panel=panel)
-    if not hasattr(mask, "shape"):
-        mask = read_mask(mask, shape=image.shape)
-    if not np.any(mask):
-        raise ModelInputError(image.name, "empty image: the mask holds no cells")
-    df = measure_cells(image, mask)
+    image, df = measure_image(image, mask, panel)
     cs = model.prepare(df, image.channels, image.name, source=image.name)
     return explain_cells(model, cs, object_ids, target=target, task=task, n_steps=n_steps, method=method,
                          baseline=baseline, internal_batch_size=internal_batch_size, progress=progress,

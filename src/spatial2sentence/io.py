@@ -358,6 +358,34 @@ def _acquisition_image(data, metals, labels, name, path, panel, panel_path, pixe
     return IMCImage(name, data, names, float(size), Path(path), metals)
 
 
+def _read_mcd(path, panel, pixel_size_um, panel_path, only: int | None = None) -> list[IMCImage]:
+    """Acquisitions of an ``.mcd`` file (all, or only the one with id ``only``), in file order."""
+    path = _check_file(path)
+    readimc = _readimc()
+    images = []
+    try:
+        with readimc.MCDFile(path) as mcd:
+            for acq in (a for slide in mcd.slides for a in slide.acquisitions):
+                if only is not None and acq.id != only:
+                    continue
+                data = mcd.read_acquisition(acq)
+                name = f"{image_stem(path)}_{acq.id:03d}"
+                images.append(
+                    _acquisition_image(
+                        data, acq.channel_names, acq.channel_labels, name, path, panel, panel_path,
+                        pixel_size_um,
+                    )
+                )
+    except S2SInputError:
+        raise
+    except Exception as err:
+        what = "not a readable MCD file" if only is None else f"acquisition {only} is not readable"
+        raise ImageReadError(path, f"{what} ({_first_line(err)})") from None
+    if not images:
+        raise ImageReadError(path, "MCD file holds no acquisition" if only is None else f"no acquisition {only}")
+    return images
+
+
 def read_mcd(
     path: str | Path,
     panel: pd.DataFrame | None = None,
@@ -369,28 +397,18 @@ def read_mcd(
     Without a panel the channels are named by their labels (metal tag when a label is empty); with a
     steinbock panel they are selected and named by metal tag.
     """
-    path = _check_file(path)
-    readimc = _readimc()
-    images = []
-    try:
-        with readimc.MCDFile(path) as mcd:
-            for slide in mcd.slides:
-                for acq in slide.acquisitions:
-                    data = mcd.read_acquisition(acq)
-                    name = f"{image_stem(path)}_{acq.id:03d}"
-                    images.append(
-                        _acquisition_image(
-                            data, acq.channel_names, acq.channel_labels, name, path, panel,
-                            panel_path, pixel_size_um,
-                        )
-                    )
-    except S2SInputError:
-        raise
-    except Exception as err:
-        raise ImageReadError(path, f"not a readable MCD file ({_first_line(err)})") from None
-    if not images:
-        raise ImageReadError(path, "MCD file holds no acquisition")
-    return images
+    return _read_mcd(path, panel, pixel_size_um, panel_path)
+
+
+def read_mcd_acquisition(
+    path: str | Path,
+    acquisition_id: int,
+    panel: pd.DataFrame | None = None,
+    pixel_size_um: float | None = None,
+    panel_path: str | Path | None = None,
+) -> IMCImage:
+    """One acquisition of an ``.mcd`` file (named as by :func:`read_mcd`), reading only its pixels."""
+    return _read_mcd(path, panel, pixel_size_um, panel_path, only=acquisition_id)[0]
 
 
 def mcd_acquisition_ids(path: str | Path) -> list[int]:
@@ -405,33 +423,6 @@ def mcd_acquisition_ids(path: str | Path) -> list[int]:
     if not ids:
         raise ImageReadError(path, "MCD file holds no acquisition")
     return ids
-
-
-def read_mcd_acquisition(
-    path: str | Path,
-    acquisition_id: int,
-    panel: pd.DataFrame | None = None,
-    pixel_size_um: float | None = None,
-    panel_path: str | Path | None = None,
-) -> IMCImage:
-    """One acquisition of an ``.mcd`` file (named as by :func:`read_mcd`), reading only its pixels."""
-    path = _check_file(path)
-    readimc = _readimc()
-    try:
-        with readimc.MCDFile(path) as mcd:
-            found = [a for s in mcd.slides for a in s.acquisitions if a.id == acquisition_id]
-            if not found:
-                raise ImageReadError(path, f"no acquisition {acquisition_id}")
-            data = mcd.read_acquisition(found[0])
-            metals, labels = found[0].channel_names, found[0].channel_labels
-    except S2SInputError:
-        raise
-    except Exception as err:
-        raise ImageReadError(
-            path, f"acquisition {acquisition_id} is not readable ({_first_line(err)})"
-        ) from None
-    name = f"{image_stem(path)}_{acquisition_id:03d}"
-    return _acquisition_image(data, metals, labels, name, path, panel, panel_path, pixel_size_um)
 
 
 def read_imc_txt(

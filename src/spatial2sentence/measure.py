@@ -156,3 +156,20 @@ def measure_cells(
             stacklevel=2,
         )
     return cells
+
+
+def measure_image(image, mask, panel=None) -> tuple[IMCImage, pd.DataFrame]:
+    """Read (when given paths) and measure an image with its mask: ``(IMCImage, cells table)``.
+
+    ``image`` is an :class:`IMCImage` or a path, ``mask`` an array or a path; the path the CLI,
+    prediction and explanations all share.
+    """
+    from .io import read_image, read_mask
+
+    if not isinstance(image, IMCImage):
+        image = read_image(image, panel=panel)
+    if not hasattr(mask, "shape"):
+        mask = read_mask(mask, shape=image.shape, image_path=image.path)
+    if not np.any(mask):
+        raise MaskError(image.name, "empty image: the mask holds no cells")
+    return image, measure_cells(image, mask)

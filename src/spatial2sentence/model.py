@@ -277,16 +277,9 @@ class S2SModel:
 
     def predict_image(self, image, mask, panel=None, batch_size: int = 256, progress=None) -> Predictions:
         """Measure an :class:`~spatial2sentence.io.IMCImage` (or path) with its mask and predict."""
-        from .io import read_image, read_mask
-        from .measure import measure_cells
+        from .measure import measure_image
 
-        if not hasattr(image, "data"):
-            image = read_image(image, panel=panel)
-        if not hasattr(mask, "shape"):
-            mask = read_mask(mask, shape=image.shape)
-        if not np.any(mask):
-            raise ModelInputError(image.name, "empty image: the mask holds no cells")
-        df = measure_cells(image, mask)
+        image, df = measure_image(image, mask, panel)
         return self.predict_cells(df, markers=image.channels, image=image.name, batch_size=batch_size,
                                   progress=progress, source=image.name)
 

@@ -1,0 +1,31 @@
+"""Qt pieces shared by the plugin's widgets."""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout
+
+
+class RunControls:
+    """A Run / Cancel row and a wrapping status line, added to ``root``; ``running(flag)`` toggles them."""
+
+    def __init__(self, root: QVBoxLayout, on_run, on_cancel):
+        row = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.setMinimumHeight(28)
+        self.run_button.clicked.connect(on_run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(on_cancel)
+        row.addWidget(self.run_button, 2)
+        row.addWidget(self.cancel_button, 1)
+        root.addLayout(row)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        root.addWidget(self.status_label)
+
+    def running(self, flag: bool) -> None:
+        self.run_button.setEnabled(not flag)
+        self.cancel_button.setEnabled(flag)
+
+
+
