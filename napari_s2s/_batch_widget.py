@@ -179,14 +179,9 @@ class BatchAnnotateWidget(QWidget):
             _progress={"total": 0, "desc": "Batch annotation"}, _ignore_errors=True, _start_thread=False,
         )
         self._pbar = getattr(worker, "pbar", None)
-        worker.yielded.connect(self._on_yielded)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
-        worker.finished.connect(self._on_finished)
         self.worker = worker
-        self.controls.running(True)
-        self.status_label.setText(f"Reading {src}…")
-        worker.start()
+        self.controls.start(worker, f"Reading {src}…", yielded=self._on_yielded, returned=self._on_returned,
+                            errored=self._on_errored, finished=self._on_finished)
         return worker
 
     def cancel(self):

@@ -27,5 +27,11 @@ class RunControls:
         self.run_button.setEnabled(not flag)
         self.cancel_button.setEnabled(flag)
 
-
-
+    def start(self, worker, status: str, **slots) -> None:
+        """Connect ``slots`` (signal name -> callable, e.g. ``yielded=...``) to a napari worker, show
+        ``status``, mark the controls running and start the worker."""
+        for signal, slot in slots.items():
+            getattr(worker, signal).connect(slot)
+        self.running(True)
+        self.status_label.setText(status)
+        worker.start()

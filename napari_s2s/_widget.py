@@ -308,15 +308,10 @@ class AnnotateCellsWidget(QWidget):
             _start_thread=False,
         )
         self._pbar = getattr(worker, "pbar", None)
-        worker.yielded.connect(self._on_yielded)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
         self.worker = worker
-        self.controls.running(True)
-        self.status_label.setText(f"Annotating {image}…")
-        worker.start()
+        self.controls.start(worker, f"Annotating {image}…", yielded=self._on_yielded,
+                            returned=self._on_returned, errored=self._on_errored,
+                            aborted=self._on_aborted, finished=self._on_finished)
         return worker
 
     def cancel(self):
