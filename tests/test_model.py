@@ -246,3 +246,27 @@ def test_resume_continues_from_the_checkpoint(cells, tmp_path):
     r = train(cells, tmp_path / "r", model_settings=TINY, train_settings=tiny_settings(steps=6), resume=True,
               progress_bar=False, log=msgs.append)
     assert any("resumed" in m and "step 4" in m for m in msgs) and r.steps_done == 6
+
+
+def test_measurement_cache_is_refreshed_when_the_folder_changes(tmp_path):
+    """A recipe's cache must never feed a re-rendered folder's old measurements into training."""
+    import os
+    import shutil
+
+    from spatial2sentence.tables import load_table
+
+    folder = tmp_path / "toy"
+    shutil.copytree(TOY, folder)
+    cache = tmp_path / "cells.csv.gz"
+    first = load_table(folder, cache=cache, progress=False)
+    assert cache.exists() and len(first) == 362
+    # Edit the labels (as a re-render would) and make the folder newer than the cache.
+    labels = pd.read_csv(folder / "labels.csv")
+    labels = labels[labels["cell_type"] != "other"]
+    labels.to_csv(folder / "labels.csv", index=False)
+    os.utime(cache, (1_000_000, 1_000_000))
+    second = load_table(folder, cache=cache, progress=False)
+    assert set(second["cell_type"].dropna()) == {"alpha", "beta"}
+    # An untouched folder reads the (fresh) cache back unchanged.
+    third = load_table(folder, cache=cache, progress=False)
+    pd.testing.assert_frame_equal(second.reset_index(drop=True), third.reset_index(drop=True), check_dtype=False)

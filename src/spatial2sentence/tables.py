@@ -61,10 +61,24 @@ def join_labels(cells: pd.DataFrame, labels: pd.DataFrame, source) -> pd.DataFra
     return out
 
 
+def _cache_is_fresh(cache: Path, source: Path) -> bool:
+    """A measurement cache counts only if it is newer than every file of its source folder.
+
+    Why: a re-rendered or edited folder must never be trained on through a stale cache.
+    """
+    if not cache.exists():
+        return False
+    if not source.exists():
+        return True
+    files = [source] if source.is_file() else [f for f in source.rglob("*") if f.is_file()]
+    newest = max((f.stat().st_mtime for f in files), default=0.0)
+    return cache.stat().st_mtime >= newest
+
+
 def load_table(path: str | Path, cache: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """A cells table from a steinbock folder (+ labels.csv) or a CSV file."""
     path = Path(path)
-    if cache is not None and Path(cache).exists():
+    if cache is not None and _cache_is_fresh(Path(cache), path):
         return pd.read_csv(cache)
     if path.is_dir():
         cells = measure_steinbock(path, progress)
