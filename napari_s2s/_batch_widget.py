@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from functools import partial
 from pathlib import Path
 
 from qtpy.QtCore import Qt
@@ -21,24 +22,12 @@ from qtpy.QtWidgets import (
     QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
-from spatial2sentence.errors import S2SInputError
-from ._controls import RunControls
+from ._controls import DEVICES, RunControls, one_line
+from ._controls import notify as _notify
 
-DEVICES = {"auto": "auto", "CPU": "cpu", "CUDA": "cuda"}
 COLUMNS = ["image", "cells", "status", "error"]
 
-
-def _notify(kind: str, message: str) -> None:
-    from napari.utils.notifications import show_error, show_info, show_warning
-
-    {"error": show_error, "warning": show_warning, "info": show_info}[kind](message)
-
-
-def _one_line(err: BaseException) -> str:
-    if isinstance(err, S2SInputError):
-        return str(err).splitlines()[0]
-    msg = str(err).splitlines()[0] if str(err) else ""
-    return f"Batch annotation failed: {type(err).__name__}{': ' + msg if msg else ''}"
+_one_line = partial(one_line, failure="Batch annotation failed")
 
 
 def batch_steps(input_dir, out_dir, model=None, device="auto", workers=0, overwrite=False, cancel=None):

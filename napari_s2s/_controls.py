@@ -4,6 +4,27 @@ from __future__ import annotations
 
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
+from spatial2sentence.errors import S2SInputError
+
+# Device choices shown in the widgets -> the core's device argument.
+DEVICES = {"auto": "auto", "CPU": "cpu", "CUDA": "cuda"}
+
+
+def notify(kind: str, message: str) -> None:
+    """A napari notification: ``kind`` is error, warning or info."""
+    from napari.utils.notifications import show_error, show_info, show_warning
+
+    {"error": show_error, "warning": show_warning, "info": show_info}[kind](message)
+
+
+def one_line(err: BaseException, failure: str = "Failed") -> str:
+    """The one line a user sees for ``err``: an input error's own message (it names the file and the
+    problem), otherwise ``failure`` with the exception type, never a traceback."""
+    if isinstance(err, S2SInputError):
+        return str(err).splitlines()[0]
+    msg = str(err).splitlines()[0] if str(err) else ""
+    return f"{failure}: {type(err).__name__}{': ' + msg if msg else ''}"
+
 
 class RunControls:
     """A Run / Cancel row and a wrapping status line, added to ``root``; ``running(flag)`` toggles them."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,23 +31,12 @@ from spatial2sentence.errors import S2SInputError
 from . import _explain, _layers
 from ._annotate import Annotation, annotate_steps
 from ._explanation import ExplanationPanel, prob_bar
-from ._controls import RunControls
+from ._controls import DEVICES, RunControls, one_line
+from ._controls import notify as _notify
 
-DEVICES = {"auto": "auto", "CPU": "cpu", "CUDA": "cuda"}
 _SUFFIX = re.compile(r"\s*\[[^\]]*\]$")
 
-
-def _notify(kind: str, message: str) -> None:
-    from napari.utils.notifications import show_error, show_info, show_warning
-
-    {"error": show_error, "warning": show_warning, "info": show_info}[kind](message)
-
-
-def _one_line(err: BaseException) -> str:
-    if isinstance(err, S2SInputError):
-        return str(err).splitlines()[0]
-    msg = str(err).splitlines()[0] if str(err) else ""
-    return f"Annotation failed: {type(err).__name__}{': ' + msg if msg else ''}"
+_one_line = partial(one_line, failure="Annotation failed")
 
 
 def _meta(layer) -> dict:
@@ -804,26 +794,22 @@ class AnnotateCellsWidget(QWidget):
                          Path(path).with_name(Path(path).name.split(".")[0] + "_classes.csv"))
         return out
 
-    def _export_csv_dialog(self):
+    def _export_dialog(self, title: str, default_name: str, filters: str, export, done: str):
         if self.annotation is None:
             return
-        path, _ = QFileDialog.getSaveFileName(self, "Per-cell predictions", f"{self.annotation.image}_cells.csv",
-                                              "CSV (*.csv)")
+        path, _ = QFileDialog.getSaveFileName(self, title, default_name, filters)
         if path:
             try:
-                self.export_csv(path)
-                _notify("info", f"Wrote {path}")
+                export(path)
+                _notify("info", f"Wrote {path}{done}")
             except (S2SInputError, OSError) as err:
                 _notify("error", _one_line(err) if isinstance(err, S2SInputError) else f"{path}: {err.strerror}")
 
+    def _export_csv_dialog(self):
+        name = self.annotation.image if self.annotation is not None else "image"
+        self._export_dialog("Per-cell predictions", f"{name}_cells.csv", "CSV (*.csv)", self.export_csv, "")
+
     def _export_tiff_dialog(self):
-        if self.annotation is None:
-            return
-        path, _ = QFileDialog.getSaveFileName(self, "Class-id mask", f"{self.annotation.image}_classes.tiff",
-                                              "TIFF (*.tiff *.tif)")
-        if path:
-            try:
-                self.export_class_mask(path)
-                _notify("info", f"Wrote {path} (class ids listed in *_classes.csv)")
-            except (S2SInputError, OSError) as err:
-                _notify("error", _one_line(err) if isinstance(err, S2SInputError) else f"{path}: {err.strerror}")
+        name = self.annotation.image if self.annotation is not None else "image"
+        self._export_dialog("Class-id mask", f"{name}_classes.tiff", "TIFF (*.tiff *.tif)",
+                            self.export_class_mask, " (class ids listed in *_classes.csv)")
