@@ -28,14 +28,14 @@ demo: setup
 	$(PY) -m napari_s2s.demo --out out/plugin_demo
 
 test: setup system-deps
-	QT_API=pyqt5 xvfb-run -a -s "-screen 0 1600x1200x24" $(PY) -m pytest -q
+	QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1200x24" $(PY) -m pytest -q
 
 # The speed benchmarks (minutes each; not part of the tests). The accuracy table: s2s benchmark.
 benchmarks: setup system-deps
 	$(PY) benchmarks/measure.py
 	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/pairs.py
-	QT_API=pyqt5 xvfb-run -a -s "-screen 0 1600x1200x24" $(PY) benchmarks/plugin.py
+	QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1200x24" $(PY) benchmarks/plugin.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

@@ -1,6 +1,6 @@
 """Benchmark of the napari plugin: Run -> coloured layer, and click -> explanation, on CPU.
 
-    QT_API=pyqt5 xvfb-run -a -s "-screen 0 1600x1200x24" python benchmarks/plugin.py [--model DIR]
+    QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1200x24" python benchmarks/plugin.py [--model DIR]
 
 Cases, each through the real dock widget in a shown napari window (Xvfb):
   * the real Damond sample E34 (100 x 100 px, 5 markers, 113 cells);
@@ -25,7 +25,6 @@ import os
 import platform
 import statistics
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -169,7 +168,6 @@ def bench_case(name, data, channels, mask, model, repeats=3):
 
 
 def main(argv=None):
-    warnings.filterwarnings("ignore", message=".*PyQt5.*")
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="model folder (default: the embedded default model)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "plugin.json"))

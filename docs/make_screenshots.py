@@ -1,6 +1,6 @@
 """Screenshots of the napari plugin for the docs, taken headlessly.
 
-    QT_API=pyqt5 xvfb-run -a -s "-screen 0 1600x1200x24" python docs/make_screenshots.py [--model DIR]
+    QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1200x24" python docs/make_screenshots.py [--model DIR]
 
 Writes ``docs/plugin_annotated.png`` (the semi-synthetic islet annotated: mask coloured by predicted type,
 legend, clinical status), ``docs/plugin_explanation.png`` (a clicked beta-predicted cell: explanation
@@ -22,7 +22,7 @@ DOCS = Path(__file__).resolve().parent
 
 
 def close_toasts(viewer):
-    """Close napari's notification pop-ups (e.g. the PyQt5 deprecation) so they do not cover the canvas."""
+    """Close napari's notification pop-ups (e.g. a backend warning) so they do not cover the canvas."""
     from qtpy.QtWidgets import QWidget
 
     for w in viewer.window._qt_window.findChildren(QWidget):
@@ -51,9 +51,6 @@ def main(argv=None):
     ap.add_argument("--marker", default=None, help="marker of the attribution overlay (default: INS or PIN)")
     args = ap.parse_args(argv)
 
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*PyQt5.*")
     import napari
     from napari.layers import Layer
 

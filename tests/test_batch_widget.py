@@ -1,6 +1,6 @@
 """The batch widget (napari_s2s._batch_widget): folders in, live table, progress, cancel, resume.
 
-Run headlessly: QT_API=pyqt5 xvfb-run -a python -m pytest tests/test_batch_widget.py
+Run headlessly: QT_API=pyqt6 xvfb-run -a python -m pytest tests/test_batch_widget.py
 Input: the 3 real Damond toy images (steinbock layout) plus one corrupt image; the model is a tiny
 untrained one (predictions meaningless, code path real).
 """

@@ -1,6 +1,6 @@
 """napari plugin: manifest, reader, sample data, annotate widget, explanation panel, overlays, exports.
 
-Run headlessly: QT_API=pyqt5 xvfb-run -a -s "-screen 0 1600x1200x24" python -m pytest tests/test_plugin*.py
+Run headlessly: QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1200x24" python -m pytest tests/test_plugin*.py
 The model is a tiny untrained one (napari_s2s._testing): predictions are meaningless, the code path is
 the real one.
 """
