@@ -136,3 +136,32 @@ def test_data_on_another_intensity_scale_is_rescaled_per_image():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         prepare_cells(same, ["A", "B", "C"], n, rescale_offset_z=3.0)
+
+
+def test_range_ranking_names_the_majority_types_own_marker():
+    """In tissue dominated by one type, z (centred on the median cell) puts that type's own marker near 0,
+    so it drops out of the type's sentences; ranking by the marker's training range keeps it first."""
+    from spatial2sentence.settings import SentenceSettings
+
+    rng = np.random.default_rng(0)
+    n_major, n_minor = 700, 300
+    amy = np.r_[rng.normal(30, 3, n_major), rng.normal(1, 0.3, n_minor)]  # acinar marker, 70% of cells
+    gcg = np.r_[rng.normal(1, 0.3, n_major), rng.normal(30, 3, n_minor)]  # minority-type marker
+    noise = rng.gamma(2.0, 0.5, (n_major + n_minor, 3))  # unspecific markers
+    df = pd.DataFrame({"AMY2A": amy, "GCG": gcg, "CD3E": noise[:, 0], "CD20": noise[:, 1],
+                       "CD68": noise[:, 2], "x": rng.uniform(0, 500, amy.size), "y": rng.uniform(0, 500, amy.size)})
+    markers = ["AMY2A", "GCG", "CD3E", "CD20", "CD68"]
+    norm = Normalizer().fit(df[markers].to_numpy(np.float64), markers)
+    assert set(norm.lo) == set(markers) and all(norm.hi[m] > norm.lo[m] for m in markers)
+    cs = prepare_cells(df, markers, norm)
+    major = np.arange(n_major)
+
+    def first_word_share(rank_by):
+        s = SentenceSettings(top_k=2, threshold=0.0 if rank_by == "z" else 0.5, rank_by=rank_by)
+        sents = cs.sentences(major, s)
+        return np.mean([len(w) > 0 and w[0] == "AMY2A" for w in sents])
+
+    assert first_word_share("range") > 0.9, first_word_share("range")
+    assert first_word_share("z") < 0.5
+    with pytest.raises(Exception, match="rank_by"):
+        cs.sentences(major[:3], SentenceSettings(rank_by="bogus"))

@@ -84,6 +84,8 @@ class CellSet:
     unknown_markers: list[str] = field(default_factory=list)
     used_markers: list[str] = field(default_factory=list)
     pairs: Pairs | None = None
+    # per-marker (lo, hi) of the training z, for SentenceSettings.rank_by == "range"
+    rank_bounds: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.image)
@@ -134,10 +136,22 @@ class CellSet:
             pres = self.present[idx[ex]]
             if present is not None:
                 pres = pres & present[None, :]
-            sents = cell_sentences(self.z[idx[ex]], self.markers, s.top_k, s.threshold, pres)
+            sents = cell_sentences(self.rank_values(idx[ex], s), self.markers, s.top_k, s.threshold, pres)
             for j, w in zip(ex, sents):
                 out[j] = w
         return out  # type: ignore[return-value]
+
+    def rank_values(self, idx, s: SentenceSettings) -> np.ndarray:
+        """The values that order cells ``idx``'s markers in their sentences (see ``rank_by``)."""
+        z = self.z[idx]
+        if s.rank_by == "z":
+            return z
+        if s.rank_by == "range":
+            if self.rank_bounds is None:
+                raise ModelInputError("sentence settings", "rank_by 'range' needs the model's range statistics")
+            lo, hi = self.rank_bounds
+            return (z - lo) / (hi - lo)
+        raise ModelInputError("sentence settings", f"unknown rank_by {s.rank_by!r} (use 'z' or 'range')")
 
     def partners(self, i: int) -> list[tuple[int, str, float, float, float]]:
         """(index, role, distance_um, dx, dy) of cell ``i``'s partners: positives then negatives."""
@@ -255,6 +269,7 @@ def prepare_cells(
         donor=df[dcol].astype(str).to_numpy(dtype=object) if dcol else None,
         unknown_markers=unknown,
         used_markers=list(used),
+        rank_bounds=normalizer.range_bounds(list(model_markers)) if normalizer.lo else None,
     )
 
 
@@ -294,4 +309,5 @@ def concat_cellsets(sets: list[CellSet]) -> CellSet:
         status=cat("status"), donor=cat("donor"),
         unknown_markers=sorted({m for s in sets for m in s.unknown_markers}),
         used_markers=sorted({m for s in sets for m in s.used_markers}),
+        rank_bounds=sets[0].rank_bounds,
     )

@@ -9,6 +9,14 @@ carrying only some of the model's markers is scaled with the right statistics.
 * ``"model"``: z = (v - centre_m) / scale_m with the training statistics (default);
 * ``"image"``: the statistics are re-estimated on each image being read (robust to batch effects between
   acquisitions, but shifts the values of images dominated by one cell type).
+
+``lo`` / ``hi`` are the 1st and 99th percentiles of the training cells' z per marker. Sentences may rank
+markers by their position in that range (``SentenceSettings.rank_by = "range"``, a 0-1 scale per marker as in
+the usual IMC "censor at the 99th percentile, scale to 0-1" normalisation) instead of by z. Why: z is
+centred on the median cell, and in tissue dominated by one cell type (acinar cells are over half of the
+pancreas) that type's own markers sit near z = 0, so its sentences were ranked by noise; on held-out
+semi-synthetic donors a linear model on the ranked words reached 0.849 with z ranking, 0.878 with range
+ranking (top 12 markers).
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ class Normalizer:
     clip: float = 5.0
     centre: dict[str, float] = field(default_factory=dict)
     scale: dict[str, float] = field(default_factory=dict)
+    lo: dict[str, float] = field(default_factory=dict)  # 1st percentile of training z per marker
+    hi: dict[str, float] = field(default_factory=dict)  # 99th percentile of training z per marker
 
     @staticmethod
     def _robust(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +53,17 @@ class Normalizer:
         centre, scale = self._robust(v)
         self.centre = {m: float(c) for m, c in zip(markers, centre)}
         self.scale = {m: float(s) for m, s in zip(markers, scale)}
+        z = np.clip((v - centre) / scale, -self.clip, self.clip)  # NaN (marker not measured) stays NaN
+        lo, hi = np.nanpercentile(z, [1, 99], axis=0)
+        self.lo = {m: float(a) for m, a in zip(markers, lo)}
+        self.hi = {m: float(b) for m, b in zip(markers, hi)}
         return self
+
+    def range_bounds(self, markers: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per-marker (lo, hi) of the training z (0 and 1 for markers without them: z unchanged)."""
+        lo = np.array([self.lo.get(m, 0.0) for m in markers], np.float32)
+        hi = np.array([self.hi.get(m, 1.0) for m in markers], np.float32)
+        return lo, np.maximum(hi, lo + 1e-3)
 
     def transform(self, values: np.ndarray, markers: list[str]) -> np.ndarray:
         """Scaled values (float32, cells x markers). Markers without statistics are scaled on the data."""

@@ -418,8 +418,8 @@ def model_card(model, evaluation: dict | None = None) -> str:
         f"- architecture: {model.model_settings.architecture}, {model.model_settings.num_layers} layers, "
         f"hidden {model.model_settings.hidden_size}, {tr.get('n_parameters', model.num_parameters()):,} parameters; "
         f"word-level vocabulary of {len(model.tokenizer)} tokens",
-        f"- prompt format: {model.prompt.format}; sentences: top {model.sentence.top_k} markers with scaled "
-        f"value > {model.sentence.threshold}, arcsinh cofactor {model.sentence.cofactor}, scaling {model.sentence.scaling}",
+        f"- prompt format: {model.prompt.format}; sentences: top {model.sentence.top_k} markers ranked by "
+        f"{model.sentence.rank_by} (value > {model.sentence.threshold}), arcsinh cofactor {model.sentence.cofactor}, scaling {model.sentence.scaling}",
         f"- pairs: {model.pair_settings.n_pos} positive(s) within {model.pair_settings.pos_radius_um} um "
         f"(similarity >= q{model.pair_settings.pos_sim_quantile}), {model.pair_settings.n_neg} negative(s) "
         f">= {model.pair_settings.neg_min_dist_um} um (similarity <= q{model.pair_settings.neg_sim_quantile})",
