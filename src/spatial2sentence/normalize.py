@@ -15,8 +15,8 @@ markers by their position in that range (``SentenceSettings.rank_by = "range"``,
 the usual IMC "censor at the 99th percentile, scale to 0-1" normalisation) instead of by z. Why: z is
 centred on the median cell, and in tissue dominated by one cell type (acinar cells are over half of the
 pancreas) that type's own markers sit near z = 0, so its sentences were ranked by noise; on held-out
-semi-synthetic donors a linear model on the ranked words reached 0.849 with z ranking, 0.878 with range
-ranking (top 12 markers).
+semi-synthetic donors a linear model on the ranked words reaches 0.847 with z ranking (top 8), 0.873 with
+range ranking (top 12) (benchmarks/sentence_encoding.py).
 """
 
 from __future__ import annotations

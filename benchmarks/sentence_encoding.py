@@ -1,0 +1,108 @@
+"""How much cell-type information survives the cell sentence? Ranking by z vs by range, top 8 vs top 12.
+
+A cell sentence keeps only the order of a cell's top markers, not their values. This script measures how
+much of the cell type a linear model can still read from that order, for several sentence settings side
+by side, with the model's own normalisation (``spatial2sentence.normalize.Normalizer``) and ranking
+(``spatial2sentence.sentences.rank_markers``):
+
+* features: one indicator per (rank position, marker) plus a bag of the sentence's markers;
+* a multinomial logistic regression trained on cells of the training donors, tested on the 3 held-out
+  donors of the default model (6126, 6414, 6180), i.e. split by donor;
+* reference: the same regression on the full scaled marker vector (no sentence).
+
+Data: the measured semi-synthetic cells that ``s2s train --config configs/default_model.json`` caches
+(``out/damond_sim_cells.csv.gz``). Results: ``benchmarks/results/sentence_encoding.json``.
+
+    python benchmarks/sentence_encoding.py [--cells out/damond_sim_cells.csv.gz] [--n-train 60000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from spatial2sentence.normalize import Normalizer  # noqa: E402
+from spatial2sentence.sentences import rank_markers  # noqa: E402
+
+HELD_OUT = ["6126", "6414", "6180"]
+META = {"image", "Object", "x", "y", "area", "cell_type", "donor", "stage", "nonfinite_pixels"}
+SETTINGS = [  # (name, rank_by, top_k, threshold)
+    ("z, top 8 above 0 (previous default)", "z", 8, 0.0),
+    ("z, top 12 above 0", "z", 12, 0.0),
+    ("range, top 8 above 0.1", "range", 8, 0.1),
+    ("range, top 12 above 0.1 (default)", "range", 12, 0.1),
+    ("range, top 16 above 0.1", "range", 16, 0.1),
+]
+
+
+def sentence_features(values: np.ndarray, top_k: int, threshold: float):
+    from scipy import sparse
+
+    order, keep = rank_markers(values, top_k, threshold)
+    n, k = order.shape
+    m = values.shape[1]
+    rows = np.repeat(np.arange(n), k)
+    w = keep.ravel().astype(np.float32)
+    by_rank = sparse.csr_matrix((w, (rows, np.tile(np.arange(k), n) * m + order.ravel())), shape=(n, k * m))
+    bag = sparse.csr_matrix((w, (rows, order.ravel())), shape=(n, m))
+    return sparse.hstack([by_rank, bag]).tocsr()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cells", default=str(REPO / "out" / "damond_sim_cells.csv.gz"))
+    ap.add_argument("--n-train", type=int, default=60000)
+    ap.add_argument("--n-test", type=int, default=20000)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "sentence_encoding.json"))
+    args = ap.parse_args(argv)
+    from sklearn.linear_model import LogisticRegression
+
+    if not Path(args.cells).exists():
+        print(f"{args.cells}: not found; run `s2s train --config configs/default_model.json` (it simulates and "
+              "caches the cells) or pass --cells", file=sys.stderr)
+        return 1
+    df = pd.read_csv(args.cells)
+    markers = [c for c in df.columns if c not in META and pd.api.types.is_numeric_dtype(df[c])]
+    held = df["donor"].astype(str).isin(HELD_OUT)
+    train = df[~held].sample(min(args.n_train, int((~held).sum())), random_state=0)
+    test = df[held].sample(min(args.n_test, int(held.sum())), random_state=0)
+    norm = Normalizer().fit(train[markers].to_numpy(np.float64), markers)
+    z_tr = norm.transform(train[markers].to_numpy(np.float64), markers)
+    z_te = norm.transform(test[markers].to_numpy(np.float64), markers)
+    lo, hi = norm.range_bounds(markers)
+    y_tr, y_te = train["cell_type"].to_numpy(), test["cell_type"].to_numpy()
+    rows = []
+    t0 = time.perf_counter()
+    clf = LogisticRegression(max_iter=300).fit(z_tr, y_tr)
+    ref = float((clf.predict(z_te) == y_te).mean())
+    print(f"{'full scaled marker vector (no sentence)':42s} {ref:.4f}")
+    for name, rank_by, top_k, thr in SETTINGS:
+        v_tr, v_te = (z_tr, z_te) if rank_by == "z" else ((z_tr - lo) / (hi - lo), (z_te - lo) / (hi - lo))
+        clf = LogisticRegression(max_iter=300).fit(sentence_features(v_tr, top_k, thr), y_tr)
+        acc = float((clf.predict(sentence_features(v_te, top_k, thr)) == y_te).mean())
+        rows.append({"setting": name, "rank_by": rank_by, "top_k": top_k, "threshold": thr, "accuracy": acc})
+        print(f"{name:42s} {acc:.4f}")
+    res = {
+        "benchmark": "cell-type information in the cell sentence (linear model on ranked marker words)",
+        "data": f"{args.cells}: semi-synthetic Damond cells; train donors -> held-out donors {HELD_OUT}",
+        "n_train": len(train), "n_test": len(test), "markers": len(markers),
+        "full_vector_logreg_accuracy": ref, "settings": rows,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "command": "python benchmarks/sentence_encoding.py",
+    }
+    Path(args.out).write_text(json.dumps(res, indent=1))
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
