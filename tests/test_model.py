@@ -76,6 +76,30 @@ def test_save_load_identical_probabilities(tiny, cells, tmp_path):
     pd.testing.assert_frame_equal(a.image_status, b.image_status)
 
 
+def test_models_saved_before_rank_by_still_rank_by_z(tiny, cells, tmp_path):
+    """A model directory written before ``rank_by`` existed must keep its z ranking, not take the new
+    default: same sentences, same probabilities."""
+    import shutil
+
+    out, res = tiny
+    assert res.model.sentence.rank_by == "range"
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    meta = json.loads((old / "s2s_config.json").read_text())
+    meta["sentence"]["rank_by"] = "z"
+    (old / "s2s_config.json").write_text(json.dumps(meta))
+    explicit = S2SModel.from_pretrained(old, device="cpu").predict_cells(cells)
+    del meta["sentence"]["rank_by"]
+    (old / "s2s_config.json").write_text(json.dumps(meta))
+    legacy = S2SModel.from_pretrained(old, device="cpu")
+    assert legacy.sentence.rank_by == "z"
+    implicit = legacy.predict_cells(cells)
+    cols = [c for c in explicit.cells.columns if c.startswith("p_")]
+    np.testing.assert_array_equal(explicit.cells[cols].to_numpy(), implicit.cells[cols].to_numpy())
+    ranged = S2SModel.from_pretrained(out, device="cpu").predict_cells(cells)
+    assert not np.array_equal(ranged.cells[cols].to_numpy(), implicit.cells[cols].to_numpy())
+
+
 def test_training_is_deterministic(cells, tmp_path):
     import torch
 

@@ -96,8 +96,9 @@ def test_real_cycif_table_sentences():
     model_panel = canon + ["PIN"]  # a model panel with a marker this table lacks
     cs = prepare_cells(df, model_panel, norm, markers=cols)
     assert not cs.present[:, model_panel.index("PIN")].any()
-    sents = cs.sentences(np.arange(len(cs)), __import__("spatial2sentence.settings", fromlist=["x"]).SentenceSettings())
-    assert all(1 <= len(s) <= 8 for s in sents)
+    settings = __import__("spatial2sentence.settings", fromlist=["x"]).SentenceSettings()
+    sents = cs.sentences(np.arange(len(cs)), settings)
+    assert all(1 <= len(s) <= settings.top_k for s in sents)
     assert not any("PIN" in s for s in sents)
     # the CD8A-highest cells say CD8A early in their sentence
     top = np.argsort(-df["CD8A"].to_numpy())[:5]

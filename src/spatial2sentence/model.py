@@ -168,9 +168,11 @@ class S2SModel:
         tok = WordTokenizer.load(path)
         ps = meta["prompt"]
         ps["distance_bins_um"] = tuple(ps.get("distance_bins_um", PromptSettings().distance_bins_um))
+        # models saved before rank_by existed ranked by z (top 8 above 0 was then the default)
+        sentence = {"rank_by": "z", **meta["sentence"]}
         return cls(
             lm, tok, meta["markers"], Normalizer.from_dict(meta["normalizer"]), meta["type_labels"],
-            meta["status_labels"], SentenceSettings.from_dict(meta["sentence"]),
+            meta["status_labels"], SentenceSettings.from_dict(sentence),
             PairSettings.from_dict(meta["pairs"]), PromptSettings.from_dict(ps),
             ModelSettings.from_dict(meta["model"]), meta.get("info", {}), device=str(dev),
         )

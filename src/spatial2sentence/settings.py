@@ -32,11 +32,11 @@ class SentenceSettings(_Base):
 
     cofactor: float = 1.0  # arcsinh(x / cofactor); 1 suits IMC counts
     scaling: str = "model"  # "model": training statistics, "image": re-estimated per image
-    top_k: int = 8  # at most this many markers per sentence
-    threshold: float = 0.0  # keep only markers whose ranking value exceeds this
-    # ranking value: "z" (robust z, centred on the median training cell) or "range" (position of z
-    # between the marker's 1st and 99th training percentiles, 0-1); see spatial2sentence.normalize
-    rank_by: str = "z"
+    top_k: int = 12  # at most this many markers per sentence
+    threshold: float = 0.1  # keep only markers whose ranking value exceeds this
+    # ranking value: "range" (position of z between the marker's 1st and 99th training percentiles, 0-1)
+    # or "z" (robust z, centred on the median training cell); see spatial2sentence.normalize
+    rank_by: str = "range"
     # safeguard for data on another intensity scale (other instrument or preprocessing): when, in one
     # image, the median over markers of |median z| exceeds this, that image is rescaled on itself
     # (with a warning); 0 disables
