@@ -601,9 +601,14 @@ class AnnotateCellsWidget(QWidget):
             self._table_cache = (ann, ann.table.set_index(ann.table["Object"].astype(str)))
         return self._table_cache[1]
 
-    def _explain_one(self, obj) -> dict:
-        ann = self.annotation
-        res = _explain.explain_cells(ann.model, self._cellset(), [obj], markers=ann.markers)
+    def _explain_one(self, obj, ann=None) -> dict:
+        ann = ann or self.annotation
+        if ann is None:
+            raise _explain.AttributionsUnavailable("no annotation (it was cleared or is being re-run)")
+        cellset = self._cellset() if ann is self.annotation else None
+        if cellset is None:
+            raise _explain.AttributionsUnavailable("the annotation changed while attributions were computed")
+        res = _explain.explain_cells(ann.model, cellset, [obj], markers=ann.markers)
         att = res.get(str(obj))
         if att is None:
             raise _explain.AttributionsUnavailable("attributions unavailable for this cell")
@@ -622,11 +627,19 @@ class AnnotateCellsWidget(QWidget):
     def _start_cell_attribution(self, obj, info):
         from napari.qt.threading import create_worker
 
-        worker = create_worker(self._explain_one, obj, _ignore_errors=True, _start_thread=False)
+        ann = self.annotation
+        worker = create_worker(self._explain_one, obj, ann, _ignore_errors=True, _start_thread=False)
+
+        def current() -> bool:
+            # the result belongs to this annotation and this cell only: a new run or a new click since
+            # the worker started makes it stale
+            panel = self.explanation
+            return (self.annotation is ann and panel is not None and panel.current is not None
+                    and panel.current.get("object") == obj)
 
         def done(att):
             panel = self.explanation
-            if panel is not None and panel.current is not None and panel.current.get("object") == obj:
+            if current():
                 new = dict(panel.current)
                 new["partners"] = [dict(p) for p in new["partners"]]
                 self._apply_attribution(new, att)
@@ -635,7 +648,7 @@ class AnnotateCellsWidget(QWidget):
 
         def failed(err):
             panel = self.explanation
-            if panel is not None and panel.current is not None and panel.current.get("object") == obj:
+            if current():
                 panel.note.setText(str(err).splitlines()[0] if str(err) else "attributions failed")
 
         def finished():

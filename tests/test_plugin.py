@@ -7,6 +7,7 @@ the real one.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -324,6 +325,40 @@ def test_real_attributions_shade_the_prompt(annotated, qtbot):
     assert att["object"] == obj and att["tokens"]
     assert "rgba(" in widget.explanation.prompt.toHtml() or "background-color" in widget.explanation.prompt.toHtml()
     assert "ranked by expression" not in widget.explanation.markers.text()
+
+
+def test_stale_attribution_result_is_dropped(annotated, monkeypatch, qtbot):
+    """A click's attributions that arrive after the annotation was replaced (a new Run) or cleared
+    must not be drawn on the new one, nor raise in the Qt callback."""
+    viewer, widget = annotated
+    if not _explain.available():
+        pytest.skip("spatial2sentence.explain not installed")
+    real = _explain.explain_cells
+    release = threading.Event()
+
+    def slow(*args, **kwargs):
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_explain, "explain_cells", slow)
+    obj, _ = _centroid_cell(widget)
+    widget._attributions.clear()
+    widget.explain_cell(obj)
+    assert widget.attribution_worker is not None
+    first = widget.annotation
+    widget.annotation = None  # cleared while the worker runs
+    release.set()
+    _wait(qtbot, widget)
+    assert widget.explanation.current.get("attribution") is None
+    widget.annotation = first
+    # replaced by another annotation while the worker runs
+    release.clear()
+    widget._attributions.clear()
+    widget.explain_cell(obj)
+    widget.annotation = dataclasses.replace(first)
+    release.set()
+    _wait(qtbot, widget)
+    assert widget.explanation.current.get("attribution") is None
 
 
 def test_attributions_unavailable_degrades(annotated, monkeypatch, notes):
