@@ -61,8 +61,9 @@ class Normalizer:
 
     def range_bounds(self, markers: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Per-marker (lo, hi) of the training z (0 and 1 for markers without them: z unchanged)."""
-        lo = np.array([self.lo.get(m, 0.0) for m in markers], np.float32)
-        hi = np.array([self.hi.get(m, 1.0) for m in markers], np.float32)
+        # a marker never measured in training has NaN percentiles: leave its z unchanged too
+        lo = np.nan_to_num(np.array([self.lo.get(m, 0.0) for m in markers], np.float32), nan=0.0)
+        hi = np.nan_to_num(np.array([self.hi.get(m, 1.0) for m in markers], np.float32), nan=1.0)
         return lo, np.maximum(hi, lo + 1e-3)
 
     def transform(self, values: np.ndarray, markers: list[str]) -> np.ndarray:
