@@ -294,3 +294,24 @@ def test_measurement_cache_is_refreshed_when_the_folder_changes(tmp_path):
     # An untouched folder reads the (fresh) cache back unchanged.
     third = load_table(folder, cache=cache, progress=False)
     pd.testing.assert_frame_equal(second.reset_index(drop=True), third.reset_index(drop=True), check_dtype=False)
+
+
+def test_shared_context_scoring_equals_whole_prompts(tiny, cells):
+    """Type and status scored on one shared context pass give the probabilities of the whole prompts."""
+    from spatial2sentence.predict import score_prompts, score_tasks
+    from spatial2sentence.prompts import task_words
+
+    model = S2SModel.from_pretrained(tiny[0], device="cpu")
+    cs = model.prepare(cells)
+    idx = np.r_[0:40, 200:240]
+    sents = cs.sentences(np.arange(len(cs)), model.sentence)
+    ctx = [model.tokenizer.encode(cs.context_words(int(i), model.sentence, model.prompt, sentence_cache=sents))
+           for i in idx]
+    assert len({len(c) for c in ctx}) > 1  # left padding is exercised
+    suffixes = {t: model.tokenizer.encode(task_words(t)) for t in ("type", "status")}
+    labels = {t: model.label_ids(t) for t in suffixes}
+    shared = score_tasks(model.lm, ctx, suffixes, labels, model.tokenizer.pad_id, "cpu")
+    for t, words in suffixes.items():
+        whole = score_prompts(model.lm, [c + words for c in ctx], labels[t], model.tokenizer.pad_id, "cpu")
+        np.testing.assert_allclose(shared[t], whole, atol=1e-5)
+        assert shared[t].shape == (len(idx), len(labels[t]))

@@ -3,7 +3,7 @@
 Every label is a single token, so the probability of each class is the softmax, restricted to the task's
 label tokens, of the logits at the answer position (the last prompt token). Prompts are left-padded
 and given explicit position ids, so only the last position's logits are computed
-(``logits_to_keep=1``). CUDA runs in bf16 (model weights), CPU in float32; the softmax is float32.
+(``logits_to_keep=1``); the tasks of one cell share their context's forward pass (:func:`score_tasks`). CUDA runs in bf16 (model weights), CPU in float32; the softmax is float32.
 
 Image-level clinical status: the mean over the image's cells of the per-cell log-probabilities of each
 status, renormalised with a softmax; the per-cell probabilities are kept in the cell table.
@@ -17,8 +17,7 @@ import pandas as pd
 from .prompts import task_words
 
 
-def score_prompts(lm, seqs: list[list[int]], label_ids: list[int], pad_id: int, device) -> np.ndarray:
-    """Probabilities (n x len(label_ids)) of each label after each prompt, in one forward pass."""
+def _left_pad(seqs: list[list[int]], pad_id: int):
     import torch
 
     n = max(len(s) for s in seqs)
@@ -27,13 +26,55 @@ def score_prompts(lm, seqs: list[list[int]], label_ids: list[int], pad_id: int, 
     for i, s in enumerate(seqs):
         ids[i, n - len(s):] = torch.as_tensor(s)
         mask[i, n - len(s):] = 1
-    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
+
+
+def score_prompts(lm, seqs: list[list[int]], label_ids: list[int], pad_id: int, device) -> np.ndarray:
+    """Probabilities (n x len(label_ids)) of each label after each prompt, in one forward pass."""
+    import torch
+
+    ids, mask, pos = _left_pad(seqs, pad_id)
     with torch.inference_mode():
         out = lm(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                  logits_to_keep=1, use_cache=False)
-        logits = out.logits[:, -1, :].float()
-        sel = logits[:, torch.as_tensor(label_ids, device=logits.device)]
-        return torch.softmax(sel, dim=-1).cpu().numpy()
+        return _label_softmax(out.logits, label_ids)
+
+
+def _label_softmax(logits, label_ids: list[int]) -> np.ndarray:
+    import torch
+
+    last = logits[:, -1, :].float()
+    sel = last[:, torch.as_tensor(label_ids, device=last.device)]
+    return torch.softmax(sel, dim=-1).cpu().numpy()
+
+
+def score_tasks(lm, contexts: list[list[int]], suffixes: dict[str, list[int]], label_ids: dict[str, list[int]],
+                pad_id: int, device) -> dict[str, np.ndarray]:
+    """Like :func:`score_prompts` for ``context + suffix`` of every task, with the shared context run once.
+
+    Why: the prompts of one cell differ only in their last few task words, so the context's keys and
+    values are computed once and each task's words are run on top of them (the cache is cut back to the
+    context between tasks). The probabilities are those of the whole prompts; type + status scoring is
+    about 1.7x faster than two full passes (``benchmarks/inference.py``).
+    """
+    import torch
+
+    ids, mask, pos = _left_pad(contexts, pad_id)
+    ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
+    out: dict[str, np.ndarray] = {}
+    with torch.inference_mode():
+        cache = lm(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1,
+                   use_cache=True).cache
+        for k, (task, words) in enumerate(suffixes.items()):
+            suffix = torch.as_tensor(words, device=device).expand(len(contexts), -1)
+            steps = suffix.shape[1]
+            res = lm(input_ids=suffix, attention_mask=torch.cat([mask, torch.ones_like(suffix)], 1),
+                     position_ids=pos[:, -1:] + 1 + torch.arange(steps, device=device),
+                     cache=cache, use_cache=True, logits_to_keep=1)
+            out[task] = _label_softmax(res.logits, label_ids[task])
+            if k < len(suffixes) - 1:
+                cache.crop(-steps)
+    return out
 
 
 def _col(prefix: str, label: str) -> str:
@@ -64,12 +105,13 @@ def predict_cellset(model, cs, batch_size: int = 256, tasks=("type", "status"), 
         cells = cells[np.argsort([len(ctx[int(i)]) for i in cells], kind="stable")]
         for c0 in range(0, len(cells), batch_size):
             chunk = cells[c0:c0 + batch_size]
-            for t in tasks:
-                rows = chunk[np.isin(chunk, todo[t])]
-                if rows.size == 0:
-                    continue
-                seqs = [ctx[int(i)] + task_ids[t] for i in rows]
-                probs[t][rows] = score_prompts(model.lm, seqs, label_ids[t], model.tokenizer.pad_id, model.device)
+            needed = {t: np.isin(chunk, todo[t]) for t in tasks}
+            run = [t for t in tasks if needed[t].any()]
+            if run:
+                scored = score_tasks(model.lm, [ctx[int(i)] for i in chunk], {t: task_ids[t] for t in run},
+                                     label_ids, model.tokenizer.pad_id, model.device)
+                for t in run:
+                    probs[t][chunk[needed[t]]] = scored[t][needed[t]]
             done += len(chunk)
             if progress is not None and progress(done, n) is False:
                 cancelled = done < n
