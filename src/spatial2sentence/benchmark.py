@@ -28,7 +28,6 @@ reported as mean and sd over seeds: accuracy and macro F1 (over the classes pres
 from __future__ import annotations
 
 import json
-import math
 import platform
 import sys
 import tempfile
@@ -408,7 +407,7 @@ def _lm_table(df: pd.DataFrame, ds: Dataset, with_labels: bool) -> pd.DataFrame:
 def lm_predict(model, test_df: pd.DataFrame, idx: np.ndarray, tasks, batch_size: int = 256) -> dict:
     """Probabilities of each task's labels for the test cells ``idx`` (partners from the whole image)."""
     from .cellset import prepare_cells
-    from .predict import score_prompts
+    from .predict import score_tasks
     from .prompts import task_words
 
     cs = prepare_cells(test_df, model.markers, model.normalizer, source="test cells")
@@ -422,15 +421,15 @@ def lm_predict(model, test_df: pd.DataFrame, idx: np.ndarray, tasks, batch_size:
     ctx = [model.tokenizer.encode(cs.context_words(int(i), model.sentence, model.prompt, sentence_cache=cache))
            for i in idx]
     order = np.argsort([len(c) for c in ctx], kind="stable")
-    out = {}
-    for t in tasks:
-        lid = model.label_ids(t)
-        tw = model.tokenizer.encode(task_words(t))
-        p = np.zeros((len(idx), len(lid)), np.float32)
-        for c0 in range(0, len(idx), batch_size):
-            rows = order[c0:c0 + batch_size]
-            p[rows] = score_prompts(model.lm, [ctx[r] + tw for r in rows], lid, model.tokenizer.pad_id, model.device)
-        out[t] = p
+    suffixes = {t: model.tokenizer.encode(task_words(t)) for t in tasks}
+    label_ids = {t: model.label_ids(t) for t in tasks}
+    out = {t: np.zeros((len(idx), len(label_ids[t])), np.float32) for t in tasks}
+    for c0 in range(0, len(idx), batch_size):
+        rows = order[c0:c0 + batch_size]
+        scored = score_tasks(model.lm, [ctx[r] for r in rows], suffixes, label_ids, model.tokenizer.pad_id,
+                             model.device)
+        for t in tasks:
+            out[t][rows] = scored[t]
     return out
 
 
@@ -491,7 +490,7 @@ def _fold_job(job):
     """One (seed, fold): every method trained on the training rows and evaluated on the test cells."""
     from threadpoolctl import threadpool_limits
 
-    ds, budget = _JOB_CTX[0], _JOB_CTX[1]
+    budget = _JOB_CTX[1]
     with threadpool_limits(limits=max(1, budget.threads)):
         return _fold_job_inner(job)
 
