@@ -136,7 +136,7 @@ def in_thread(fn, cancel: threading.Event):
 
 def annotate_steps(data: np.ndarray, channels: list[str], mask: np.ndarray, image: str = "image",
                    pixel_size_um: float = 1.0, model=None, model_path=None, device: str = "auto",
-                   batch_size: int = 256, cancel: threading.Event | None = None):
+                   batch_size: int | None = None, cancel: threading.Event | None = None):
     """Generator: measure + predict one image; see the module doc."""
     cancel = cancel or threading.Event()
     t0 = time.perf_counter()

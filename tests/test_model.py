@@ -250,6 +250,9 @@ def test_cli_predict_and_sentences(tiny, tmp_path):
     r = CliRunner().invoke(main, ["predict", "--model", str(tmp_path / "nope"), str(TOY / "img" / "G01.tiff"),
                                   str(TOY / "masks" / "G01.tiff"), "-o", str(out)])
     assert r.exit_code == 1 and "not a spatial2sentence model directory" in r.output
+    r = CliRunner().invoke(main, args[:-2] + ["--device", "cpu", "--dtype", "bfloat16", "--batch-size", "7"])
+    assert r.exit_code == 0, r.output
+    assert (pd.read_csv(out)["cell_type"] == df["cell_type"]).mean() >= 0.9
 
 
 @pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "s2s_config.json").exists(), reason="default model not built")
@@ -315,3 +318,38 @@ def test_shared_context_scoring_equals_whole_prompts(tiny, cells):
         whole = score_prompts(model.lm, [c + words for c in ctx], labels[t], model.tokenizer.pad_id, "cpu")
         np.testing.assert_allclose(shared[t], whole, atol=1e-5)
         assert shared[t].shape == (len(idx), len(labels[t]))
+
+
+def test_one_task_prediction_equals_the_shared_context_run(tiny, cells):
+    """Type alone runs whole prompts without a cache; it must give what the type + status run gives."""
+    model = S2SModel.from_pretrained(tiny[0], device="cpu")
+    alone = model.predict_cells(cells, tasks=("type",))
+    both = model.predict_cells(cells)
+    cols = [c for c in alone.cells.columns if c.startswith("p_")]
+    assert cols and not any(c.startswith("p_status_") for c in cols)
+    np.testing.assert_allclose(alone.cells[cols].to_numpy(), both.cells[cols].to_numpy(), atol=1e-5)
+    assert (alone.cells["cell_type"] == both.cells["cell_type"]).all()
+
+
+def test_bfloat16_on_cpu_nearly_matches_float32_and_saves_float32(cells, tmp_path):
+    import torch
+    from safetensors import safe_open
+
+    with pytest.raises(S2SInputError, match="dtype"):
+        S2SModel.from_pretrained(None, device="cpu", dtype="float16x")
+    f32 = S2SModel.from_pretrained(None, device="cpu")
+    bf16 = S2SModel.from_pretrained(None, device="cpu", dtype="bfloat16")
+    assert next(f32.lm.parameters()).dtype == torch.float32
+    assert next(bf16.lm.parameters()).dtype == torch.bfloat16
+    markers = ["H3", "CD99", "PIN", "CD8a", "CDH"]
+    a = f32.predict_cells(cells, markers=markers).cells
+    b = bf16.predict_cells(cells, markers=markers).cells
+    cols = [c for c in a.columns if c.startswith("p_")]
+    assert b[cols].dtypes.eq(np.float32).all()  # probabilities stay float32
+    assert np.abs(a[cols].to_numpy() - b[cols].to_numpy()).max() < 0.1
+    assert (a["cell_type"] == b["cell_type"]).mean() >= 0.95
+    # saving writes float32 weights and leaves the live model in bfloat16 (Module.float() is in place)
+    bf16.save_pretrained(tmp_path / "saved")
+    assert next(bf16.lm.parameters()).dtype == torch.bfloat16
+    with safe_open(str(tmp_path / "saved" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}

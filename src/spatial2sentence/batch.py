@@ -74,6 +74,7 @@ import pandas as pd
 
 from .errors import MaskError, S2SInputError
 from .io import _first_line
+from .predict import PREDICT_BATCH_SIZE
 
 SUBDIRS = ("cells", "types", "overlays", "done")
 _MASK_SUFFIXES = (".tiff", ".tif")
@@ -363,7 +364,7 @@ _COMPLETED_HERE = 0  # images this process annotated (for the testing hook)
 
 
 def annotate_image(job: ImageJob, out_dir: str, model: str | None = None, device: str = "auto",
-                   batch_size: int = 256, overwrite: bool = False, fingerprint: str | None = None,
+                   batch_size: int | None = None, overwrite: bool = False, fingerprint: str | None = None,
                    should_stop: Callable[[], bool] | None = None, torch_threads: int | None = None) -> dict:
     """Annotate one image and write its four outputs; never raises for a bad input.
 
@@ -546,7 +547,7 @@ def run_batch(
     workers: int = 0,
     scheduler: str | None = None,
     overwrite: bool = False,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     progress: Callable[[dict, int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     client=None,
@@ -669,7 +670,7 @@ def run_batch(
         "output": str(out.resolve()),
         "model": meta,
         "settings": {"device": device, "workers": workers, "scheduler": scheduler, "mode": mode,
-                     "overwrite": overwrite, "batch_size": batch_size,
+                     "overwrite": overwrite, "batch_size": batch_size or PREDICT_BATCH_SIZE,
                      "torch_threads": 1 if mode != "in-process" else _torch_threads()},
         "versions": versions(),
         "images": {

@@ -56,6 +56,25 @@ def resolve_device(device: str = "auto"):
     return torch.device(device)
 
 
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def resolve_dtype(dtype: str | None, device):
+    """Weights' dtype: ``auto`` is bfloat16 on CUDA and float32 on CPU.
+
+    Why float32 on CPU by default: a laptop CPU without native bf16 matrix units runs bf16 slower, and
+    float32 gives the same probabilities on every CPU. ``bfloat16`` on a CPU with AMX / AVX512-BF16 runs
+    the one-pass scoring about 1.5x faster with nearly the same answers (``benchmarks/inference.py``)."""
+    import torch
+
+    dtype = "auto" if dtype is None else str(dtype)
+    if dtype not in DTYPES:
+        raise S2SInputError("dtype", f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    if dtype == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
 def build_lm(ms: ModelSettings, vocab_size: int, tok: WordTokenizer, seed: int = 0):
     """A fresh small causal LM (Llama or GPT-2 architecture), or a local base model resized to our
     vocabulary when ``ms.base_model`` names a directory."""
@@ -150,9 +169,10 @@ class S2SModel:
                    model, device=device)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, device: str = "auto") -> "S2SModel":
-        """Load a model directory; ``None`` loads the embedded default model (Damond panel)."""
-        import torch
+    def from_pretrained(cls, path: str | Path | None = None, device: str = "auto",
+                        dtype: str = "auto") -> "S2SModel":
+        """Load a model directory; ``None`` loads the embedded default model (Damond panel).
+        ``dtype``: see :func:`resolve_dtype`."""
         from transformers import AutoConfig, AutoModelForCausalLM
 
         _quiet_transformers()
@@ -163,8 +183,8 @@ class S2SModel:
         meta = json.loads(cfg_path.read_text())
         dev = resolve_device(device)
         hf_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
-        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-        lm = AutoModelForCausalLM.from_pretrained(str(path), config=hf_cfg, local_files_only=True, dtype=dtype)
+        lm = AutoModelForCausalLM.from_pretrained(str(path), config=hf_cfg, local_files_only=True,
+                                                  dtype=resolve_dtype(dtype, dev))
         tok = WordTokenizer.load(path)
         ps = meta["prompt"]
         ps["distance_bins_um"] = tuple(ps.get("distance_bins_um", PromptSettings().distance_bins_um))
@@ -194,15 +214,14 @@ class S2SModel:
     def save_pretrained(self, path: str | Path, card: str | None = None) -> Path:
         """Write the model directory (config.json, model.safetensors, tokenizer.json, s2s_config.json,
         MODEL_CARD.md)."""
-        import torch
-
         _quiet_transformers()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         lm = self.lm
-        if next(lm.parameters()).dtype != torch.float32:
-            lm = lm.float()
-        lm.save_pretrained(str(path), safe_serialization=True)
+        dtype = next(lm.parameters()).dtype
+        # always written in float32; Module.float() converts in place, so the live model goes back after
+        lm.float().save_pretrained(str(path), safe_serialization=True)
+        lm.to(dtype)
         self.tokenizer.save(path)
         (path / S2S_CONFIG).write_text(json.dumps(self.config_dict(), indent=1, default=float))
         if card is not None:
@@ -263,7 +282,7 @@ class S2SModel:
 
     # --- prediction ------------------------------------------------------------------------------
     def predict_cells(self, cells: pd.DataFrame | CellSet, markers=None, image: str | None = None,
-                      batch_size: int = 256, tasks=("type", "status"), progress=None,
+                      batch_size: int | None = None, tasks=("type", "status"), progress=None,
                       source: str = "cells") -> Predictions:
         """Cell types and clinical status of every cell (see :class:`Predictions`).
 
@@ -272,12 +291,13 @@ class S2SModel:
         ``image`` (several images at once). ``progress(done, total)`` is called after each batch;
         returning ``False`` cancels (the result then has ``cancelled=True``).
         """
-        from .predict import predict_cellset
+        from .predict import PREDICT_BATCH_SIZE, predict_cellset
 
         cs = self.prepare(cells, markers, image, source=source)
-        return predict_cellset(self, cs, batch_size=batch_size, tasks=tasks, progress=progress)
+        return predict_cellset(self, cs, batch_size=batch_size or PREDICT_BATCH_SIZE, tasks=tasks,
+                               progress=progress)
 
-    def predict_image(self, image, mask, panel=None, batch_size: int = 256, progress=None) -> Predictions:
+    def predict_image(self, image, mask, panel=None, batch_size: int | None = None, progress=None) -> Predictions:
         """Measure an :class:`~spatial2sentence.io.IMCImage` (or path) with its mask and predict."""
         from .measure import measure_image
 

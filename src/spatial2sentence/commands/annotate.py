@@ -22,8 +22,8 @@ import click
 @click.option("--overwrite", is_flag=True, help="Redo images whose outputs already exist.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch threads of an in-process run (default: torch's choice; Dask workers use 1).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Prompts per model forward pass.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Prompts per model forward pass (default: 128).")
 def annotate(input_dir, out_dir, model_dir, device, workers, scheduler, overwrite, threads, batch_size):
     """Annotate every image of the folder INPUT: cell types, probabilities and clinical status.
 
