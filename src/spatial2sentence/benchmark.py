@@ -388,9 +388,15 @@ def lm_settings(method: str, budget: Budget, seed: int):
                        warmup_steps=budget.warmup_steps, task_mix=mix, class_balance=0.0, panel_subset_prob=0.0,
                        val_fraction=0.0, eval_every=10 ** 9, checkpoint_every=10 ** 9, patience=10 ** 9,
                        num_threads=budget.threads)
-    # z ranking, top 8 above 0: the sentence settings of the committed accuracy run (kept so that
-    # benchmarks/results/accuracy reproduces; the library default is now range ranking, top 12)
-    return SentenceSettings(rank_by="z", top_k=8, threshold=0.0), pairs, prompt, ms, ts
+    # the library's default sentences (range ranking, top 12 above 0.1), as the shipped model uses
+    return SentenceSettings(), pairs, prompt, ms, ts
+
+
+def _sentence_words() -> str:
+    from .settings import SentenceSettings
+
+    st = SentenceSettings()
+    return f"markers ranked by {st.rank_by}, top {st.top_k} above {st.threshold}"
 
 
 def _lm_table(df: pd.DataFrame, ds: Dataset, with_labels: bool) -> pd.DataFrame:
@@ -781,7 +787,8 @@ def write_results(out: Path, results: dict, budget: Budget, command: str, wall_s
           "", "Language models: small Llama-architecture causal LMs trained from scratch by "
           "`spatial2sentence.training.train` (multi-task: cell type 0.6, clinical status 0.3, pair 0.1 of the prompts; "
           "no validation split or early stopping in the benchmark; panel-subset augmentation off; "
-          "natural class frequencies). `c2s`: single-cell prompts, no pair task. Classical baselines: "
+          "natural class frequencies; sentences: " + _sentence_words() + "). `c2s`: single-cell prompts, no pair "
+          "task. Classical baselines: "
           "`spatial2sentence.baselines`. Nothing is tuned on test folds.", ""]
     for name, res in results.items():
         md.append(dataset_markdown(name, res))
