@@ -23,6 +23,7 @@ import pytest
 import tifffile
 
 from spatial2sentence.batch import discover, run_batch
+from spatial2sentence.errors import S2SInputError
 from spatial2sentence.io import write_tiff_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -352,3 +353,23 @@ def test_usage_errors(tmp_path, steinbock_dir, tiny_model):
     res = CliRunner().invoke(main, ["annotate", str(steinbock_dir), "-o", str(tmp_path / "o"), "--model",
                                     str(tmp_path)])
     assert res.exit_code == 1 and "not a spatial2sentence model directory" in res.output
+    with pytest.raises(S2SInputError, match="dtype"):
+        run_batch(steinbock_dir, tmp_path / "o", model=tiny_model, dtype="half")
+
+
+def test_bfloat16_run_records_its_dtype(tmp_path, steinbock_dir, tiny_model, serial_run):
+    from click.testing import CliRunner
+
+    from spatial2sentence.cli import main
+
+    out = tmp_path / "bf16"
+    res = CliRunner().invoke(main, ["annotate", str(steinbock_dir), "-o", str(out), "--model", str(tiny_model),
+                                    "--device", "cpu", "--dtype", "bfloat16"])
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["dtype"] == "bfloat16" and run["images"]["annotated"] == N_IMAGES
+    name = json.loads(next((out / "done").glob("*.json")).read_text())["image"]
+    assert json.loads((out / "done" / f"{name}.json").read_text())["dtype"] == "bfloat16"
+    a = pd.read_csv(serial_run[0] / "cells" / f"{name}.csv")
+    b = pd.read_csv(out / "cells" / f"{name}.csv")
+    assert (a["cell_type"] == b["cell_type"]).mean() >= 0.9  # nearly the float32 answers

@@ -335,6 +335,10 @@ def test_bfloat16_on_cpu_nearly_matches_float32_and_saves_float32(cells, tmp_pat
     import torch
     from safetensors import safe_open
 
+    from spatial2sentence.commands import DTYPE_CHOICES
+    from spatial2sentence.model import DTYPES
+
+    assert DTYPE_CHOICES == DTYPES  # the CLI's spelled-out choices
     with pytest.raises(S2SInputError, match="dtype"):
         S2SModel.from_pretrained(None, device="cpu", dtype="float16x")
     f32 = S2SModel.from_pretrained(None, device="cpu")

@@ -216,14 +216,14 @@ def resolve_model_dir(model: str | Path | None) -> Path:
     return DEFAULT_MODEL_DIR if model is None else Path(model)
 
 
-def get_model(model: str | Path | None, device: str = "auto"):
-    """The model, loaded once per process (and per device) and cached at module level."""
+def get_model(model: str | Path | None, device: str = "auto", dtype: str = "auto"):
+    """The model, loaded once per process (and per device and dtype) and cached at module level."""
     from .model import S2SModel
 
-    key = (str(resolve_model_dir(model).resolve()), str(device))
+    key = (str(resolve_model_dir(model).resolve()), str(device), str(dtype))
     with _MODEL_LOCK:
         if key not in _MODELS:
-            _MODELS[key] = S2SModel.from_pretrained(model, device=device)
+            _MODELS[key] = S2SModel.from_pretrained(model, device=device, dtype=dtype)
         return _MODELS[key]
 
 
@@ -364,7 +364,7 @@ _COMPLETED_HERE = 0  # images this process annotated (for the testing hook)
 
 
 def annotate_image(job: ImageJob, out_dir: str, model: str | None = None, device: str = "auto",
-                   batch_size: int | None = None, overwrite: bool = False, fingerprint: str | None = None,
+                   dtype: str = "auto", batch_size: int | None = None, overwrite: bool = False, fingerprint: str | None = None,
                    should_stop: Callable[[], bool] | None = None, torch_threads: int | None = None) -> dict:
     """Annotate one image and write its four outputs; never raises for a bad input.
 
@@ -390,7 +390,7 @@ def annotate_image(job: ImageJob, out_dir: str, model: str | None = None, device
     try:
         if job.problem:
             raise S2SInputError(job.source, job.problem)
-        rec = _annotate(job, out_dir, model, device, batch_size, fingerprint, should_stop, t0)
+        rec = _annotate(job, out_dir, model, device, dtype, batch_size, fingerprint, should_stop, t0)
     except BatchCancelled:
         return {**base, "state": "cancelled", "cells": None, "status": None, "status_probability": None,
                 "seconds": time.perf_counter() - t0}
@@ -410,7 +410,7 @@ def annotate_image(job: ImageJob, out_dir: str, model: str | None = None, device
             "status_probability": rec["status_probability"], "seconds": rec["seconds"]["total"]}
 
 
-def _annotate(job, out_dir, model, device, batch_size, fingerprint, should_stop, t0) -> dict:
+def _annotate(job, out_dir, model, device, dtype, batch_size, fingerprint, should_stop, t0) -> dict:
     from .io import atomic_path, read_image, read_mask, write_csv_atomic, write_json_atomic, write_tiff_atomic
     from .measure import measure_cells
     from .palette import label_colors
@@ -428,7 +428,7 @@ def _annotate(job, out_dir, model, device, batch_size, fingerprint, should_stop,
         warnings.simplefilter("always")
         cells = measure_cells(image, mask)
         t_measure = time.perf_counter()
-        m = get_model(model, device)
+        m = get_model(model, device, dtype)
         t_model = time.perf_counter()
 
         def progress(done, total):
@@ -478,6 +478,7 @@ def _annotate(job, out_dir, model, device, batch_size, fingerprint, should_stop,
         "warnings": caught_all,
         "model_fingerprint": fingerprint,
         "device": str(m.device),
+        "dtype": str(next(m.lm.parameters()).dtype).removeprefix("torch."),
         "seconds": {"read": t_read - t0, "measure": t_measure - t_read, "model_load": t_model - t_measure,
                     "predict": t_pred - t_model, "write": t_write - t_pred, "total": t_write - t0},
     }
@@ -544,6 +545,7 @@ def run_batch(
     out_dir: str | Path,
     model: str | Path | None = None,
     device: str = "auto",
+    dtype: str = "auto",
     workers: int = 0,
     scheduler: str | None = None,
     overwrite: bool = False,
@@ -570,6 +572,10 @@ def run_batch(
     if out.resolve() == disc.root.resolve():
         raise S2SInputError(out, "the output folder must differ from the input folder")
     meta = model_meta(model)
+    from .model import DTYPES
+
+    if dtype not in DTYPES:
+        raise S2SInputError("--dtype", f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
     model_arg = None if model is None else str(Path(model).resolve())
     local = client is None and scheduler is None
     if local and device == "cuda":
@@ -581,7 +587,7 @@ def run_batch(
     t_discover = time.perf_counter()
     if in_process:  # load once, here, so that a broken model fails the run once rather than every image
         try:
-            get_model(model_arg, device)
+            get_model(model_arg, device, dtype)
         except S2SInputError:
             raise
         except Exception as err:
@@ -593,7 +599,7 @@ def run_batch(
     total = len(jobs)
     records: dict[str, dict] = {}
     mode = "in-process"
-    kw = dict(out_dir=str(out), model=model_arg, device=device, batch_size=batch_size, overwrite=overwrite,
+    kw = dict(out_dir=str(out), model=model_arg, device=device, dtype=dtype, batch_size=batch_size, overwrite=overwrite,
               fingerprint=meta["fingerprint"])
 
     if progress is not None:
@@ -669,7 +675,7 @@ def run_batch(
         "input_kind": disc.kind,
         "output": str(out.resolve()),
         "model": meta,
-        "settings": {"device": device, "workers": workers, "scheduler": scheduler, "mode": mode,
+        "settings": {"device": device, "dtype": dtype, "workers": workers, "scheduler": scheduler, "mode": mode,
                      "overwrite": overwrite, "batch_size": batch_size or PREDICT_BATCH_SIZE,
                      "torch_threads": 1 if mode != "in-process" else _torch_threads()},
         "versions": versions(),

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from . import dtype_option
+
 
 @click.command("annotate")
 @click.argument("input_dir", metavar="INPUT", type=click.Path(path_type=Path))
@@ -15,6 +17,7 @@ import click
               help="Model directory (default: the embedded Damond-panel model).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: CUDA when available.")
+@dtype_option
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="0: run in this process; N: start a local Dask cluster of N processes (1 thread each).")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
@@ -24,7 +27,7 @@ import click
               help="torch threads of an in-process run (default: torch's choice; Dask workers use 1).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Prompts per model forward pass (default: 128).")
-def annotate(input_dir, out_dir, model_dir, device, workers, scheduler, overwrite, threads, batch_size):
+def annotate(input_dir, out_dir, model_dir, device, dtype, workers, scheduler, overwrite, threads, batch_size):
     """Annotate every image of the folder INPUT: cell types, probabilities and clinical status.
 
     \b
@@ -72,7 +75,7 @@ def annotate(input_dir, out_dir, model_dir, device, workers, scheduler, overwrit
         bar.set_postfix_str(f"{rec['image']} {rec['state']}")
 
     try:
-        result = run_batch(input_dir, out_dir, model=model_dir, device=device, workers=workers,
+        result = run_batch(input_dir, out_dir, model=model_dir, device=device, dtype=dtype, workers=workers,
                            scheduler=scheduler, overwrite=overwrite, batch_size=batch_size, progress=progress,
                            threads=threads)
     finally:

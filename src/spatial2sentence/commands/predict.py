@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from . import dtype_option
+
 
 @click.command("predict")
 @click.argument("image", type=click.Path(dir_okay=False))
@@ -19,9 +21,7 @@ import click
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cuda or cpu.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Prompts per model forward pass (default: 128).")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
-              help="Weights' dtype: auto is bfloat16 on CUDA, float32 on CPU; bfloat16 on a CPU with AMX / "
-                   "AVX512-BF16 is ~1.5x faster with nearly the same answers (benchmarks/inference.py).")
+@dtype_option
 @click.option("--threads", type=int, default=None,
               help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine).")
 def predict(image, mask, model_dir, panel, out, device, batch_size, dtype, threads):
