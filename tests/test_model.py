@@ -13,7 +13,7 @@ import pytest
 
 from spatial2sentence.errors import ModelInputError, S2SInputError
 from spatial2sentence.model import DEFAULT_MODEL_DIR, S2SModel
-from spatial2sentence.settings import ModelSettings, PairSettings, TrainSettings
+from spatial2sentence.settings import ModelSettings, TrainSettings
 from spatial2sentence.training import train
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -26,7 +26,7 @@ from .aliases import canonical_marker
 from .errors import ModelInputError
 from .normalize import Normalizer
 from .pairs import Pairs, build_pairs
-from .sentences import cell_sentences, phenotype_sentence, rank_markers, type_token
+from .sentences import cell_sentences, phenotype_sentence
 from .settings import PairSettings, PromptSettings, SentenceSettings
 
 IMAGE_COLS = ("image", "imageID", "image_id", "ImageNumber", "sample")

@@ -31,7 +31,7 @@ from .aliases import canonical_marker
 from .cellset import CellSet, concat_cellsets, find_column, marker_columns, prepare_cells, TYPE_COLS, STATUS_COLS
 from .errors import ModelInputError
 from .normalize import Normalizer
-from .prompts import EOS, PAIR_ANSWERS, pair_prompt, task_words
+from .prompts import PAIR_ANSWERS, pair_prompt, task_words
 from .sentences import status_token, type_token
 from .settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings, TrainSettings
 
