@@ -42,10 +42,10 @@ SETTINGS = [  # (name, rank_by, top_k, threshold)
     ("z, top 8 above 0 (previous default)", "z", 8, 0.0),
     ("z, top 12 above 0", "z", 12, 0.0),
     ("range, top 8 above 0.1", "range", 8, 0.1),
-    ("range, top 12 above 0.1 (default)", "range", 12, 0.1),
+    ("range, top 12 above 0.1 (default until 2026-11-25)", "range", 12, 0.1),
     ("range, top 16 above 0.1", "range", 16, 0.1),
     ("range, top 12 above 0.2", "range", 12, 0.2),
-    ("range, top 12 above 0.3", "range", 12, 0.3),
+    ("range, top 12 above 0.3 (default)", "range", 12, 0.3),
     ("range, top 12 above 0.5", "range", 12, 0.5),
 ]
 

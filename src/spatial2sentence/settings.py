@@ -33,7 +33,9 @@ class SentenceSettings(_Base):
     cofactor: float = 1.0  # arcsinh(x / cofactor); 1 suits IMC counts
     scaling: str = "model"  # "model": training statistics, "image": re-estimated per image
     top_k: int = 12  # at most this many markers per sentence
-    threshold: float = 0.1  # keep only markers whose ranking value exceeds this
+    # keep only markers whose ranking value exceeds this; 0.3 (range) keeps the simulated panel's cell-type
+    # information and lifts small real panels (benchmarks/sentence_encoding.py)
+    threshold: float = 0.3
     # ranking value: "range" (position of z between the marker's 1st and 99th training percentiles, 0-1)
     # or "z" (robust z, centred on the median training cell); see spatial2sentence.normalize
     rank_by: str = "range"
