@@ -89,8 +89,8 @@ def measure_dtype(args, df, dtype: str) -> dict:
         res[f"one_pass_{name}"] = {"cells": n, "seconds": round(sec, 3), "cells_per_s": round(n / sec, 1)}
 
     ng = min(args.n_generate, n)
-    sub = df.head(ng)
-    prompts = {"type": model.prompts_for(sub, task="type"), "status": model.prompts_for(sub, task="status")}
+    # prompts of the first ng cells with partners found among ALL the cells, exactly as one-pass saw them
+    prompts = {t: model.prompts_for(df, task=t)[:ng] for t in ("type", "status")}
     tok, lm = model.tokenizer, model.lm
     gen_kw = dict(max_new_tokens=3, do_sample=False, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
     answers = {tok.vocab[type_token(t)]: t for t in model.type_labels}
