@@ -572,10 +572,9 @@ def run_batch(
     if out.resolve() == disc.root.resolve():
         raise S2SInputError(out, "the output folder must differ from the input folder")
     meta = model_meta(model)
-    from .model import DTYPES
+    from .model import check_dtype
 
-    if dtype not in DTYPES:
-        raise S2SInputError("--dtype", f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    check_dtype(dtype)  # before any worker starts
     model_arg = None if model is None else str(Path(model).resolve())
     local = client is None and scheduler is None
     if local and device == "cuda":

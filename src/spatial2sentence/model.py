@@ -59,6 +59,14 @@ def resolve_device(device: str = "auto"):
 DTYPES = ("auto", "float32", "bfloat16")
 
 
+def check_dtype(dtype: str | None) -> str:
+    """``dtype`` as a name from :data:`DTYPES`, or a clear error (no torch needed)."""
+    dtype = "auto" if dtype is None else str(dtype)
+    if dtype not in DTYPES:
+        raise S2SInputError("dtype", f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    return dtype
+
+
 def resolve_dtype(dtype: str | None, device):
     """Weights' dtype: ``auto`` is bfloat16 on CUDA and float32 on CPU.
 
@@ -67,9 +75,7 @@ def resolve_dtype(dtype: str | None, device):
     the one-pass scoring about 1.5x faster with nearly the same answers (``benchmarks/inference.py``)."""
     import torch
 
-    dtype = "auto" if dtype is None else str(dtype)
-    if dtype not in DTYPES:
-        raise S2SInputError("dtype", f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    dtype = check_dtype(dtype)
     if dtype == "auto":
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     return getattr(torch, dtype)
