@@ -357,3 +357,62 @@ def test_bfloat16_on_cpu_nearly_matches_float32_and_saves_float32(cells, tmp_pat
     assert next(bf16.lm.parameters()).dtype == torch.bfloat16
     with safe_open(str(tmp_path / "saved" / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+
+
+def _padded_prompts(model, cells, n=40):
+    from spatial2sentence.predict import _left_pad
+
+    seqs = [p["tokens"] for p in model.prompts_for(cells.head(n))]
+    assert len({len(s) for s in seqs}) > 1  # left padding is exercised
+    return _left_pad(seqs, model.tokenizer.pad_id)
+
+
+def test_answer_position_shortcut_equals_the_plain_forward(cells):
+    """The default (Llama) model runs its last layer for the answer position only; the logits and the
+    shared-context cache equal those of transformers' own forward."""
+    import torch
+
+    from spatial2sentence import predict
+
+    model = S2SModel.from_pretrained(DEFAULT_MODEL_DIR, device="cpu")
+    lm = model.lm
+    ids, mask, pos = _padded_prompts(model, cells)
+    with torch.inference_mode():
+        fast = predict.answer_logits(lm, ids, mask, pos)
+        assert lm._s2s_answer_shortcut_ok is True
+        plain = lm(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits
+        torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-4)
+        mine = predict.context_cache(lm, ids, mask, pos)
+        theirs = lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True).cache
+        assert len(mine.layers) == len(theirs.layers) == lm.config.num_hidden_layers
+        for a, b in zip(mine.layers, theirs.layers):
+            torch.testing.assert_close(a.keys, b.keys, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(a.values, b.values, atol=1e-4, rtol=1e-4)
+
+
+def test_other_architectures_and_a_failed_check_use_the_plain_forward(cells, tmp_path, monkeypatch):
+    """A GPT-2 base never takes the Llama shortcut; a Llama model whose shortcut disagrees with the plain
+    forward on the first batch (a changed transformers, say) falls back to it: same probabilities."""
+    import torch
+
+    from spatial2sentence import predict
+
+    gpt = tmp_path / "gpt2"
+    train(cells, gpt, model_settings=ModelSettings(architecture="gpt2", hidden_size=32, num_layers=2, num_heads=2,
+                                                   intermediate_size=64, max_positions=96),
+          train_settings=tiny_settings(steps=5), progress_bar=False, log=lambda *a: None)
+    sub = cells[cells["image"] == "G01"].head(30)
+    model = S2SModel.from_pretrained(gpt, device="cpu")
+    pred = model.predict_cells(sub)
+    assert model.lm._s2s_answer_shortcut_ok is False
+    assert np.isfinite(pred.cells["cell_type_probability"]).all()
+
+    llama = S2SModel.from_pretrained(DEFAULT_MODEL_DIR, device="cpu")
+    reference = llama.predict_cells(sub).cells
+    broken = S2SModel.from_pretrained(DEFAULT_MODEL_DIR, device="cpu")
+    real = predict._llama_answer_logits
+    monkeypatch.setattr(predict, "_llama_answer_logits", lambda *a: real(*a) + torch.arange(real(*a).shape[-1]))
+    fallback = broken.predict_cells(sub).cells
+    assert broken.lm._s2s_answer_shortcut_ok is False
+    cols = [c for c in reference.columns if c.startswith("p_")]
+    np.testing.assert_allclose(fallback[cols].to_numpy(), reference[cols].to_numpy(), atol=1e-5)

@@ -3,7 +3,9 @@
 Every label is a single token, so the probability of each class is the softmax, restricted to the task's
 label tokens, of the logits at the answer position (the last prompt token). Prompts are left-padded
 and given explicit position ids, so only the last position's logits are computed
-(``logits_to_keep=1``); the tasks of one cell share their context's forward pass (:func:`score_tasks`). CUDA runs in bf16 (model weights), CPU in float32; the softmax is float32.
+(``logits_to_keep=1``; a Llama model runs its last layer for the answer position alone:
+:func:`answer_logits`); the tasks of one cell share their context's forward pass (:func:`score_tasks`).
+CUDA runs in bf16 (model weights), CPU in float32; the softmax is float32.
 
 Image-level clinical status: the mean over the image's cells of the per-cell log-probabilities of each
 status, renormalised with a softmax; the per-cell probabilities are kept in the cell table.
@@ -24,13 +26,13 @@ PREDICT_BATCH_SIZE = 128
 def _left_pad(seqs: list[list[int]], pad_id: int):
     import torch
 
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, n - len(s):] = torch.as_tensor(s)
-        mask[i, n - len(s):] = 1
-    return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
+    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    n = int(lengths.max())
+    mask = np.arange(n)[None, :] >= (n - lengths)[:, None]
+    ids = np.full(mask.shape, pad_id, dtype=np.int64)
+    ids[mask] = np.fromiter((t for s in seqs for t in s), dtype=np.int64, count=int(lengths.sum()))
+    mask = torch.from_numpy(mask.astype(np.int64))
+    return torch.from_numpy(ids), mask, (mask.cumsum(1) - 1).clamp(min=0)
 
 
 def score_prompts(lm, seqs: list[list[int]], label_ids: list[int], pad_id: int, device) -> np.ndarray:
@@ -39,9 +41,118 @@ def score_prompts(lm, seqs: list[list[int]], label_ids: list[int], pad_id: int, 
 
     ids, mask, pos = _left_pad(seqs, pad_id)
     with torch.inference_mode():
-        out = lm(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                 logits_to_keep=1, use_cache=False)
-        return _label_softmax(out.logits, label_ids)
+        return _label_softmax(answer_logits(lm, ids.to(device), mask.to(device), pos.to(device)), label_ids)
+
+
+def answer_logits(lm, ids, mask, pos):
+    """Logits (n x 1 x vocab) at the last position of left-padded prompts (see :func:`_answer_shortcut_ok`)."""
+    if _answer_shortcut_ok(lm, ids, mask, pos):
+        return _llama_answer_logits(lm, ids, mask, pos)
+    return lm(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, use_cache=False).logits
+
+
+def context_cache(lm, ids, mask, pos):
+    """The keys and values of every layer over left-padded contexts, for task words to be run on top."""
+    if _answer_shortcut_ok(lm, ids, mask, pos):
+        return _llama_context_cache(lm, ids, mask, pos)
+    return lm(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, use_cache=True).cache
+
+
+def _answer_shortcut_ok(lm, ids, mask, pos) -> bool:
+    """Whether this model may run its last decoder layer for the positions that are read only.
+
+    Why: every layer below the last needs all positions, but the last layer's outputs are read at the
+    answer position alone (and, for a shared context, only its keys and values are read). For a Llama
+    model (the architecture of our models) the last layer then computes keys and values for all positions
+    and the query, attention output, MLP and final norm for the answer position only: about a quarter of
+    a 3-layer model's work (``benchmarks/inference.py``). Other architectures run the plain forward.
+    Whether the shortcut reproduces the plain forward is checked once per model on its first batch (a
+    later ``transformers`` could change Llama's internals); if it does not, the plain forward is used.
+    """
+    import torch
+
+    ok = getattr(lm, "_s2s_answer_shortcut_ok", None)
+    if ok is not None:
+        return ok and not lm.training
+    ok = type(lm).__name__ == "LlamaForCausalLM" and getattr(lm.config, "pretraining_tp", 1) == 1
+    if ok:
+        n = min(len(ids), 4)
+        args = ids[:n], mask[:n], pos[:n]
+        tol = 1e-4 if lm.dtype == torch.float32 else 5e-2
+
+        def same(a, b):
+            return a.shape == b.shape and bool(torch.allclose(a.float(), b.float(), atol=tol, rtol=tol))
+
+        try:
+            full = lm(input_ids=ids[:n], attention_mask=mask[:n], position_ids=pos[:n], logits_to_keep=1,
+                      use_cache=True)
+            fast = _llama_context_cache(*((lm,) + args))
+            ok = same(_llama_answer_logits(*((lm,) + args)), full.logits) and all(
+                same(f.keys, g.keys) and same(f.values, g.values) for f, g in zip(fast.layers, full.cache.layers))
+        except Exception:  # noqa: BLE001 - internals differ in this transformers version: plain forward
+            ok = False
+    lm._s2s_answer_shortcut_ok = ok
+    return ok and not lm.training
+
+
+def _llama_below_last(lm, ids, mask, pos, cache=None):
+    """Run every decoder layer but the last over all positions (filling ``cache`` if given).
+
+    Returns the residual stream, the last layer, its normed input, its rotated keys and its values.
+    """
+    from transformers.masking_utils import create_causal_mask
+
+    base = lm.model
+    h = base.embed_tokens(ids)
+    causal = create_causal_mask(config=base.config, inputs_embeds=h, attention_mask=mask, cache=cache,
+                                position_ids=pos)
+    cos, sin = base.rotary_emb(h, position_ids=pos)
+    *below, last = base.layers[:base.config.num_hidden_layers]
+    for layer in below:
+        h = layer(h, attention_mask=causal, position_embeddings=(cos, sin), position_ids=pos, cache=cache,
+                  use_cache=cache is not None)
+    x = last.input_layernorm(h)
+    k = _rotate(_heads(last.self_attn, last.self_attn.k_proj(x)), cos, sin)
+    v = _heads(last.self_attn, last.self_attn.v_proj(x))
+    return h, last, x, (k, v), (cos, sin)
+
+
+def _heads(att, rows):
+    """(n, t, heads * head_dim) -> (n, heads, t, head_dim)."""
+    return rows.view(rows.shape[0], rows.shape[1], -1, att.head_dim).transpose(1, 2)
+
+
+def _rotate(v, cos, sin):
+    """Rotary position embedding as Llama applies it (the rotate-half convention)."""
+    import torch
+
+    half = v.shape[-1] // 2
+    return v * cos.unsqueeze(1) + torch.cat((-v[..., half:], v[..., :half]), -1) * sin.unsqueeze(1)
+
+
+def _llama_answer_logits(lm, ids, mask, pos):
+    import torch
+
+    h, last, x, (k, v), (cos, sin) = _llama_below_last(lm, ids, mask, pos)
+    att = last.self_attn
+    q = _rotate(_heads(att, att.q_proj(x[:, -1:])), cos[:, -1:], sin[:, -1:])
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+    # the answer position sees every real token of its prompt: its causal row is the padding mask
+    o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask.bool()[:, None, None, :],
+                                                         scale=att.scaling)
+    h = h[:, -1:] + att.o_proj(o.transpose(1, 2).reshape(len(ids), 1, -1))
+    h = h + last.mlp(last.post_attention_layernorm(h))
+    return lm.lm_head(lm.model.norm(h))
+
+
+def _llama_context_cache(lm, ids, mask, pos):
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=lm.config)
+    _, last, _, (k, v), _ = _llama_below_last(lm, ids, mask, pos, cache=cache)
+    cache.update(k, v, last.self_attn.layer_idx)
+    return cache
 
 
 def _label_softmax(logits, label_ids: list[int]) -> np.ndarray:
@@ -70,8 +181,7 @@ def score_tasks(lm, contexts: list[list[int]], suffixes: dict[str, list[int]], l
     ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
     out: dict[str, np.ndarray] = {}
     with torch.inference_mode():
-        cache = lm(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1,
-                   use_cache=True).cache
+        cache = context_cache(lm, ids, mask, pos)
         for k, (task, words) in enumerate(suffixes.items()):
             suffix = torch.as_tensor(words, device=device).expand(len(contexts), -1)
             steps = suffix.shape[1]
