@@ -271,6 +271,10 @@ def test_sigkill_midway_then_rerun_equals_uninterrupted_run(tmp_path, steinbock_
     else:
         proc.kill()
         pytest.fail("the run never reached the stall point")
+    # a second run into the same folder is refused while the first holds it (and deletes nothing of it)
+    with pytest.raises(S2SInputError, match=f"another s2s annotate run \\(pid {proc.pid},"):
+        run_batch(steinbock_dir, out, model=tiny_model, device="cpu")
+    assert list((out / "types").glob(".*.part"))
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
@@ -279,7 +283,7 @@ def test_sigkill_midway_then_rerun_equals_uninterrupted_run(tmp_path, steinbock_
     assert (out / "cells" / names[1].replace(".tiff", ".csv")).exists()  # second image half done
     assert not (out / "summary.csv").exists()
 
-    proc = _cli(args)
+    proc = _cli(args)  # the killed run's lock went with its process
     stdout, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 0, stderr.decode()
     assert f"{N_IMAGES - 1} annotated, 1 already done" in stdout.decode()

@@ -51,7 +51,8 @@ system). Each image is one task; the model is loaded once per worker process (mo
 keyed by model path and device). Results do not depend on how the images are run.
 
 A killed run leaves every finished image intact (atomic writes; stale temporary files are removed
-at the start of the next run) and the next run continues where it stopped.
+at the start of the next run) and the next run continues where it stopped. One run at a time writes
+into an output folder (:func:`~spatial2sentence.io.folder_lock`): a second is refused at once.
 """
 
 from __future__ import annotations
@@ -592,117 +593,118 @@ def run_batch(
         except Exception as err:
             raise S2SInputError(meta["path"], f"cannot load the model ({_first_line(err)})") from None
     t_model = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    n_stale = clean_stale_parts(out)
-    jobs = disc.jobs
-    total = len(jobs)
-    records: dict[str, dict] = {}
-    mode = "in-process"
-    kw = dict(out_dir=str(out), model=model_arg, device=device, dtype=dtype, batch_size=batch_size, overwrite=overwrite,
-              fingerprint=meta["fingerprint"])
+    from .io import folder_lock, write_json_atomic
 
-    if progress is not None:
-        progress(None, 0, total)
+    # one run per output folder: a second would delete this run's temporary files and mix outputs
+    with folder_lock(out):
+        n_stale = clean_stale_parts(out)
+        jobs = disc.jobs
+        total = len(jobs)
+        records: dict[str, dict] = {}
+        mode = "in-process"
+        kw = dict(out_dir=str(out), model=model_arg, device=device, dtype=dtype, batch_size=batch_size,
+                  overwrite=overwrite, fingerprint=meta["fingerprint"])
 
-    def finish(rec):
-        records[rec["image"]] = rec
         if progress is not None:
-            progress(rec, len(records), total)
+            progress(None, 0, total)
 
-    if in_process:
-        for job in jobs:
-            if should_stop is not None and should_stop():
-                break
-            finish(annotate_image(job, should_stop=should_stop, torch_threads=threads, **kw))
-    else:
-        from distributed import Client, LocalCluster, as_completed
+        def finish(rec):
+            records[rec["image"]] = rec
+            if progress is not None:
+                progress(rec, len(records), total)
 
-        cluster = own_client = None
-        if client is None:
-            if scheduler is not None:
-                mode = f"dask scheduler {scheduler}"
-                client = own_client = Client(scheduler)
-            else:
-                import logging
-
-                mode = f"dask LocalCluster ({workers} processes x 1 thread)"
-                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=logging.ERROR)
-                client = own_client = Client(cluster)
-        else:
-            mode = "dask client"
-        try:
-            # the skip check is cheap: done images never leave this process
-            todo = []
+        if in_process:
             for job in jobs:
-                rec = None if overwrite else read_done(out, job.name, meta["fingerprint"])
-                if rec is not None:
-                    finish({"image": job.name, "source": job.source, "file": None, "reason": None,
-                            "state": "skipped", "cells": rec["cells"], "status": rec.get("status"),
-                            "status_probability": rec.get("status_probability"), "seconds": 0.0})
-                else:
-                    todo.append(job)
-            futures = {client.submit(annotate_image, job, pure=False, torch_threads=1, **kw): job
-                       for job in todo}
-            for fut in as_completed(list(futures)):
-                job = futures[fut]
-                try:
-                    rec = fut.result()
-                except Exception as err:  # worker died, cluster lost...
-                    rec = {"image": job.name, "source": job.source, "state": "error", "file": job.source,
-                           "reason": f"task failed on the cluster: {type(err).__name__}: {_first_line(err)}",
-                           "cells": None, "status": None, "status_probability": None, "seconds": None}
-                finish(rec)
                 if should_stop is not None and should_stop():
-                    client.cancel([f for f in futures if not f.done()])
                     break
-        finally:
-            if own_client is not None:
-                own_client.close()
-            if cluster is not None:
-                cluster.close()
-    t_annotate = time.perf_counter()
-    ordered = [records[j.name] for j in jobs if j.name in records]
-    collected = collect_outputs(out, jobs, meta, records)
-    t_collect = time.perf_counter()
-    done_recs = [r for r in ordered if r["state"] == "done"]
-    n_cells = sum(r["cells"] or 0 for r in done_recs)
-    wall = t_annotate - t_discover
-    run = {
-        "command": "s2s annotate",
-        "input": str(disc.root.resolve()),
-        "input_kind": disc.kind,
-        "output": str(out.resolve()),
-        "model": meta,
-        "settings": {"device": device, "dtype": dtype, "workers": workers, "scheduler": scheduler, "mode": mode,
-                     "overwrite": overwrite, "batch_size": batch_size or PREDICT_BATCH_SIZE,
-                     "torch_threads": 1 if mode != "in-process" else _torch_threads()},
-        "versions": versions(),
-        "images": {
-            "total": total,
-            "annotated": len(done_recs),
-            "skipped_already_done": sum(r["state"] == "skipped" for r in ordered),
-            "failed": sum(r["state"] == "error" for r in ordered),
-            "cancelled": total - sum(r["state"] in ("done", "skipped", "error") for r in ordered),
-            "cells_in_outputs": collected["cells"],
-        },
-        "stale_temporary_files_removed": n_stale,
-        "timings": {
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-            "discover_s": round(t_discover - t0, 3),
-            "model_load_in_process_s": round(t_model - t_discover, 3) if in_process else None,
-            "annotate_s": round(wall, 3),  # model load (or cluster start-up) to the last image
-            "collect_s": round(t_collect - t_annotate, 3),
-            "total_s": round(t_collect - t0, 3),
-            "annotated_cells": n_cells,
-            "images_per_minute": round(60 * len(done_recs) / wall, 3) if wall > 0 and done_recs else None,
-            "cells_per_second": round(n_cells / wall, 1) if wall > 0 and done_recs else None,
-            "per_image_s_sum": round(sum(r["seconds"] or 0 for r in done_recs), 3),
-        },
-    }
-    from .io import write_json_atomic
+                finish(annotate_image(job, should_stop=should_stop, torch_threads=threads, **kw))
+        else:
+            from distributed import Client, LocalCluster, as_completed
 
-    write_json_atomic(run, out / "run.json")
+            cluster = own_client = None
+            if client is None:
+                if scheduler is not None:
+                    mode = f"dask scheduler {scheduler}"
+                    client = own_client = Client(scheduler)
+                else:
+                    import logging
+
+                    mode = f"dask LocalCluster ({workers} processes x 1 thread)"
+                    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, silence_logs=logging.ERROR)
+                    client = own_client = Client(cluster)
+            else:
+                mode = "dask client"
+            try:
+                # the skip check is cheap: done images never leave this process
+                todo = []
+                for job in jobs:
+                    rec = None if overwrite else read_done(out, job.name, meta["fingerprint"])
+                    if rec is not None:
+                        finish({"image": job.name, "source": job.source, "file": None, "reason": None,
+                                "state": "skipped", "cells": rec["cells"], "status": rec.get("status"),
+                                "status_probability": rec.get("status_probability"), "seconds": 0.0})
+                    else:
+                        todo.append(job)
+                futures = {client.submit(annotate_image, job, pure=False, torch_threads=1, **kw): job
+                           for job in todo}
+                for fut in as_completed(list(futures)):
+                    job = futures[fut]
+                    try:
+                        rec = fut.result()
+                    except Exception as err:  # worker died, cluster lost...
+                        rec = {"image": job.name, "source": job.source, "state": "error", "file": job.source,
+                               "reason": f"task failed on the cluster: {type(err).__name__}: {_first_line(err)}",
+                               "cells": None, "status": None, "status_probability": None, "seconds": None}
+                    finish(rec)
+                    if should_stop is not None and should_stop():
+                        client.cancel([f for f in futures if not f.done()])
+                        break
+            finally:
+                if own_client is not None:
+                    own_client.close()
+                if cluster is not None:
+                    cluster.close()
+        t_annotate = time.perf_counter()
+        ordered = [records[j.name] for j in jobs if j.name in records]
+        collected = collect_outputs(out, jobs, meta, records)
+        t_collect = time.perf_counter()
+        done_recs = [r for r in ordered if r["state"] == "done"]
+        n_cells = sum(r["cells"] or 0 for r in done_recs)
+        wall = t_annotate - t_discover
+        run = {
+            "command": "s2s annotate",
+            "input": str(disc.root.resolve()),
+            "input_kind": disc.kind,
+            "output": str(out.resolve()),
+            "model": meta,
+            "settings": {"device": device, "dtype": dtype, "workers": workers, "scheduler": scheduler, "mode": mode,
+                         "overwrite": overwrite, "batch_size": batch_size or PREDICT_BATCH_SIZE,
+                         "torch_threads": 1 if mode != "in-process" else _torch_threads()},
+            "versions": versions(),
+            "images": {
+                "total": total,
+                "annotated": len(done_recs),
+                "skipped_already_done": sum(r["state"] == "skipped" for r in ordered),
+                "failed": sum(r["state"] == "error" for r in ordered),
+                "cancelled": total - sum(r["state"] in ("done", "skipped", "error") for r in ordered),
+                "cells_in_outputs": collected["cells"],
+            },
+            "stale_temporary_files_removed": n_stale,
+            "timings": {
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+                "discover_s": round(t_discover - t0, 3),
+                "model_load_in_process_s": round(t_model - t_discover, 3) if in_process else None,
+                "annotate_s": round(wall, 3),  # model load (or cluster start-up) to the last image
+                "collect_s": round(t_collect - t_annotate, 3),
+                "total_s": round(t_collect - t0, 3),
+                "annotated_cells": n_cells,
+                "images_per_minute": round(60 * len(done_recs) / wall, 3) if wall > 0 and done_recs else None,
+                "cells_per_second": round(n_cells / wall, 1) if wall > 0 and done_recs else None,
+                "per_image_s_sum": round(sum(r["seconds"] or 0 for r in done_recs), 3),
+            },
+        }
+        write_json_atomic(run, out / "run.json")
     return BatchResult(out, disc.kind, ordered, run)
 
 

@@ -581,6 +581,56 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextmanager
+def folder_lock(folder: str | Path, what: str = "s2s annotate") -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` for the block; a second holder gets a clear error at once.
+
+    Why: two runs writing into one output folder would delete each other's temporary files (a run
+    removes the ``.part`` files a killed run left) and mix their outputs. The lock is the operating
+    system's (``flock`` on POSIX, ``msvcrt.locking`` on Windows) on ``folder/.s2s.lock``: it is released
+    when its process ends, even after ``kill -9``, so a stale lock file never blocks the next run. The
+    file records the holder's pid and start time for the message. It guards processes of one machine
+    (and of machines that share the folder over a file system with working locks).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".s2s.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        try:
+            _lock_fd(fd)
+        except OSError:
+            try:
+                holder = path.read_text(encoding="utf-8", errors="replace").strip()[:200]
+            except OSError:  # Windows refuses to read a locked range
+                holder = ""
+            raise S2SInputError(folder, f"another {holder or what + ' run'} is writing into this folder; "
+                                        "wait for it to finish or choose another output folder") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{what} run (pid {os.getpid()}, started {_now()})".encode())
+        yield path
+        os.ftruncate(fd, 0)  # a finished run leaves an empty lock file: nobody holds it
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _lock_fd(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _now() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
 def write_csv_atomic(df: pd.DataFrame, path: str | Path, **kwargs) -> Path:
     kwargs.setdefault("index", False)
     # The temporary name ends in .part, so pandas cannot infer compression from it: use the target's.
