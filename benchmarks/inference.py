@@ -1,7 +1,8 @@
-"""Inference speed of the default model on CPU: one-pass constrained scoring vs ``model.generate``.
+"""Inference speed of the default model: one-pass constrained scoring vs ``model.generate``.
 
 Data: cells measured from semi-synthetic Damond-panel images (``s2s simulate``, seed 0, images of the
-held-out donors) or, with ``--cells``, any cells table. ``torch.set_num_threads(2)``.
+held-out donors) or, with ``--cells``, any cells table. ``torch.set_num_threads(2)``; on CPU by
+default, ``--device cuda`` on a GPU (the same comparison, each dtype given in ``--dtypes``).
 
 Two answers per cell, as ``s2s predict`` gives them: the cell type, and the cell type + the clinical
 status. Each in the weights' float32 (the CPU default) and bfloat16 (``--dtype bfloat16``; fast only on
@@ -19,7 +20,7 @@ CPUs with AMX / AVX512-BF16 units, whose presence is recorded); every method run
 Each timing is the median of ``--repeats`` runs (the machine may be shared). Results:
 ``benchmarks/results/inference.json`` and ``inference.png``.
 
-    python benchmarks/inference.py [--model DIR] [--n-cells 3000] [--n-generate 300] [--repeats 3]
+    python benchmarks/inference.py [--model DIR] [--device cpu|cuda] [--n-cells 3000] [--n-generate 300] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def measure_dtype(args, df, dtype: str) -> dict:
     from spatial2sentence.model import S2SModel
     from spatial2sentence.sentences import status_token, type_token
 
-    model = S2SModel.from_pretrained(args.model, device="cpu", dtype=dtype)
+    model = S2SModel.from_pretrained(args.model, device=args.device, dtype=dtype)
     n = len(df)
     model.predict_cells(df.head(200), tasks=("type", "status"))  # warm-up
     res: dict = {"dtype": dtype}
@@ -103,7 +104,7 @@ def measure_dtype(args, df, dtype: str) -> dict:
         got = {t: [] for t in tasks}
         for i in range(ng):
             for t in tasks:
-                ids = torch.tensor([prompts[t][i]["tokens"]])
+                ids = torch.tensor([prompts[t][i]["tokens"]], device=model.device)
                 out = lm.generate(ids, attention_mask=torch.ones_like(ids), **gen_kw)
                 got[t].append(answer(out[0, ids.shape[1]:].tolist()))
         return got
@@ -113,13 +114,13 @@ def measure_dtype(args, df, dtype: str) -> dict:
         for t in tasks:
             for c0 in range(0, ng, args.batch_size):
                 ids, mask = tok.pad_batch([p["tokens"] for p in prompts[t][c0:c0 + args.batch_size]], left=True)
-                ids, mask = torch.as_tensor(ids), torch.as_tensor(mask)
+                ids, mask = torch.as_tensor(ids, device=model.device), torch.as_tensor(mask, device=model.device)
                 out = lm.generate(ids, attention_mask=mask, **gen_kw)
                 got[t] += [answer(r[ids.shape[1]:].tolist()) for r in out]
         return got
 
     with torch.inference_mode():
-        lm.generate(torch.tensor([prompts["type"][0]["tokens"]]), **gen_kw)  # warm-up
+        lm.generate(torch.tensor([prompts["type"][0]["tokens"]], device=model.device), **gen_kw)  # warm-up
         for name, tasks in (("type", ("type",)), ("type_and_status", ("type", "status"))):
             sec1, got = median_time(lambda: one_at_a_time(tasks), args.repeats)
             secb, _ = median_time(lambda: batched(tasks), args.repeats)
@@ -136,7 +137,7 @@ def measure_dtype(args, df, dtype: str) -> dict:
     return res
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict], path: Path, device: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,9 +155,9 @@ def plot(results: list[dict], path: Path) -> None:
             ax.bar_label(bars, fmt="%.0f", fontsize=8)
         ax.set_xticks(x + w * (len(results) - 1) / 2, [lab for _, lab in methods], fontsize=8)
         ax.set_title(title)
-    axes[0].set_ylabel("cells per second (2 CPU threads)")
+    axes[0].set_ylabel("cells per second (" + device + ")")
     axes[0].legend()
-    fig.suptitle("default model on CPU: one-pass constrained scoring vs model.generate")
+    fig.suptitle(f"default model on {device}: one-pass constrained scoring vs model.generate")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -165,6 +166,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="model directory (default: the embedded default model)")
     ap.add_argument("--cells", default=None, help="cells CSV (default: simulate 3 held-out-donor images)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--n-cells", type=int, default=3000)
     ap.add_argument("--n-generate", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=None, help="prompts per pass (default: the predict default)")
@@ -179,6 +181,8 @@ def main():
     from spatial2sentence.predict import PREDICT_BATCH_SIZE
 
     args.batch_size = args.batch_size or PREDICT_BATCH_SIZE
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: this torch sees no CUDA device (CPU-only build or no GPU)")
     torch.set_num_threads(args.threads)
     df = pd.read_csv(args.cells) if args.cells else simulated_cells()
     # one image's worth of cells per run keeps the pairs realistic; take whole images up to n-cells
@@ -197,7 +201,7 @@ def main():
             float(np.mean(np.asarray(types["float32"]) == np.asarray(types["bfloat16"]))), 4)
     res = {
         "model": str(args.model or "default"),
-        "device": "cpu",
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(0),
         "torch_threads": torch.get_num_threads(),
         "cells": len(df),
         "data": "cells table given" if args.cells else "3 semi-synthetic images of held-out donors (s2s simulate seed 0)",
@@ -209,7 +213,8 @@ def main():
                     "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()]},
         "note": "median wall clock; one-pass includes pairs + prompt building, generate timings do not",
     }
-    print(f"{len(df)} cells, {torch.get_num_threads()} threads, CPU bf16 units: {cpu_bf16_units() or 'none'}")
+    where = res["device"] if args.device == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"{len(df)} cells, {where}, CPU bf16 units: {cpu_bf16_units() or 'none'}")
     print(f"{'dtype':9} {'answer':16} {'one-pass':>9} {'gen batch':>10} {'gen 1-by-1':>11} {'x batch':>8} {'x 1-by-1':>9}")
     for r in results:
         for task in ("type", "type_and_status"):
@@ -221,9 +226,11 @@ def main():
         print(f"  {r['dtype']}: same cell types (generate vs one-pass): "
               f"{r['agreement_generate_vs_one_pass_argmax']:.3f}{extra}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "inference.json").write_text(json.dumps(res, indent=1) + "\n")
-    plot(results, RESULTS / "inference.png")
-    print(f"saved {RESULTS / 'inference.json'} and inference.png")
+    stem = "inference" if args.device == "cpu" else "inference_cuda"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
+    where = f"{args.threads} CPU threads" if args.device == "cpu" else res["device"]
+    plot(results, RESULTS / f"{stem}.png", where)
+    print(f"saved {RESULTS / stem}.json and {stem}.png")
 
 
 if __name__ == "__main__":
