@@ -212,3 +212,39 @@ def explain_all_steps(model, cellset, object_ids, markers=None, cancel: threadin
             yield next(gen)
     except StopIteration as stop:
         return stop.value
+
+
+def distinctive_marker(cells: pd.DataFrame, table: pd.DataFrame, markers: list[str],
+                       of_type: str | None = None) -> str | None:
+    """The marker that most sets a predicted type (default: the most common) apart from the other cells.
+
+    Why: the attribution box starts on it, so the first overlay a user opens is for a marker that
+    matters (INS or PIN on an islet of beta cells) rather than the panel's first channel (often a
+    histone or DNA). Each marker is arcsinh-transformed (cofactor 1, IMC counts) and z-scored over the
+    image's cells; a marker's score is the mean z of the type's cells minus that of the other cells.
+    None when fewer than two types are predicted, ``of_type`` is not predicted or no marker varies.
+    """
+    from spatial2sentence.aliases import canonical_marker
+
+    # the box lists the model's (canonical) names; the cells table has the panel's (CD8a for CD8A)
+    by_canon = {canonical_marker(c): c for c in cells.columns}
+    column = {m: m if m in cells.columns else by_canon.get(canonical_marker(m)) for m in markers}
+    markers = [m for m in markers if column[m] is not None]
+    # one image: object ids are unique
+    types = pd.Series(table["cell_type"].to_numpy(), index=table["Object"]).reindex(cells["Object"])
+    types = types.reset_index(drop=True)
+    counts = types.value_counts()
+    if len(counts) < 2 or not markers:
+        return None
+    x = np.arcsinh(cells[[column[m] for m in markers]].to_numpy(dtype=float))
+    sd = x.std(0)
+    if not (sd > 0).any():
+        return None
+    z = (x - x.mean(0)) / np.where(sd > 0, sd, np.inf)
+    if of_type is None:
+        of_type = counts.index[0]
+    elif of_type not in counts.index:
+        return None
+    sel = (types == of_type).to_numpy()
+    score = z[sel].mean(0) - z[~sel].mean(0)
+    return markers[int(np.argmax(score))]

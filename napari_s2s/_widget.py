@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 from spatial2sentence.errors import S2SInputError
 
 from . import _explain, _layers
-from ._annotate import Annotation, annotate_steps
+from ._annotate import Annotation, annotate_steps, distinctive_marker
 from ._explanation import ExplanationPanel, prob_bar
 from ._controls import DEVICES, RunControls, one_line
 from ._controls import notify as _notify
@@ -701,7 +701,11 @@ class AnnotateCellsWidget(QWidget):
             return
         self.attr_combo.setEnabled(True)
         self.attr_button.setEnabled(True)
-        self.attr_combo.addItems(list(ann.used_markers or ann.markers) + ["partners"])
+        markers = list(ann.used_markers or ann.markers)
+        self.attr_combo.addItems(markers + ["partners"])
+        best = distinctive_marker(ann.cells, ann.table, markers)
+        if best is not None:
+            self.attr_combo.setCurrentText(best)
         self.attr_note.setText("")
 
     def show_attributions(self, what: str):

@@ -410,3 +410,41 @@ def test_errors_are_one_line_notifications(make_napari_viewer, qtbot, tiny_model
         widget.device_combo.setCurrentText("CUDA")
         assert widget.run() is None
         assert notes[-1][0] == "error" and "CUDA" in notes[-1][1]
+
+
+def test_distinctive_marker_on_real_islets_and_a_fixture():
+    """The attribution box's first marker: on the real toy crops with their published labels, beta cells
+    are set apart by PIN (proinsulin), alpha cells by CD99 (as in Damond et al.'s panel); canonical names
+    (CD8A) find the panel's column (CD8a); a single predicted type gives no choice."""
+    from spatial2sentence.tables import load_table
+
+    from napari_s2s._annotate import distinctive_marker
+
+    cells = load_table(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "damond_pancreas_toy",
+                       progress=False)
+    markers = ["H3", "CD99", "PIN", "CD8A", "CDH1"]
+    for image in ("E34", "G01"):
+        sub = cells[cells["image"] == image].reset_index(drop=True)
+        table = sub[["Object", "cell_type"]]
+        assert distinctive_marker(sub, table, markers, of_type="beta") == "PIN"
+        assert distinctive_marker(sub, table, markers, of_type="alpha") == "CD99"
+        assert distinctive_marker(sub, table, markers) == distinctive_marker(
+            sub, table, markers, of_type=table["cell_type"].value_counts().index[0])
+    j02 = cells[cells["image"] == "J02"]
+    assert distinctive_marker(j02, j02[["Object", "cell_type"]], markers, of_type="beta") is None  # no beta cell
+    rng = np.random.default_rng(0)
+    fixture = pd.DataFrame({"Object": np.arange(1, 61), "H3": rng.gamma(5, 2, 60), "CD8a": rng.gamma(1, 1, 60)})
+    fixture.loc[:39, "CD8a"] += 30  # 40 Tc cells with high CD8, 20 others
+    table = fixture[["Object"]].assign(cell_type=["Tc"] * 40 + ["other"] * 20)
+    assert distinctive_marker(fixture, table, ["H3", "CD8A"]) == "CD8A"
+    assert distinctive_marker(fixture, table.assign(cell_type="Tc"), ["H3", "CD8A"]) is None
+
+
+def test_attribution_box_starts_on_the_distinctive_marker(annotated):
+    from napari_s2s._annotate import distinctive_marker
+
+    _, widget = annotated
+    ann = widget.annotation
+    widget._fill_attr_combo(ann)
+    best = distinctive_marker(ann.cells, ann.table, list(ann.used_markers or ann.markers))
+    assert widget.attr_combo.currentText() == (best or widget.attr_combo.itemText(0))
