@@ -64,8 +64,9 @@ def _answer_shortcut_ok(lm, ids, mask, pos) -> bool:
     Why: every layer below the last needs all positions, but the last layer's outputs are read at the
     answer position alone (and, for a shared context, only its keys and values are read). For a Llama
     model (the architecture of our models) the last layer then computes keys and values for all positions
-    and the query, attention output, MLP and final norm for the answer position only: about a quarter of
-    a 3-layer model's work (``benchmarks/inference.py``). Other architectures run the plain forward.
+    and the query, attention output, MLP and final norm for the answer position only: 19-22% less time
+    for the default 3-layer model on CPU (same-process A/B, 3,000 cells). Other architectures run the
+    plain forward.
     Whether the shortcut reproduces the plain forward is checked once per model on its first batch (a
     later ``transformers`` could change Llama's internals); if it does not, the plain forward is used.
     """
@@ -84,10 +85,10 @@ def _answer_shortcut_ok(lm, ids, mask, pos) -> bool:
             return a.shape == b.shape and bool(torch.allclose(a.float(), b.float(), atol=tol, rtol=tol))
 
         try:
-            full = lm(input_ids=ids[:n], attention_mask=mask[:n], position_ids=pos[:n], logits_to_keep=1,
+            full = lm(input_ids=args[0], attention_mask=args[1], position_ids=args[2], logits_to_keep=1,
                       use_cache=True)
-            fast = _llama_context_cache(*((lm,) + args))
-            ok = same(_llama_answer_logits(*((lm,) + args)), full.logits) and all(
+            fast = _llama_context_cache(lm, *args)
+            ok = same(_llama_answer_logits(lm, *args), full.logits) and all(
                 same(f.keys, g.keys) and same(f.values, g.values) for f, g in zip(fast.layers, full.cache.layers))
         except Exception:  # noqa: BLE001 - internals differ in this transformers version: plain forward
             ok = False
