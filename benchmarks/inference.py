@@ -11,6 +11,8 @@ CPUs with AMX / AVX512-BF16 units, whose presence is recorded); every method run
 * **one-pass**: :meth:`S2SModel.predict_cells`: pairs, prompt building, one forward pass per cell
   (batched, left-padded, logits at the answer position only; type and status share the context pass),
   softmax over the label tokens -> a probability for every class.
+  The same one-pass scoring through transformers' plain forward (the last layer at every position) is
+  timed too: what the answer-position shortcut saves.
 * **generate**: the same prompts (token ids from :meth:`S2SModel.prompts_for`, one prompt per task),
   greedy ``model.lm.generate`` until EOS (max 3 new tokens), the answer word read from the generated
   token: (a) one prompt at a time, as a per-cell decoding loop does; (b) batched (left padding), the
@@ -88,6 +90,19 @@ def measure_dtype(args, df, dtype: str) -> dict:
         sec, p = median_time(lambda: model.predict_cells(df, tasks=tasks, batch_size=args.batch_size), args.repeats)
         pred = p if name == "type" else pred
         res[f"one_pass_{name}"] = {"cells": n, "seconds": round(sec, 3), "cells_per_s": round(n / sec, 1)}
+    # the same one-pass scoring through transformers' plain forward (every layer at every position):
+    # what the last-layer-at-the-answer shortcut of spatial2sentence.predict saves
+    shortcut = model.lm._s2s_answer_shortcut_ok
+    model.lm._s2s_answer_shortcut_ok = False
+    try:
+        for name, tasks in (("type", ("type",)), ("type_and_status", ("type", "status"))):
+            sec, _ = median_time(lambda: model.predict_cells(df, tasks=tasks, batch_size=args.batch_size),
+                                 args.repeats)
+            res[f"one_pass_plain_forward_{name}"] = {"cells": n, "seconds": round(sec, 3),
+                                                     "cells_per_s": round(n / sec, 1)}
+    finally:
+        model.lm._s2s_answer_shortcut_ok = shortcut
+    res["answer_position_shortcut_used"] = bool(shortcut)
 
     ng = min(args.n_generate, n)
     # prompts of the first ng cells with partners found among ALL the cells, exactly as one-pass saw them
@@ -222,6 +237,10 @@ def main():
                   f"{r[f'generate_batched_{task}']['cells_per_s']:10.0f} "
                   f"{r[f'generate_one_at_a_time_{task}']['cells_per_s']:11.0f} "
                   f"{r[f'speedup_{task}_vs_generate_batched']:8.1f} {r[f'speedup_{task}_vs_generate_one_at_a_time']:9.1f}")
+        print(f"  {r['dtype']}: one-pass through the plain forward (no last-layer shortcut): "
+              f"{r['one_pass_plain_forward_type']['cells_per_s']:.0f} / "
+              f"{r['one_pass_plain_forward_type_and_status']['cells_per_s']:.0f} cells/s "
+              f"(shortcut used: {r['answer_position_shortcut_used']})")
         extra = f", one-pass vs float32: {r['agreement_with_float32_one_pass']:.3f}" if "agreement_with_float32_one_pass" in r else ""
         print(f"  {r['dtype']}: same cell types (generate vs one-pass): "
               f"{r['agreement_generate_vs_one_pass_argmax']:.3f}{extra}")

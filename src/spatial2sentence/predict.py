@@ -64,9 +64,9 @@ def _answer_shortcut_ok(lm, ids, mask, pos) -> bool:
     Why: every layer below the last needs all positions, but the last layer's outputs are read at the
     answer position alone (and, for a shared context, only its keys and values are read). For a Llama
     model (the architecture of our models) the last layer then computes keys and values for all positions
-    and the query, attention output, MLP and final norm for the answer position only: 19-22% less time
-    for the default 3-layer model on CPU (same-process A/B, 3,000 cells). Other architectures run the
-    plain forward.
+    and the query, attention output, MLP and final norm for the answer position only: 23-26% less time
+    for the default 3-layer model on CPU (``benchmarks/inference.py`` times both). Other architectures
+    run the plain forward.
     Whether the shortcut reproduces the plain forward is checked once per model on its first batch (a
     later ``transformers`` could change Llama's internals); if it does not, the plain forward is used.
     """
