@@ -3,7 +3,8 @@
 ``benchmarks/plugin.py`` found the widget's prediction of the 5,351-cell simulated image about 1.8x
 slower than the same ``annotate_steps`` outside Qt. This script runs that generator three ways in one
 process, with a shown viewer: directly (no worker), in a napari ``create_worker`` without a progress
-bar, and with ``_progress`` (napari's activity-dock progress bar, as the widget uses). It prints the
+bar, with ``_progress`` (napari's activity-dock progress bar, which the widgets used until this
+script showed its cost) and with the widgets' own bar (``RunControls.progress``). It prints the
 ``predict_s`` of each (median of ``--repeats``) and saves ``results/plugin_progress.json``.
 
     QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1200x24" python benchmarks/plugin_progress.py [--threads 1]
@@ -63,11 +64,32 @@ def main(argv=None):
         process(lambda: "ann" in res and not worker.is_running)
         return res["ann"]
 
+    from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+    from napari_s2s._controls import RunControls
+
+    dock = QWidget()
+    controls = RunControls(QVBoxLayout(dock), lambda: None, lambda: None)
+    viewer.window.add_dock_widget(dock, name="controls")
+
+    def with_own_bar():
+        res = {}
+        worker = create_worker(annotate_steps, data, channels, mask, image="Y15", device="cpu",
+                               cancel=threading.Event(), _start_thread=False)
+        worker.yielded.connect(lambda msg: msg and msg[0] == "progress" and controls.progress(msg[1], msg[2]))
+        worker.returned.connect(lambda ann: res.setdefault("ann", ann))
+        controls.running(True)
+        worker.start()
+        process(lambda: "ann" in res and not worker.is_running)
+        controls.running(False)
+        return res["ann"]
+
     variants = {
         "direct (no worker, no Qt events)": direct,
         "create_worker, no progress bar": in_worker,
-        "create_worker, napari progress bar (as the widget)": lambda: in_worker(
+        "create_worker, napari progress bar (widget until now)": lambda: in_worker(
             _progress={"total": 0, "desc": "Annotating"}),
+        "create_worker, the widget's own bar (RunControls)": with_own_bar,
     }
     out = {}
     for name, fn in variants.items():

@@ -76,7 +76,6 @@ class BatchAnnotateWidget(QWidget):
         self.worker = None
         self.result = None
         self._cancel: threading.Event | None = None
-        self._pbar = None
         self._rows: dict[str, int] = {}
         self._records: dict[str, dict] = {}
         self._build_ui()
@@ -164,10 +163,9 @@ class BatchAnnotateWidget(QWidget):
         worker = create_worker(
             batch_steps, src, out, model=self.model_edit.text().strip() or None,
             device=DEVICES[self.device_combo.currentText()], workers=self.workers_spin.value(),
-            overwrite=self.overwrite_check.isChecked(), cancel=self._cancel,
-            _progress={"total": 0, "desc": "Batch annotation"}, _ignore_errors=True, _start_thread=False,
+            overwrite=self.overwrite_check.isChecked(), cancel=self._cancel, _ignore_errors=True,
+            _start_thread=False,
         )
-        self._pbar = getattr(worker, "pbar", None)
         self.worker = worker
         self.controls.start(worker, f"Reading {src}…", yielded=self._on_yielded, returned=self._on_returned,
                             errored=self._on_errored, finished=self._on_finished)
@@ -183,15 +181,12 @@ class BatchAnnotateWidget(QWidget):
     def _on_yielded(self, msg):
         if msg[0] == "start":
             total = msg[1]
-            if self._pbar is not None:
-                self._pbar.total = total
-                self._pbar.update(0)
+            self.controls.progress(0, total)
             self.status_label.setText(f"Annotating {total} images…")
             return
         _, rec, done, total = msg
         self.add_record(rec)
-        if self._pbar is not None:
-            self._pbar.update(done - self._pbar.n)
+        self.controls.progress(done, total)
         if not (self._cancel is not None and self._cancel.is_set()):
             self.status_label.setText(f"{done} of {total} images: {rec['image']} {rec['state']}")
 

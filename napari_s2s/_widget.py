@@ -59,7 +59,6 @@ class AnnotateCellsWidget(QWidget):
         self.mask_layer = None
         self.worker = None
         self._cancel: threading.Event | None = None
-        self._pbar = None
         self._groups: dict[str, list] = {}
         self.attribution_worker = None
         self._all_attributions = False
@@ -293,11 +292,8 @@ class AnnotateCellsWidget(QWidget):
         self._pending = (mask_layer, t_start)
         worker = create_worker(
             annotate_steps, data, markers, np.asarray(mask_layer.data), image=image, pixel_size_um=ps,
-            model_path=model_path, device=device, cancel=self._cancel,
-            _progress={"total": 0, "desc": f"Annotating {image}"}, _ignore_errors=True,
-            _start_thread=False,
+            model_path=model_path, device=device, cancel=self._cancel, _ignore_errors=True, _start_thread=False,
         )
-        self._pbar = getattr(worker, "pbar", None)
         self.worker = worker
         self.controls.start(worker, f"Annotating {image}…", yielded=self._on_yielded,
                             returned=self._on_returned, errored=self._on_errored,
@@ -315,13 +311,8 @@ class AnnotateCellsWidget(QWidget):
             return
         if msg[0] == "stage":
             self.status_label.setText(msg[1].capitalize() + "…")
-            if self._pbar is not None:
-                self._pbar.set_description(msg[1])
-        elif msg[0] == "progress" and self._pbar is not None:
-            _, done, total = msg
-            if self._pbar.total != total:
-                self._pbar.total = total
-            self._pbar.update(done - self._pbar.n)
+        elif msg[0] == "progress":
+            self.controls.progress(msg[1], msg[2])
 
     def _on_returned(self, ann: Annotation):
         if ann is None:
@@ -733,15 +724,12 @@ class AnnotateCellsWidget(QWidget):
         if self.attribution_worker is not None:
             return self.attribution_worker
         worker = create_worker(explain_all_steps, ann.model, self._cellset(), ann.table["Object"].tolist(),
-                               markers=ann.markers, _progress={"total": 0, "desc": "Attributions"},
-                               _ignore_errors=True, _start_thread=False)
-        pbar = getattr(worker, "pbar", None)
+                               markers=ann.markers, _ignore_errors=True, _start_thread=False)
 
-        def step(msg):
-            if msg and msg[0] == "progress" and pbar is not None:
-                if pbar.total != msg[2]:
-                    pbar.total = msg[2]
-                pbar.update(msg[1] - pbar.n)
+        def step(msg):  # a count in the note, not napari's progress bar (see RunControls)
+            if msg and msg[0] == "progress" and self.annotation is ann:
+                self.attr_note.setText(f"computing the attributions of {msg[2]} cells (integrated gradients): "
+                                       f"{msg[1]} done…")
 
         def done(res):
             if self.annotation is not ann:

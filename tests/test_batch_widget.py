@@ -81,6 +81,8 @@ def test_batch_widget_runs_a_folder_and_lists_every_image(qtbot, widget, toy_fol
     assert rows["BAD"][1] == "" and "BAD.tiff: not a readable TIFF" in rows["BAD"][3]
     assert widget.result is not None and not widget.result.ok
     assert "3 annotated, 0 already done, 1 failed of 4 images" in widget.status_label.text()
+    bar = widget.controls.progress_bar  # counted every image, failed ones too
+    assert bar.maximum() == bar.value() == 4 and not bar.isVisible()
     assert notes and notes[-1][0] == "warning"
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
     # the overlay of a finished image opens as an RGB layer; a failed one only warns

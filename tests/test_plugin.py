@@ -199,6 +199,9 @@ def test_widget_annotates_sample(annotated, tmp_path):
     assert np.all(cls.data[np.asarray(mask_layer.data) == o] == k)
     # legend counts = table counts; clinical status shown
     assert sum(n for _, n in widget.legend_rows()) == len(ann.table) == 113
+    # the dock's own progress bar counted every cell, and hides once the run is over
+    bar = widget.controls.progress_bar
+    assert bar.maximum() == bar.value() == 113 and not bar.isVisible()
     assert ann.image_status["status"] in widget.clinical_label.text()
     # exports (atomic writes through spatial2sentence.io)
     csv = widget.export_csv(tmp_path / "cells.csv")
