@@ -55,15 +55,6 @@ def main(argv=None):
         except StopIteration as stop:
             return stop.value
 
-    def in_worker(**kw):
-        res = {}
-        worker = create_worker(annotate_steps, data, channels, mask, image="Y15", device="cpu",
-                               cancel=threading.Event(), _start_thread=False, **kw)
-        worker.returned.connect(lambda ann: res.setdefault("ann", ann))
-        worker.start()
-        process(lambda: "ann" in res and not worker.is_running)
-        return res["ann"]
-
     from qtpy.QtWidgets import QVBoxLayout, QWidget
 
     from napari_s2s._controls import RunControls
@@ -72,13 +63,14 @@ def main(argv=None):
     controls = RunControls(QVBoxLayout(dock), lambda: None, lambda: None)
     viewer.window.add_dock_widget(dock, name="controls")
 
-    def with_own_bar():
+    def in_worker(own_bar: bool = False, **kw):
         res = {}
         worker = create_worker(annotate_steps, data, channels, mask, image="Y15", device="cpu",
-                               cancel=threading.Event(), _start_thread=False)
-        worker.yielded.connect(lambda msg: msg and msg[0] == "progress" and controls.progress(msg[1], msg[2]))
+                               cancel=threading.Event(), _start_thread=False, **kw)
         worker.returned.connect(lambda ann: res.setdefault("ann", ann))
-        controls.running(True)
+        if own_bar:  # as the widgets do: progress messages move RunControls' bar
+            worker.yielded.connect(lambda msg: msg and msg[0] == "progress" and controls.progress(msg[1], msg[2]))
+        controls.running(own_bar)
         worker.start()
         process(lambda: "ann" in res and not worker.is_running)
         controls.running(False)
@@ -89,7 +81,7 @@ def main(argv=None):
         "create_worker, no progress bar": in_worker,
         "create_worker, napari progress bar (widget until now)": lambda: in_worker(
             _progress={"total": 0, "desc": "Annotating"}),
-        "create_worker, the widget's own bar (RunControls)": with_own_bar,
+        "create_worker, the widget's own bar (RunControls)": lambda: in_worker(own_bar=True),
     }
     out = {}
     for name, fn in variants.items():

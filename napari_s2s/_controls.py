@@ -31,8 +31,8 @@ class RunControls:
     toggles them, ``progress(done, total)`` moves the bar.
 
     Why our own bar rather than napari's activity-dock progress (``create_worker(_progress=...)``): with
-    it, the prediction of 5,351 cells took 9.8 s instead of 6.3 s without a bar, under Xvfb on 2 CPUs
-    (``benchmarks/plugin_progress.py``; with this bar 6.5 s). Probably its animated activity indicator
+    it, the prediction of 5,351 cells took 9.6 s instead of 5.4 s without a bar, under Xvfb on 2 CPUs
+    (``benchmarks/plugin_progress.py``; with this bar 6.9 s). Probably its animated activity indicator
     keeps the window repainting, which costs CPU wherever drawing is not on a GPU (remote desktops, VMs);
     this bar repaints only when it moves.
     """

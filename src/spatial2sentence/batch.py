@@ -365,8 +365,9 @@ _COMPLETED_HERE = 0  # images this process annotated (for the testing hook)
 
 
 def annotate_image(job: ImageJob, out_dir: str, model: str | None = None, device: str = "auto",
-                   dtype: str = "auto", batch_size: int | None = None, overwrite: bool = False, fingerprint: str | None = None,
-                   should_stop: Callable[[], bool] | None = None, torch_threads: int | None = None) -> dict:
+                   dtype: str = "auto", batch_size: int | None = None, overwrite: bool = False,
+                   fingerprint: str | None = None, should_stop: Callable[[], bool] | None = None,
+                   torch_threads: int | None = None) -> dict:
     """Annotate one image and write its four outputs; never raises for a bad input.
 
     ``torch_threads``: set torch's thread count in this process first (1 in Dask workers, which run

@@ -388,7 +388,7 @@ def lm_settings(method: str, budget: Budget, seed: int):
                        warmup_steps=budget.warmup_steps, task_mix=mix, class_balance=0.0, panel_subset_prob=0.0,
                        val_fraction=0.0, eval_every=10 ** 9, checkpoint_every=10 ** 9, patience=10 ** 9,
                        num_threads=budget.threads)
-    # the library's default sentences (range ranking, top 12 above 0.1), as the shipped model uses
+    # the library's default sentences, as the shipped model uses (written into accuracy.md by _sentence_words)
     return SentenceSettings(), pairs, prompt, ms, ts
 
 
@@ -410,10 +410,10 @@ def _lm_table(df: pd.DataFrame, ds: Dataset, with_labels: bool) -> pd.DataFrame:
     return df[cols].reset_index(drop=True)
 
 
-def lm_predict(model, test_df: pd.DataFrame, idx: np.ndarray, tasks, batch_size: int = 256) -> dict:
+def lm_predict(model, test_df: pd.DataFrame, idx: np.ndarray, tasks, batch_size: int | None = None) -> dict:
     """Probabilities of each task's labels for the test cells ``idx`` (partners from the whole image)."""
     from .cellset import prepare_cells
-    from .predict import score_tasks
+    from .predict import PREDICT_BATCH_SIZE, score_tasks
     from .prompts import task_words
 
     cs = prepare_cells(test_df, model.markers, model.normalizer, source="test cells")
@@ -427,6 +427,7 @@ def lm_predict(model, test_df: pd.DataFrame, idx: np.ndarray, tasks, batch_size:
     ctx = [model.tokenizer.encode(cs.context_words(int(i), model.sentence, model.prompt, sentence_cache=cache))
            for i in idx]
     order = np.argsort([len(c) for c in ctx], kind="stable")
+    batch_size = batch_size or PREDICT_BATCH_SIZE
     suffixes = {t: model.tokenizer.encode(task_words(t)) for t in tasks}
     label_ids = {t: model.label_ids(t) for t in tasks}
     out = {t: np.zeros((len(idx), len(label_ids[t])), np.float32) for t in tasks}
