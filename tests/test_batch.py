@@ -377,3 +377,29 @@ def test_bfloat16_run_records_its_dtype(tmp_path, steinbock_dir, tiny_model, ser
     a = pd.read_csv(serial_run[0] / "cells" / f"{name}.csv")
     b = pd.read_csv(out / "cells" / f"{name}.csv")
     assert (a["cell_type"] == b["cell_type"]).mean() >= 0.9  # nearly the float32 answers
+
+
+def test_scoring_threads_change_no_bit_and_leave_torch_alone(steinbock_dir, tiny_model):
+    """The same cells scored 1 or 3 batches at a time, with torch set to 3 threads by the caller:
+    identical probabilities, and torch's setting is what the caller left."""
+    import torch
+
+    from spatial2sentence.io import read_image, read_mask
+    from spatial2sentence.measure import measure_cells
+    from spatial2sentence.model import S2SModel
+
+    name = sorted((steinbock_dir / "img").iterdir())[0]
+    image = read_image(name, panel=steinbock_dir / "panel.csv")
+    cells = measure_cells(image, read_mask(steinbock_dir / "masks" / name.name, image.shape))
+    model = S2SModel.from_pretrained(tiny_model, device="cpu")
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        runs = [model.predict_cells(cells, markers=image.channels, batch_size=16, threads=t).cells
+                for t in (1, 3, None)]
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert len(runs[0]) > 16 * 3  # several batches in flight at once
+    for other in runs[1:]:
+        pd.testing.assert_frame_equal(runs[0], other, check_exact=True)

@@ -370,8 +370,9 @@ def annotate_image(job: ImageJob, out_dir: str, model: str | None = None, device
                    torch_threads: int | None = None) -> dict:
     """Annotate one image and write its four outputs; never raises for a bad input.
 
-    ``torch_threads``: set torch's thread count in this process first (1 in Dask workers, which run
-    one image per worker thread).
+    ``torch_threads``: batches scored at once (1 in Dask workers, which run one image per worker
+    process; default: the free cores). Each batch runs on one torch thread, so the outputs are the same
+    bytes whatever this is (:mod:`spatial2sentence.threads`); torch's own setting is not changed.
 
     Returns a record: ``image``, ``state`` (``done``, ``skipped``, ``error`` or ``cancelled``),
     ``cells``, ``status``, ``status_probability``, ``file`` and ``reason`` (errors), ``seconds``.
@@ -384,15 +385,11 @@ def annotate_image(job: ImageJob, out_dir: str, model: str | None = None, device
             return {**base, "state": "skipped", "cells": rec["cells"], "status": rec.get("status"),
                     "status_probability": rec.get("status_probability"), "seconds": 0.0}
     t0 = time.perf_counter()
-    if torch_threads:
-        import torch
-
-        if torch.get_num_threads() != torch_threads:
-            torch.set_num_threads(torch_threads)
     try:
         if job.problem:
             raise S2SInputError(job.source, job.problem)
-        rec = _annotate(job, out_dir, model, device, dtype, batch_size, fingerprint, should_stop, t0)
+        rec = _annotate(job, out_dir, model, device, dtype, batch_size, fingerprint, should_stop, t0,
+                        torch_threads)
     except BatchCancelled:
         return {**base, "state": "cancelled", "cells": None, "status": None, "status_probability": None,
                 "seconds": time.perf_counter() - t0}
@@ -412,7 +409,7 @@ def annotate_image(job: ImageJob, out_dir: str, model: str | None = None, device
             "status_probability": rec["status_probability"], "seconds": rec["seconds"]["total"]}
 
 
-def _annotate(job, out_dir, model, device, dtype, batch_size, fingerprint, should_stop, t0) -> dict:
+def _annotate(job, out_dir, model, device, dtype, batch_size, fingerprint, should_stop, t0, threads) -> dict:
     from .io import atomic_path, read_image, read_mask, write_csv_atomic, write_json_atomic, write_tiff_atomic
     from .measure import measure_cells
     from .palette import label_colors
@@ -437,7 +434,7 @@ def _annotate(job, out_dir, model, device, dtype, batch_size, fingerprint, shoul
             return not (should_stop is not None and should_stop())
 
         pred = m.predict_cells(cells, markers=image.channels, image=job.name, batch_size=batch_size,
-                               progress=progress, source=job.name)
+                               progress=progress, source=job.name, threads=threads)
         caught_all = [str(w.message) for w in caught]
     if pred.cancelled:
         raise BatchCancelled()
@@ -564,8 +561,8 @@ def run_batch(
     ``distributed.Client``). ``progress(record, done, total)`` is called once with ``record=None``
     before the first image, then as each image finishes;
     ``should_stop()`` returning True cancels (finished images are kept, run-level files are still
-    written). ``threads``: torch threads of an in-process run (default: torch's own choice; Dask
-    workers always use 1).
+    written). ``threads``: batches scored at once in an in-process run (default: the free cores; Dask
+    workers always use 1); the outputs do not depend on it.
     """
     started = time.time()
     t0 = time.perf_counter()
@@ -681,7 +678,7 @@ def run_batch(
             "model": meta,
             "settings": {"device": device, "dtype": dtype, "workers": workers, "scheduler": scheduler, "mode": mode,
                          "overwrite": overwrite, "batch_size": batch_size or PREDICT_BATCH_SIZE,
-                         "torch_threads": 1 if mode != "in-process" else _torch_threads()},
+                         "scoring_threads": 1 if mode != "in-process" else (threads or "auto (free cores)")},
             "versions": versions(),
             "images": {
                 "total": total,
@@ -707,15 +704,6 @@ def run_batch(
         }
         write_json_atomic(run, out / "run.json")
     return BatchResult(out, disc.kind, ordered, run)
-
-
-def _torch_threads() -> int | None:
-    try:
-        import torch
-
-        return torch.get_num_threads()
-    except ImportError:  # pragma: no cover
-        return None
 
 
 def versions() -> dict:

@@ -289,27 +289,30 @@ class S2SModel:
     # --- prediction ------------------------------------------------------------------------------
     def predict_cells(self, cells: pd.DataFrame | CellSet, markers=None, image: str | None = None,
                       batch_size: int | None = None, tasks=("type", "status"), progress=None,
-                      source: str = "cells") -> Predictions:
+                      source: str = "cells", threads: int | None = None) -> Predictions:
         """Cell types and clinical status of every cell (see :class:`Predictions`).
 
         ``cells``: a table with ``Object``, ``x``, ``y`` (um), marker columns (any panel: names go
         through the alias table; unknown markers are warned about and ignored) and optionally
         ``image`` (several images at once). ``progress(done, total)`` is called after each batch;
-        returning ``False`` cancels (the result then has ``cancelled=True``).
+        returning ``False`` cancels (the result then has ``cancelled=True``). ``threads``: batches
+        scored at once on the CPU, each on one torch thread (default: the free cores); the probabilities
+        do not depend on it.
         """
         from .predict import PREDICT_BATCH_SIZE, predict_cellset
 
         cs = self.prepare(cells, markers, image, source=source)
         return predict_cellset(self, cs, batch_size=batch_size or PREDICT_BATCH_SIZE, tasks=tasks,
-                               progress=progress)
+                               progress=progress, threads=threads)
 
-    def predict_image(self, image, mask, panel=None, batch_size: int | None = None, progress=None) -> Predictions:
+    def predict_image(self, image, mask, panel=None, batch_size: int | None = None, progress=None,
+                      threads: int | None = None) -> Predictions:
         """Measure an :class:`~spatial2sentence.io.IMCImage` (or path) with its mask and predict."""
         from .measure import measure_image
 
         image, df = measure_image(image, mask, panel)
         return self.predict_cells(df, markers=image.channels, image=image.name, batch_size=batch_size,
-                                  progress=progress, source=image.name)
+                                  progress=progress, source=image.name, threads=threads)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.lm.parameters())

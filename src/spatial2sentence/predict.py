@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .prompts import task_words
+from .threads import default_workers, parallel_map
 
 # prompts per forward pass: 128 ran the default model 20-30% faster than 256 on 2 CPU threads (smaller
 # activations stay in cache); measured with benchmarks/inference.py-style runs, see README
@@ -199,7 +200,13 @@ def _col(prefix: str, label: str) -> str:
     return prefix + str(label).replace(" ", "_")
 
 
-def predict_cellset(model, cs, batch_size: int = PREDICT_BATCH_SIZE, tasks=("type", "status"), progress=None):
+def predict_cellset(model, cs, batch_size: int = PREDICT_BATCH_SIZE, tasks=("type", "status"), progress=None,
+                    threads: int | None = None):
+    """Score every cell of ``cs``; ``threads``: batches scored at once (default: the free cores).
+
+    Each batch runs on ONE torch thread (:mod:`.threads`), so the probabilities are the same bits
+    whatever ``threads`` is: in-process, in a Dask worker, on a busy or a quiet machine.
+    """
     from .model import Predictions
 
     n = len(cs)
@@ -211,8 +218,18 @@ def predict_cellset(model, cs, batch_size: int = PREDICT_BATCH_SIZE, tasks=("typ
     task_ids = {t: model.tokenizer.encode(task_words(t)) for t in tasks}
     ph = cs.is_phenotype
     todo = {t: (np.flatnonzero(~ph) if t == "type" else np.arange(n)) for t in tasks}
+    workers = 1 if str(model.device).startswith("cuda") else (threads or default_workers())
     cancelled = False
     done = 0
+
+    def score(chunk_ctx):
+        chunk, ctx = chunk_ctx
+        needed = {t: np.isin(chunk, todo[t]) for t in tasks}
+        run = [t for t in tasks if needed[t].any()]
+        scored = score_tasks(model.lm, ctx, {t: task_ids[t] for t in run}, label_ids,
+                             model.tokenizer.pad_id, model.device) if run else {}
+        return chunk, needed, scored
+
     # blocks of several batches: prompts are sorted by length inside a block so batches carry little
     # padding; progress is reported (and cancelling checked) after every batch
     block = batch_size * 8
@@ -221,19 +238,18 @@ def predict_cellset(model, cs, batch_size: int = PREDICT_BATCH_SIZE, tasks=("typ
         ctx = {int(i): model.tokenizer.encode(cs.context_words(int(i), model.sentence, model.prompt,
                                                                sentence_cache=sents)) for i in cells}
         cells = cells[np.argsort([len(ctx[int(i)]) for i in cells], kind="stable")]
-        for c0 in range(0, len(cells), batch_size):
-            chunk = cells[c0:c0 + batch_size]
-            needed = {t: np.isin(chunk, todo[t]) for t in tasks}
-            run = [t for t in tasks if needed[t].any()]
-            if run:
-                scored = score_tasks(model.lm, [ctx[int(i)] for i in chunk], {t: task_ids[t] for t in run},
-                                     label_ids, model.tokenizer.pad_id, model.device)
-                for t in run:
-                    probs[t][chunk[needed[t]]] = scored[t][needed[t]]
-            done += len(chunk)
-            if progress is not None and progress(done, n) is False:
-                cancelled = done < n
-                break
+        chunks = [cells[c0:c0 + batch_size] for c0 in range(0, len(cells), batch_size)]
+        scored_chunks = parallel_map(score, [(c, [ctx[int(i)] for i in c]) for c in chunks], workers)
+        try:
+            for chunk, needed, scored in scored_chunks:
+                for t, p in scored.items():
+                    probs[t][chunk[needed[t]]] = p[needed[t]]
+                done += len(chunk)
+                if progress is not None and progress(done, n) is False:
+                    cancelled = done < n
+                    break
+        finally:
+            scored_chunks.close()
         if cancelled:
             break
 

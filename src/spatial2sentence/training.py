@@ -34,6 +34,7 @@ from .normalize import Normalizer
 from .prompts import PAIR_ANSWERS, pair_prompt, task_words
 from .sentences import status_token, type_token
 from .settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings, TrainSettings
+from .threads import torch_threads
 
 
 @dataclass
@@ -180,6 +181,30 @@ def _loss(lm, ids, mask, labels):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100), logits, tgt
 
 
+def load_checkpoint(path: Path) -> dict:
+    """A training checkpoint, read without running code from it.
+
+    Why: ``torch.load`` unpickles, and a pickle can run arbitrary code; ``weights_only=True`` accepts
+    tensors and plain containers only (the RNG state is stored as JSON text for that reason), so a crafted
+    ``state.pt`` is refused instead of executed.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        st = torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelInputError(path, f"not a napari-s2s training checkpoint (refused, nothing run from it): "
+                                    f"{msg[:200]}") from None
+    need = {"model", "opt", "sched", "rng", "torch_rng", "step", "history", "best", "bad", "best_state"}
+    if not isinstance(st, dict) or not need <= set(st) or not isinstance(st["rng"], str):
+        raise ModelInputError(path, "not a napari-s2s training checkpoint (missing or old-format entries); "
+                                    "delete it to train from the start")
+    return st
+
+
 def evaluate(model, val_set, batch_size: int = 256) -> dict:
     """Mean answer loss and accuracy per task over a fixed validation prompt set."""
     import torch
@@ -248,14 +273,24 @@ def train(
     info: dict | None = None,
     log=print,
 ) -> TrainResult:
-    """Train a model on one or more cells tables and save it to ``out``; see the module doc."""
+    """Train a model on one or more cells tables and save it to ``out``; see the module doc.
+
+    ``train_settings.num_threads`` applies to this call only (torch's setting is restored afterwards)."""
+    ts = train_settings or TrainSettings()
+    ckpt = (Path(ts.checkpoint_dir) if ts.checkpoint_dir else Path(out) / "checkpoint") / "state.pt"
+    if resume and ckpt.exists():
+        load_checkpoint(ckpt)  # a bad or hostile checkpoint is refused before any data is read
+    with torch_threads(ts.num_threads):
+        return _train(tables, out, sentence, pairs, prompt, model_settings, ts, type_labels, status_labels,
+                      resume, progress_bar, device, info, log)
+
+
+def _train(tables, out, sentence, pairs, prompt, model_settings, ts, type_labels, status_labels, resume,
+           progress_bar, device, info, log) -> TrainResult:
     import torch
 
     sentence, pairs = sentence or SentenceSettings(), pairs or PairSettings()
     prompt, model_settings = prompt or PromptSettings(), model_settings or ModelSettings()
-    ts = train_settings or TrainSettings()
-    if ts.num_threads:
-        torch.set_num_threads(ts.num_threads)
     tables = [tables] if isinstance(tables, pd.DataFrame) else list(tables)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -327,11 +362,11 @@ def train(
     best_state = None
     ckpt = (Path(ts.checkpoint_dir) if ts.checkpoint_dir else out / "checkpoint") / "state.pt"
     if resume and ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
+        st = load_checkpoint(ckpt)
         lm.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
-        rng.bit_generator.state = st["rng"]
+        rng.bit_generator.state = json.loads(st["rng"])
         torch.set_rng_state(st["torch_rng"])
         step, history, best, bad, best_state = st["step"], st["history"], st["best"], st["bad"], st["best_state"]
         log(f"resumed from {ckpt} at step {step}")
@@ -377,7 +412,7 @@ def train(
         if step % ts.checkpoint_every == 0 or stopped or last:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"model": lm.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
+                        "rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(), "step": step,
                         "history": history, "best": best, "bad": bad, "best_state": best_state}, ckpt)
         if stopped:
             (bar.write if bar is not None else log)(f"early stopping at step {step} (best step {best.get('step')})")

@@ -24,7 +24,8 @@ from . import dtype_option
               help="Run on an existing Dask cluster, e.g. tcp://host:8786 (OUT must be on a shared disk).")
 @click.option("--overwrite", is_flag=True, help="Redo images whose outputs already exist.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="torch threads of an in-process run (default: torch's choice; Dask workers use 1).")
+              help="Batches scored at once in an in-process run, one torch thread each (default: the free "
+                   "cores; Dask workers use 1); the outputs do not depend on it.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Prompts per model forward pass (default: 128).")
 def annotate(input_dir, out_dir, model_dir, device, dtype, workers, scheduler, overwrite, threads, batch_size):

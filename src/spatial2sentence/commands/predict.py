@@ -22,8 +22,9 @@ from . import dtype_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Prompts per model forward pass (default: 128).")
 @dtype_option
-@click.option("--threads", type=int, default=None,
-              help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine).")
+@click.option("--threads", type=click.IntRange(min=1, max=256), default=None,
+              help="Batches scored at once on the CPU, one torch thread each (default: the free cores); "
+                   "the results do not depend on it.")
 def predict(image, mask, model_dir, panel, out, device, batch_size, dtype, threads):
     """Annotate every cell of IMAGE (segmented by MASK): cell type with one probability column per class
     (p_<type>), per-cell clinical status probabilities, and the image's clinical status."""
@@ -32,17 +33,13 @@ def predict(image, mask, model_dir, panel, out, device, batch_size, dtype, threa
     from ..io import read_image, read_mask, write_csv_atomic, write_json_atomic
     from ..model import S2SModel
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     t0 = time.perf_counter()
     model = S2SModel.from_pretrained(model_dir, device=device, dtype=dtype)
     img = read_image(image, panel=panel)
     m = read_mask(mask, shape=img.shape, image_path=image)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pred = model.predict_image(img, m, batch_size=batch_size)
+        pred = model.predict_image(img, m, batch_size=batch_size, threads=threads)
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
     out = Path(out)
