@@ -41,21 +41,14 @@ class Annotation:
     cellset: object = None  # the model's prepared cells (partners), reused by the explanations
 
 
-class DeviceError(S2SInputError):
-    """The device asked for does not exist here."""
-
-
 def load_model(path: str | Path | None = None, device: str = "auto"):
     """The model (``None``: the embedded default), cached per (path, device)."""
     from spatial2sentence.model import DEFAULT_MODEL_DIR, S2SModel
 
-    device = (device or "auto").lower()
-    if device == "cuda":
-        import torch
+    from spatial2sentence.model import resolve_device
 
-        if not torch.cuda.is_available():
-            raise DeviceError("device", "CUDA was asked for but this machine has no usable CUDA GPU; "
-                                        "choose auto or CPU")
+    device = (device or "auto").lower()
+    resolve_device(device)  # the core's one device check (CUDA asked for but absent: a clear error)
     if path is None or str(path) == "":
         if not (DEFAULT_MODEL_DIR / "s2s_config.json").exists():
             raise S2SInputError(DEFAULT_MODEL_DIR, "the embedded default model is not installed; "

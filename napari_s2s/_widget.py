@@ -282,12 +282,13 @@ class AnnotateCellsWidget(QWidget):
             return None
         model_path = self.model_edit.text().strip() or None
         device = DEVICES[self.device_combo.currentText()]
-        if device == "cuda":
-            import torch
+        try:
+            from spatial2sentence.model import resolve_device
 
-            if not torch.cuda.is_available():
-                _notify("error", "CUDA was asked for but this machine has no usable CUDA GPU; choose auto or CPU")
-                return None
+            resolve_device(device)  # the core's one device check
+        except S2SInputError as err:
+            _notify("error", _one_line(err))
+            return None
         self._cancel = threading.Event()
         self._pending = (mask_layer, t_start)
         worker = create_worker(

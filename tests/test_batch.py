@@ -353,10 +353,10 @@ def test_usage_errors(tmp_path, steinbock_dir, tiny_model):
     assert res.exit_code == 1 and "input folder not found" in res.output
     res = CliRunner().invoke(main, ["annotate", str(steinbock_dir), "-o", str(tmp_path / "o"), "--workers", "2",
                                     "--scheduler", "tcp://localhost:1"])
-    assert res.exit_code == 2 and "not both" in res.output
+    assert res.exit_code == 1 and "not both" in res.output  # usage errors exit 1 too
     res = CliRunner().invoke(main, ["annotate", str(steinbock_dir), "-o", str(tmp_path / "o"), "--model",
                                     str(tmp_path)])
-    assert res.exit_code == 1 and "not a spatial2sentence model directory" in res.output
+    assert res.exit_code == 1 and "not a napari-s2s model: missing s2s_config.json" in res.output
     with pytest.raises(S2SInputError, match="dtype"):
         run_batch(steinbock_dir, tmp_path / "o", model=tiny_model, dtype="half")
 

@@ -84,7 +84,7 @@ def test_bad_input_gives_one_line_and_no_output(tmp_path, tiny_image, case):
     "panel_text, message",
     [
         ("channel,name,keep\nA,CD3,1\nB,CD8a,1\n", "p.csv: panel has 2 kept channels .* has 3 channels"),
-        ("channel,name,keep\nA,CD3,1\nB,CD3,1\nC,DNA1,1\n", "p.csv: duplicate marker names: CD3"),
+        ("channel,name,keep\nA,CD3,1\nB,CD3,1\nC,DNA1,1\n", "p.csv: duplicate marker names: 'CD3' is repeated \\(rows 2 and 3\\)"),
     ],
 )
 def test_bad_panel_gives_one_line_and_no_output(tmp_path, tiny_image, panel_text, message):

@@ -133,7 +133,7 @@ def test_bad_masks(tmp_path):
 def test_bad_panels(tmp_path, tiny_image):
     dup = tmp_path / "dup.csv"
     dup.write_text("channel,name,keep\nA1,CD3,1\nA2,CD3,1\nA3,DNA1,1\n")
-    with pytest.raises(PanelError, match="dup.csv: duplicate marker names: CD3"):
+    with pytest.raises(PanelError, match="dup.csv: duplicate marker names: 'CD3' is repeated"):
         read_panel(dup)
     short = tmp_path / "short.csv"
     short.write_text("channel,name,keep\nA1,CD3,1\nA2,CD8,1\n")

@@ -249,7 +249,7 @@ def test_cli_predict_and_sentences(tiny, tmp_path):
     assert r.exit_code == 0 and r.output.count("[BOS] cell :") == 2
     r = CliRunner().invoke(main, ["predict", "--model", str(tmp_path / "nope"), str(TOY / "img" / "G01.tiff"),
                                   str(TOY / "masks" / "G01.tiff"), "-o", str(out)])
-    assert r.exit_code == 1 and "not a spatial2sentence model directory" in r.output
+    assert r.exit_code == 1 and "model folder not found" in r.output
     r = CliRunner().invoke(main, args[:-2] + ["--device", "cpu", "--dtype", "bfloat16", "--batch-size", "7"])
     assert r.exit_code == 0, r.output
     assert (pd.read_csv(out)["cell_type"] == df["cell_type"]).mean() >= 0.9

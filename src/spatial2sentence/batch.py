@@ -122,7 +122,8 @@ def _dedupe(jobs: list[ImageJob]) -> list[ImageJob]:
     out = []
     for j in jobs:
         if j.name in seen:
-            j = ImageJob(j.name, j.image_path, j.mask_path, j.panel_path, j.acquisition,
+            # reported under its file name, so run-level tables keep one row per distinct image name
+            j = ImageJob(Path(j.image_path).name, j.image_path, j.mask_path, j.panel_path, j.acquisition,
                          f"another input file has the same image name {j.name!r} ({Path(seen[j.name]).name})")
             out.append(j)
             continue
@@ -230,11 +231,10 @@ def get_model(model: str | Path | None, device: str = "auto", dtype: str = "auto
 
 def model_meta(model: str | Path | None) -> dict:
     """Label sets, markers and a fingerprint of a model directory, without loading torch."""
+    from .model import check_model_dir
+
     path = resolve_model_dir(model)
-    cfg_path = path / "s2s_config.json"
-    if not cfg_path.is_file():
-        raise S2SInputError(path, "not a spatial2sentence model directory (no s2s_config.json)")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = check_model_dir(path)  # the one model-folder check (one message for every problem)
     h = hashlib.sha256()
     for name in ("s2s_config.json", "config.json", "tokenizer.json", "model.safetensors"):
         p = path / name
@@ -571,16 +571,13 @@ def run_batch(
     if out.resolve() == disc.root.resolve():
         raise S2SInputError(out, "the output folder must differ from the input folder")
     meta = model_meta(model)
-    from .model import check_dtype
+    from .model import check_dtype, resolve_device
 
     check_dtype(dtype)  # before any worker starts
     model_arg = None if model is None else str(Path(model).resolve())
     local = client is None and scheduler is None
-    if local and device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise S2SInputError("--device cuda", "CUDA is not available on this machine (use auto or cpu)")
+    if local:
+        resolve_device(device)  # the one device check, before any worker starts
     in_process = local and workers <= 0
     t_discover = time.perf_counter()
     if in_process:  # load once, here, so that a broken model fails the run once rather than every image

@@ -24,7 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import logging
+import math
 import re
+import stat
 import tempfile
 import uuid
 import xml.etree.ElementTree as ET
@@ -84,11 +87,53 @@ class SteinbockFolder:
 
 # --------------------------------------------------------------------------------------------- checks
 def _check_file(path: str | Path, error=ImageReadError) -> Path:
+    """``path`` if it is an existing, readable regular file (a FIFO or a device would block or never end)."""
     path = Path(path)
-    if not path.exists():
-        raise error(path, "file not found")
-    if path.is_dir():
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise error(path, "file not found") from None
+    except OSError as err:
+        raise error(path, f"cannot be read ({err.strerror or type(err).__name__})") from None
+    if stat.S_ISDIR(st.st_mode):
         raise error(path, "is a folder, expected a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise error(path, "is not a regular file (a pipe, socket or device); give a file")
+    if not os.access(path, os.R_OK):
+        raise error(path, "cannot be read (permission denied)")
+    return path
+
+
+def check_input_file(path: str | Path, error=S2SInputError) -> Path:
+    """Public form of the input check: exists, regular file, readable."""
+    return _check_file(path, error)
+
+
+def check_output_path(path: str | Path, inputs: Sequence[str | Path] = (), folder: bool = False) -> Path:
+    """Refuse an output that would overwrite an input, sits under a file, is a folder where a file is
+    written (or the reverse), or cannot be written; checked before any work is done."""
+    path = Path(path)
+    for inp in inputs:
+        if inp is None:
+            continue
+        inp = Path(inp)
+        try:
+            same = path.exists() and inp.exists() and os.path.samefile(path, inp)
+        except OSError:
+            same = False
+        if same or path.resolve() == inp.resolve():
+            raise S2SInputError(path, f"the output would overwrite the input {inp}; choose another output name")
+    if path.exists() and path.is_dir() and not folder:
+        raise S2SInputError(path, "is a folder; give a file name for the output")
+    if path.exists() and not path.is_dir() and folder:
+        raise S2SInputError(path, "is a file; give a folder for the outputs")
+    parent = path if folder and path.exists() else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise S2SInputError(path, f"cannot be created: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise S2SInputError(path, f"cannot be written: no write permission in {parent}")
     return path
 
 
@@ -132,13 +177,13 @@ def read_panel(path: str | Path) -> pd.DataFrame:
         panel["keep"] = keep.astype(bool)
     else:
         panel["keep"] = True
+    if not panel["keep"].any():
+        raise PanelError(path, "no channel is kept (keep = 0 in every row)")
     names = panel.loc[panel["keep"], "name"]
     if names.isna().any() or (names.astype(str).str.strip() == "").any():
         raise PanelError(path, "a kept channel has an empty 'name'")
     panel["name"] = panel["name"].astype(str).str.strip()
-    dup = sorted(set(names[names.duplicated()].astype(str).str.strip()))
-    if dup:
-        raise PanelError(path, f"duplicate marker names: {', '.join(dup)}")
+    _unique_names(panel.loc[panel["keep"], "name"].tolist(), path, rows=(panel.index[panel["keep"]] + 2).tolist())
     if "channel" in panel.columns:
         panel["channel"] = panel["channel"].astype(str).str.strip()
     return panel.reset_index(drop=True)
@@ -176,11 +221,21 @@ def apply_panel(
     )
 
 
-def _unique_names(names: Sequence[str], source) -> list[str]:
+def _unique_names(names: Sequence[str], source, rows: Sequence[int] | None = None) -> list[str]:
+    """``names`` stripped; refused when two name the same marker, also after alias matching
+    (``CD8a`` and ``CD8A``, ``H3`` and ``h3``): one of them would otherwise be dropped silently."""
+    from .aliases import canonical_marker
+
     names = [str(n).strip() for n in names]
-    seen = {n for n in names if names.count(n) > 1}
-    if seen:
-        raise PanelError(source, f"duplicate marker names: {', '.join(sorted(seen))}")
+    first: dict[str, int] = {}
+    for k, n in enumerate(names):
+        key = canonical_marker(n).upper()
+        if key in first:
+            j = first[key]
+            where = (f"rows {rows[j]} and {rows[k]}" if rows is not None else f"channels {j + 1} and {k + 1}")
+            what = f"'{names[j]}' and '{n}' name the same marker" if names[j] != n else f"'{n}' is repeated"
+            raise PanelError(source, f"duplicate marker names: {what} ({where})")
+        first[key] = k
     return names
 
 
@@ -214,6 +269,130 @@ def _open_tiff(path: Path, error=ImageReadError):
         tif.close()
 
 
+MAX_IMAGE_GB_ENV = "S2S_MAX_IMAGE_GB"
+DEFAULT_MAX_IMAGE_GB = 4.0  # decoded size; a 1000 x 1000 px, 50-channel float32 IMC image is 0.2 GB
+
+
+def max_image_bytes() -> int:
+    """The largest decoded image or mask read (``S2S_MAX_IMAGE_GB``, default 4 GB).
+
+    Why: a few-MB compressed TIFF can claim 40 x 10000 x 10000 pixels; the limit is checked from the
+    header, before anything is decompressed.
+    """
+    raw = os.environ.get(MAX_IMAGE_GB_ENV, "")
+    try:
+        gb = float(raw) if raw.strip() else DEFAULT_MAX_IMAGE_GB
+    except ValueError:
+        gb = float("nan")
+    if not math.isfinite(gb) or gb <= 0:
+        raise S2SInputError(None, f"{MAX_IMAGE_GB_ENV} must be a positive number of GB, got {raw!r}")
+    return int(gb * 1e9)
+
+
+@contextmanager
+def _tifffile_complaints() -> Iterator[list[str]]:
+    """Collect what tifffile logs (it logs, rather than raises, on broken page chains) and keep it off
+    the user's terminal: the caller turns it into one clear error."""
+    logger = logging.getLogger("tifffile")
+    found: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            if record.levelno >= logging.WARNING:
+                found.append(record.getMessage())
+
+    handler, propagate = _Collect(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _check_tiff_structure(tif, path: Path, error=ImageReadError) -> None:
+    """Refuse a truncated or corrupt TIFF and one too large to decode, from its header alone.
+
+    Why: tifffile reads what it can of a file cut short (a 5-channel image cut in half reads as 2
+    channels, with only a log line), so every page must be present and its data inside the file.
+    """
+    with _tifffile_complaints() as complaints:
+        try:
+            n_pages = len(tif.pages)
+            series = tif.series
+            pages = list(tif.pages)
+        except Exception as err:  # noqa: BLE001 - tifffile raises many types on broken headers
+            raise error(path, f"not a readable TIFF ({_first_line(err)})") from None
+    if complaints:
+        text = re.sub(r"^<[^>]*>\s*", "", complaints[0])
+        raise error(path, f"corrupt or truncated TIFF ({text}); {n_pages} page(s) readable")
+    if not series:
+        raise error(path, "not a readable TIFF (no image found: corrupt or truncated file)")
+    size = path.stat().st_size
+    for i, page in enumerate(pages):
+        offsets, counts = getattr(page, "dataoffsets", ()), getattr(page, "databytecounts", ())
+        if offsets and counts:
+            end = max(int(o) + int(c) for o, c in zip(offsets, counts))
+            if end > size:
+                raise error(path, f"truncated TIFF: page {i + 1} of {n_pages} needs {end:,} bytes, "
+                                  f"the file has {size:,}")
+    first = series[0]
+    dtype = np.dtype(first.dtype)
+    if np.issubdtype(dtype, np.complexfloating):
+        raise error(path, f"complex pixel type {dtype}; intensities must be real numbers")
+    nbytes = math.prod(int(d) for d in first.shape) * dtype.itemsize
+    limit = max_image_bytes()
+    if nbytes > limit:
+        raise error(path, f"{'x'.join(map(str, first.shape))} pixels of {dtype} would take "
+                          f"{nbytes / 1e9:.1f} GB decoded, over the {limit / 1e9:g} GB limit; "
+                          f"set {MAX_IMAGE_GB_ENV} to raise it")
+
+
+def tiff_yx(path: str | Path, error=ImageReadError) -> tuple[int, int] | None:
+    """(height, width) of a TIFF's first series from its header (nothing decoded), or None when its
+    axes do not name Y and X."""
+    path = _check_file(path, error)
+    with _open_tiff(path, error) as tif:
+        _check_tiff_structure(tif, path, error)
+        series = tif.series[0]
+        axes, shape = series.axes, series.shape
+    if "Y" in axes and "X" in axes and len(axes) == len(shape):
+        return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+    return None
+
+
+def check_image_and_mask(image_path: str | Path, mask_path: str | Path) -> None:
+    """Compare a TIFF image's and its mask's height and width from their headers, before decoding
+    either (a mask of the wrong size is refused in milliseconds, whatever the image's size)."""
+    image_path, mask_path = Path(image_path), Path(mask_path)
+    mask_yx = tiff_yx(mask_path, MaskError)
+    if not is_tiff(image_path):
+        return
+    image_yx = tiff_yx(image_path)
+    if image_yx is not None and mask_yx is not None and image_yx != mask_yx:
+        raise MaskError(mask_path, f"mask shape {mask_yx} differs from image shape {image_yx} "
+                                   f"of {image_path.name}")
+
+
+def check_image_inputs(image: str | Path, mask: str | Path | None = None, panel: str | Path | None = None,
+                       out: str | Path | None = None, out_is_folder: bool = False) -> None:
+    """The checks of one image run, before any heavy work (model loading, decoding): every input an
+    existing readable regular file, image and mask sizes equal by their headers, within the size
+    limit, and the output not one of the inputs and writable."""
+    image = Path(image)
+    _check_file(image)
+    if panel is not None:
+        _check_file(panel, PanelError)
+    if mask is not None:
+        _check_file(mask, MaskError)
+        check_image_and_mask(image, mask)
+    elif is_tiff(image):
+        tiff_yx(image)
+    if out is not None:
+        check_output_path(out, [image, mask, panel], folder=out_is_folder)
+
+
 def _read_series(tif, path: Path, error=ImageReadError) -> np.ndarray:
     """The first series, memory-mapped read-only where the file is uncompressed and contiguous."""
     series = tif.series[0]
@@ -244,7 +423,10 @@ def _ome_info(tif) -> tuple[list[str] | None, float | None]:
     size = pixels.get("PhysicalSizeX")
     unit = pixels.get("PhysicalSizeXUnit", "µm")
     scale = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3}.get(unit)
-    pixel_size = float(size) * scale if size is not None and scale is not None else None
+    try:
+        pixel_size = float(size) * scale if size is not None and scale is not None else None
+    except ValueError:
+        pixel_size = float("nan")  # refused by _check_pixel_size with the file's name
     return names, pixel_size
 
 
@@ -304,8 +486,7 @@ def read_tiff(
     """Read a multi-channel TIFF or OME-TIFF as an :class:`IMCImage`."""
     path = _check_file(path)
     with _open_tiff(path) as tif:
-        if not tif.series:
-            raise ImageReadError(path, "not a readable TIFF (no image found: corrupt or truncated file)")
+        _check_tiff_structure(tif, path)
         series = tif.series[0]
         series_axes, n_pages = series.axes, len(tif.pages)
         ome_names, ome_pixel_size = _ome_info(tif)
@@ -325,14 +506,15 @@ def read_tiff(
     if panel is not None:
         data, names, metals = apply_panel(data, panel, metals, path, panel_path)
     names = _unique_names(names, path if panel is None else (panel_path or path))
-    size = pixel_size_um if pixel_size_um is not None else (ome_pixel_size or 1.0)
+    size = pixel_size_um if pixel_size_um is not None else (1.0 if ome_pixel_size is None else ome_pixel_size)
     _check_pixel_size(size, path)
     return IMCImage(image_stem(path), data, names, float(size), path, metals)
 
 
 def _check_pixel_size(size: float, path) -> None:
     if not np.isfinite(size) or size <= 0:
-        raise ImageReadError(path, f"pixel size must be a positive number of um, got {size}")
+        raise ImageReadError(path, f"pixel size must be a positive number of um, got {size} "
+                                   "(from the OME metadata unless --pixel-size is given)")
 
 
 # --------------------------------------------------------------------------------------------- IMC raw
@@ -486,8 +668,7 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None, image_path
     """
     path = _check_file(path, MaskError)
     with _open_tiff(path, MaskError) as tif:
-        if not tif.series:
-            raise MaskError(path, "not a readable TIFF (no image found: corrupt or truncated file)")
+        _check_tiff_structure(tif, path, MaskError)
         array = _read_series(tif, path, MaskError)
     array = np.asarray(array)
     if array.ndim > 2:
@@ -536,7 +717,7 @@ def read_steinbock(root: str | Path, mask_dir: str = "masks") -> SteinbockFolder
     images_table = None
     files = sorted(p for p in img_dir.iterdir() if is_tiff(p))
     if (root / "images.csv").exists():
-        images_table = pd.read_csv(root / "images.csv")
+        images_table = _read_images_csv(root / "images.csv")
         if "image" in images_table.columns:
             listed = [img_dir / str(n) for n in images_table["image"]]
             files = [p for p in listed if p.exists()] + [p for p in files if p not in listed]
@@ -547,6 +728,23 @@ def read_steinbock(root: str | Path, mask_dir: str = "masks") -> SteinbockFolder
         mask = root / mask_dir / p.name
         entries.append(SteinbockEntry(image_stem(p), p, mask if mask.exists() else None))
     return SteinbockFolder(root, panel, entries, images_table)
+
+
+def _read_images_csv(path: Path) -> pd.DataFrame:
+    """steinbock's ``images.csv``: UTF-8, and every ``image`` a file name inside ``img/`` (an entry
+    such as ``../../x.tiff`` would read files outside the folder)."""
+    _check_file(path)
+    try:
+        table = pd.read_csv(path, encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ImageReadError(path, "not UTF-8 text; save it as UTF-8 (steinbock writes UTF-8)") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ImageReadError(path, f"not a readable CSV ({_first_line(err)})") from None
+    if "image" in table.columns:
+        for row, name in enumerate(table["image"].astype(str), start=2):
+            if name != Path(name).name or name in ("", ".", "..") or "\\" in name:
+                raise ImageReadError(path, f"row {row}: image {name!r} is not a file name inside img/")
+    return table
 
 
 def find_steinbock_mask(image_path: Path, mask_dir: str = "masks") -> Path | None:
@@ -631,7 +829,36 @@ def _now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
+    """Column names and text cells that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``
+    first) get a leading ``'``, as spreadsheets themselves mark text; numbers such as ``-1.5`` stay."""
+    def fix(v):
+        return "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) and not _is_number(v) else v
+
+    out = df.rename(columns=fix) if any(isinstance(c, str) and fix(c) != c for c in df.columns) else df
+    for c in out.columns:
+        if out[c].dtype == object or isinstance(out[c].dtype, pd.CategoricalDtype):
+            col = out[c].astype(object)
+            if col.map(lambda v: fix(v) is not v).any():
+                out = out.copy() if out is df else out
+                out[c] = col.map(fix)
+    return out
+
+
 def write_csv_atomic(df: pd.DataFrame, path: str | Path, **kwargs) -> Path:
+    """Write a CSV atomically; text a spreadsheet would run as a formula is neutralised first."""
+    df = neutralise_formulas(df)
     kwargs.setdefault("index", False)
     # The temporary name ends in .part, so pandas cannot infer compression from it: use the target's.
     kwargs.setdefault("compression", {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip"}.get(Path(path).suffix.lower()))

@@ -48,11 +48,34 @@ def _quiet_transformers() -> None:
         pass
 
 
-def resolve_device(device: str = "auto"):
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device_name(device: str | None) -> str:
+    """``device`` as ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, or a clear error (no torch needed)."""
+    device = "auto" if device is None else str(device).strip().lower()
+    if device in DEVICES or (device.startswith("cuda:") and device[5:].isdigit()):
+        return device
+    hint = " (for a GPU use cuda)" if device in ("gpu", "nvidia") else ""
+    raise S2SInputError("--device", f"unknown device {device!r}{hint}; choose auto, cpu, cuda or cuda:N")
+
+
+def resolve_device(device: str | None = "auto"):
+    """The torch device for a device name; the one check used by the CLI, the plugin, batch runs and
+    training. ``cuda`` where torch sees no CUDA device is refused with a message saying why."""
     import torch
 
-    if device in (None, "auto"):
+    device = check_device_name(device)
+    if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            why = ("this torch is a CPU-only build" if torch.version.cuda is None
+                   else "torch sees no CUDA device (driver or CUDA_VISIBLE_DEVICES)")
+            raise S2SInputError("--device", f"CUDA was asked for but {why}; use --device cpu or auto")
+        index = int(device[5:]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise S2SInputError("--device", f"{device}: only {torch.cuda.device_count()} CUDA device(s) here")
     return torch.device(device)
 
 
@@ -112,6 +135,78 @@ def build_lm(ms: ModelSettings, vocab_size: int, tok: WordTokenizer, seed: int =
         )
         return GPT2LMHeadModel(cfg)
     raise S2SInputError("architecture", f"unknown architecture {ms.architecture!r} (llama or gpt2)")
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:300] if lines else type(err).__name__
+
+
+MODEL_FILES = ("s2s_config.json", "config.json", "model.safetensors", "tokenizer.json")
+
+
+def check_model_dir(path: str | Path) -> dict:
+    """Check a model directory before loading it and return its ``s2s_config.json``.
+
+    Every problem is one message "PATH: not a napari-s2s model: <what is wrong>" (or "model folder not
+    found"): missing or unparseable files, a truncated weights file, empty label sets, labels the
+    tokenizer lacks. Nothing in the folder is executed (safetensors weights only; ``auto_map`` and
+    remote code are never used).
+    """
+    path = Path(path)
+
+    def bad(problem: str):
+        return ModelInputError(path, f"not a napari-s2s model: {problem}")
+
+    if not path.exists():
+        raise ModelInputError(path, "model folder not found")
+    if not path.is_dir():
+        raise ModelInputError(path, "a model is a folder (with s2s_config.json, model.safetensors, ...), "
+                                    "this is a file")
+    missing = [f for f in MODEL_FILES if not (path / f).is_file()]
+    if missing:
+        extra = (" (pickled pytorch_model.bin weights are not read: they could run code)"
+                 if "model.safetensors" in missing and (path / "pytorch_model.bin").exists() else "")
+        raise bad(f"missing {', '.join(missing)}{extra}")
+    docs = {}
+    for name in ("s2s_config.json", "config.json", "tokenizer.json"):
+        try:
+            docs[name] = json.loads((path / name).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise bad(f"{name} is not valid JSON ({_first_line(err)})") from None
+        if not isinstance(docs[name], dict):
+            raise bad(f"{name} does not hold a JSON object")
+    meta = docs["s2s_config.json"]
+    need = {"markers": list, "normalizer": dict, "type_labels": list, "status_labels": list,
+            "sentence": dict, "pairs": dict, "prompt": dict, "model": dict}
+    for key, kind in need.items():
+        if not isinstance(meta.get(key), kind):
+            raise bad(f"s2s_config.json has no {kind.__name__} '{key}'")
+    if not meta["markers"] or not all(isinstance(m, str) and m for m in meta["markers"]):
+        raise bad("s2s_config.json lists no markers")
+    if not meta["type_labels"] or not all(isinstance(t, str) and t.strip() for t in meta["type_labels"]):
+        raise bad("s2s_config.json has no type_labels (or an empty one)")
+    if docs["config.json"].get("model_type") not in ("llama", "gpt2"):
+        raise bad(f"config.json model_type {docs['config.json'].get('model_type')!r} is not llama or gpt2")
+    vocab = (docs["tokenizer.json"].get("model") or {}).get("vocab")
+    if not isinstance(vocab, dict) or not vocab:
+        raise bad("tokenizer.json holds no word-level vocabulary")
+    labels = [type_token(t) for t in meta["type_labels"]] + [status_token(t) for t in meta["status_labels"]]
+    lacking = [w for w in labels if w not in vocab]
+    if lacking:
+        raise bad(f"tokenizer.json lacks the label words {', '.join(lacking[:5])}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path / "model.safetensors"), framework="pt") as fh:
+            keys = list(fh.keys())
+        size = (path / "model.safetensors").stat().st_size
+        header = int.from_bytes((path / "model.safetensors").open("rb").read(8), "little")
+        if not keys or header + 8 > size:
+            raise ValueError("no tensors")
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+        raise bad(f"model.safetensors is unreadable or truncated ({_first_line(err)})") from None
+    return meta
 
 
 def _py(v):
@@ -179,29 +274,36 @@ class S2SModel:
                         dtype: str = "auto") -> "S2SModel":
         """Load a model directory; ``None`` loads the embedded default model (Damond panel).
         ``dtype``: see :func:`resolve_dtype`."""
+        path = DEFAULT_MODEL_DIR if path is None else Path(path)
+        meta = check_model_dir(path)  # before transformers is imported: a bad folder is refused at once
         from transformers import AutoConfig, AutoModelForCausalLM
 
         _quiet_transformers()
-        path = DEFAULT_MODEL_DIR if path is None else Path(path)
-        cfg_path = path / S2S_CONFIG
-        if not cfg_path.exists():
-            raise S2SInputError(path, f"not a spatial2sentence model directory (no {S2S_CONFIG})")
-        meta = json.loads(cfg_path.read_text())
         dev = resolve_device(device)
-        hf_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
-        lm = AutoModelForCausalLM.from_pretrained(str(path), config=hf_cfg, local_files_only=True,
-                                                  dtype=resolve_dtype(dtype, dev))
-        tok = WordTokenizer.load(path)
-        ps = meta["prompt"]
-        ps["distance_bins_um"] = tuple(ps.get("distance_bins_um", PromptSettings().distance_bins_um))
-        # models saved before rank_by existed ranked by z (top 8 above 0 was then the default)
-        sentence = {"rank_by": "z", **meta["sentence"]}
-        return cls(
-            lm, tok, meta["markers"], Normalizer.from_dict(meta["normalizer"]), meta["type_labels"],
-            meta["status_labels"], SentenceSettings.from_dict(sentence),
-            PairSettings.from_dict(meta["pairs"]), PromptSettings.from_dict(ps),
-            ModelSettings.from_dict(meta["model"]), meta.get("info", {}), device=str(dev),
-        )
+        dtype = resolve_dtype(dtype, dev)
+        try:
+            hf_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+            lm = AutoModelForCausalLM.from_pretrained(str(path), config=hf_cfg, local_files_only=True,
+                                                      dtype=dtype)
+            tok = WordTokenizer.load(path)
+            ps = dict(meta["prompt"])
+            ps["distance_bins_um"] = tuple(ps.get("distance_bins_um", PromptSettings().distance_bins_um))
+            # models saved before rank_by existed ranked by z (top 8 above 0 was then the default)
+            sentence = {"rank_by": "z", **meta["sentence"]}
+            model = cls(
+                lm, tok, meta["markers"], Normalizer.from_dict(meta["normalizer"]), meta["type_labels"],
+                meta["status_labels"], SentenceSettings.from_dict(sentence),
+                PairSettings.from_dict(meta["pairs"]), PromptSettings.from_dict(ps),
+                ModelSettings.from_dict(meta["model"]), meta.get("info", {}), device=str(dev),
+            )
+            for task in ("type", "status"):
+                model.label_ids(task)
+        except S2SInputError as err:
+            raise ModelInputError(path, f"not a napari-s2s model: {err.problem}") from None
+        except Exception as err:  # noqa: BLE001 - transformers/tokenizers raise many types for bad files
+            raise ModelInputError(path, f"not a napari-s2s model: {type(err).__name__}: "
+                                        f"{_first_line(err)}") from None
+        return model
 
     def config_dict(self) -> dict:
         return {
@@ -273,7 +375,10 @@ class S2SModel:
             found = {str(cs.object_id[i]) for i in idx}
             missing = sorted(wanted - found)
             if missing:
-                raise ModelInputError("cells", f"no cell with Object {', '.join(missing[:10])}")
+                have = sorted(cs.object_id, key=lambda o: (str(type(o)), o))
+                span = (f"{have[0]} to {have[-1]}" if len(have) > 1 else str(have[0])) if have else "none"
+                raise ModelInputError("cells", f"no cell with Object {', '.join(missing[:10])} "
+                                               f"(the {len(have)} cells have Object ids {span})")
         out = []
         for i in idx:
             words = cs.context_words(int(i), self.sentence, self.prompt) + task_words(task)

@@ -83,7 +83,7 @@ def load_table(path: str | Path, cache: str | Path | None = None, progress: bool
     if path.is_dir():
         cells = measure_steinbock(path, progress)
         if (path / "labels.csv").exists():
-            cells = join_labels(cells, pd.read_csv(path / "labels.csv"), path / "labels.csv")
+            cells = join_labels(cells, read_csv_table(path / "labels.csv"), path / "labels.csv")
         if cache is not None:
             from .io import write_csv_atomic
 
@@ -91,9 +91,21 @@ def load_table(path: str | Path, cache: str | Path | None = None, progress: bool
             gz = str(cache).endswith(".gz")
             write_csv_atomic(cells, cache, index=False, compression="gzip" if gz else None)
         return cells
-    if not path.exists():
-        raise S2SInputError(path, "file not found")
-    return pd.read_csv(path)
+    return read_csv_table(path)
+
+
+def read_csv_table(path: str | Path) -> pd.DataFrame:
+    """A CSV table (plain or compressed), or one clear error naming the file."""
+    from .io import check_input_file
+
+    path = check_input_file(path)
+    try:
+        return pd.read_csv(path)
+    except UnicodeDecodeError:
+        raise S2SInputError(path, "not UTF-8 text; save the table as UTF-8 CSV") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, EOFError, OSError, ValueError) as err:
+        lines = str(err).strip().splitlines()
+        raise S2SInputError(path, f"not a readable CSV table ({lines[0] if lines else type(err).__name__})") from None
 
 
 def filter_rows(df: pd.DataFrame, include: dict | None = None, exclude: dict | None = None) -> pd.DataFrame:

@@ -38,6 +38,11 @@ def format_prompt(tokens: list[dict], width: int = 100) -> list[str]:
     return lines
 
 
+# integration steps double up to 256 until completeness holds; more only cost memory (steps x prompt
+# length x vocabulary per pass)
+MAX_STEPS = 256
+
+
 @click.command("explain")
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.argument("mask", type=click.Path(dir_okay=False))
@@ -53,7 +58,7 @@ def format_prompt(tokens: list[dict], width: int = 100) -> list[str]:
                    "is below 5% of f(x) - f(baseline)).")
 @click.option("--baseline", type=click.Choice(["pad", "unk", "zeros"]), default="pad", show_default=True,
               help="Embedding that replaces every content word in the baseline prompt.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cuda or cpu.")
 @click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON.")
 def explain(image, mask, model_dir, panel, cell, target, task, n_steps, baseline, device, as_json):
     """Explain the prediction for one cell of IMAGE (segmented by MASK): the contribution of every word
@@ -63,11 +68,14 @@ def explain(image, mask, model_dir, panel, cell, target, task, n_steps, baseline
 
     from ..errors import S2SInputError
     from ..explain import explain_image
-    from ..io import read_image, read_mask
-    from ..model import S2SModel
+    from ..io import check_image_inputs, read_image, read_mask
 
-    if n_steps < 1:
-        raise S2SInputError(None, f"--steps must be >= 1 (got {n_steps})")
+    if not 1 <= n_steps <= MAX_STEPS:
+        raise S2SInputError("--steps", f"must be between 1 and {MAX_STEPS} (got {n_steps})")
+    check_image_inputs(image, mask, panel)  # before the model is loaded
+    from ..model import S2SModel, check_device_name
+
+    check_device_name(device)
     model = S2SModel.from_pretrained(model_dir, device=device)
     img = read_image(image, panel=panel)
     m = read_mask(mask, shape=img.shape, image_path=image)

@@ -33,7 +33,7 @@ def measure(image, mask, panel, output, pixel_size_um, axes, mask_dir):
     reported and the others are measured (exit code 1 if any failed).
     """
     from ..errors import S2SInputError
-    from ..io import read_image, read_mask, read_steinbock, write_csv_atomic
+    from ..io import check_image_inputs, check_output_path, read_image, read_mask, read_steinbock, write_csv_atomic
     from ..measure import NonFiniteWarning, measure_cells
 
     def measure_one(image_path, mask_path, panel_arg):
@@ -49,6 +49,9 @@ def measure(image, mask, panel, output, pixel_size_um, axes, mask_dir):
     if image.is_dir():
         if mask is not None:
             raise click.UsageError("a steinbock folder takes no MASK argument")
+        check_output_path(output, [image], folder=True)
+        if output.resolve() == image.resolve():
+            raise S2SInputError(output, "the output folder must differ from the steinbock folder")
         folder = read_steinbock(image, mask_dir=mask_dir)
         panel_arg = panel if panel is not None else folder.panel
         failures = 0
@@ -69,6 +72,7 @@ def measure(image, mask, panel, output, pixel_size_um, axes, mask_dir):
         return
     if mask is None:
         raise click.UsageError("MASK is required unless IMAGE is a steinbock folder")
+    check_image_inputs(image, mask, panel, output)
     cells = measure_one(image, mask, panel)
     write_csv_atomic(cells, output)
     click.echo(f"{len(cells)} cells -> {output}")

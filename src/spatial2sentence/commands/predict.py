@@ -30,10 +30,18 @@ def predict(image, mask, model_dir, panel, out, device, batch_size, dtype, threa
     (p_<type>), per-cell clinical status probabilities, and the image's clinical status."""
     import warnings
 
-    from ..io import read_image, read_mask, write_csv_atomic, write_json_atomic
-    from ..model import S2SModel
+    from ..io import check_image_inputs, check_output_path, read_image, read_mask, write_csv_atomic, write_json_atomic
 
     t0 = time.perf_counter()
+    out = Path(out)
+    status_path = out.with_name(out.name[: -len(out.suffix)] + ".status.json" if out.suffix else out.name + ".status.json")
+    # every input and output checked before torch and the model are loaded (seconds)
+    check_image_inputs(image, mask, panel, out)
+    check_output_path(status_path, [image, mask, panel])
+    from ..model import S2SModel, check_device_name, check_dtype
+
+    check_device_name(device)
+    check_dtype(dtype)
     model = S2SModel.from_pretrained(model_dir, device=device, dtype=dtype)
     img = read_image(image, panel=panel)
     m = read_mask(mask, shape=img.shape, image_path=image)
@@ -42,7 +50,6 @@ def predict(image, mask, model_dir, panel, out, device, batch_size, dtype, threa
         pred = model.predict_image(img, m, batch_size=batch_size, threads=threads)
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
-    out = Path(out)
     cells = pred.cells.drop(columns=["image"])
     write_csv_atomic(cells, out)
     status = pred.status_of()
@@ -50,7 +57,6 @@ def predict(image, mask, model_dir, panel, out, device, batch_size, dtype, threa
               "markers_used": pred.used_markers, "markers_ignored": pred.unknown_markers,
               "model": str(model_dir or "default"), "note": "clinical status aggregated from per-cell "
               "log-probabilities (mean); per-cell values are in the CSV"}
-    status_path = out.with_name(out.name[: -len(out.suffix)] + ".status.json" if out.suffix else out.name + ".status.json")
     write_json_atomic(status, status_path)
     counts = cells["cell_type"].value_counts()
     click.echo(f"{img.name}: {len(cells)} cells in {time.perf_counter() - t0:.1f} s -> {out}")

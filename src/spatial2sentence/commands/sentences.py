@@ -23,19 +23,27 @@ def sentences(cells_or_image, mask, model_dir, panel, objects, n, task, image_na
     import pandas as pd
 
     from ..errors import S2SInputError
+    from ..io import check_image_inputs, check_input_file, read_image, read_mask
+    from ..measure import measure_cells
+
+    if mask is not None:
+        check_image_inputs(cells_or_image, mask, panel)  # before the model is loaded
+    else:
+        check_input_file(cells_or_image)
     from ..model import S2SModel
 
     model = S2SModel.from_pretrained(model_dir, device="cpu")
     if mask is not None:
-        from ..io import read_image, read_mask
-        from ..measure import measure_cells
 
         img = read_image(cells_or_image, panel=panel)
         df = measure_cells(img, read_mask(mask, shape=img.shape, image_path=cells_or_image))
         df.insert(0, "image", img.name)
         markers = img.channels
     else:
-        df = pd.read_csv(cells_or_image)
+        try:
+            df = pd.read_csv(cells_or_image)
+        except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise S2SInputError(cells_or_image, f"not a readable cells CSV ({str(err).splitlines()[0]})") from None
         markers = None
     if image_name is not None:
         if "image" not in df.columns:

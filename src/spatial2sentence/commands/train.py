@@ -22,6 +22,38 @@ def _data_entries(cfg: dict, data: tuple[str, ...]) -> list[dict]:
     return [e if isinstance(e, dict) else {"path": e} for e in entries]
 
 
+def _read_recipe(config) -> dict:
+    from ..errors import S2SInputError
+
+    try:
+        cfg = json.loads(Path(config).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise S2SInputError(config, f"not a JSON recipe ({str(err).splitlines()[0]})") from None
+    if not isinstance(cfg, dict):
+        raise S2SInputError(config, "a recipe is a JSON object (settings, data, evaluations)")
+    for key in ("train", "sentence", "pairs", "prompt", "model"):
+        if key in cfg and not isinstance(cfg[key], dict):
+            raise S2SInputError(config, f"'{key}' must be a JSON object of settings")
+    return cfg
+
+
+# what --data accepts: a folder (steinbock + labels.csv) or a cells table
+_TABLE_SUFFIXES = (".csv", ".csv.gz")
+
+
+def _check_data_path(entry: dict) -> None:
+    from ..errors import S2SInputError
+
+    path = Path(entry.get("path", ""))
+    if not path.exists():
+        if "simulate" in entry:
+            return  # rendered first
+        raise S2SInputError(path, "training data not found")
+    if path.is_file() and not path.name.lower().endswith(_TABLE_SUFFIXES):
+        raise S2SInputError(path, "training data must be a steinbock folder with labels.csv or a cells "
+                                  "table (.csv, .csv.gz); an image alone has no labels")
+
+
 def _load(entry: dict, seed: int):
     from ..errors import S2SInputError
     from ..tables import filter_rows, load_table
@@ -50,12 +82,13 @@ def _load(entry: dict, seed: int):
               help="JSON recipe (settings, data, evaluations).")
 @click.option("--data", "data", multiple=True, help="Steinbock folder with labels.csv, or a cells CSV (repeatable).")
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None, help="Model directory to write.")
-@click.option("--steps", type=int, default=None, help="Training steps (overrides the recipe).")
+@click.option("--steps", type=click.IntRange(min=1, max=10_000_000), default=None,
+              help="Training steps (overrides the recipe).")
 @click.option("--seed", type=int, default=None, help="Random seed (overrides the recipe).")
 @click.option("--format", "fmt", type=click.Choice(["multi", "single"]), default=None,
               help="multi: Spatial2Sentence prompts; single: one cell per prompt (Cell2Sentence).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
-@click.option("--threads", type=int, default=None, help="torch threads on CPU.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cuda or cpu.")
+@click.option("--threads", type=click.IntRange(min=1, max=256), default=None, help="torch threads on CPU.")
 @click.option("--resume", is_flag=True, help="Continue from <out>/checkpoint/state.pt.")
 @click.option("--no-eval", is_flag=True, help="Skip the recipe's held-out evaluations.")
 def train(config, data, out, steps, seed, fmt, device, threads, resume, no_eval):
@@ -64,23 +97,36 @@ def train(config, data, out, steps, seed, fmt, device, threads, resume, no_eval)
     from ..settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings, TrainSettings
     from ..training import model_card, train as run_train
 
-    cfg = json.loads(Path(config).read_text()) if config else {}
+    from ..io import check_output_path
+    from ..model import resolve_device
+
+    cfg = _read_recipe(config) if config else {}
     out = out or cfg.get("out")
     if not out:
         raise S2SInputError(None, "give --out (or 'out' in the recipe)")
-    ts = TrainSettings.from_dict(cfg.get("train"))
+    check_output_path(out, folder=True)
+    device = str(resolve_device(device))  # the one device check, before any data is read
+    try:
+        ts = TrainSettings.from_dict(cfg.get("train"))
+        settings = dict(sentence=SentenceSettings.from_dict(cfg.get("sentence")),
+                        pairs=PairSettings.from_dict(cfg.get("pairs")),
+                        model_settings=ModelSettings.from_dict(cfg.get("model")))
+        prompt = PromptSettings.from_dict(cfg.get("prompt"))
+    except TypeError as err:
+        raise S2SInputError(config, f"bad settings in the recipe ({err})") from None
     if steps is not None:
         ts.steps = steps
     if seed is not None:
         ts.seed = seed
     if threads is not None:
         ts.num_threads = threads
-    prompt = PromptSettings.from_dict(cfg.get("prompt"))
     if fmt:
         prompt.format = fmt
     entries = _data_entries(cfg, data)
     if not entries:
         raise S2SInputError(None, "no training data: give --data or a recipe with 'data'")
+    for e in entries:
+        _check_data_path(e)
     t0 = time.perf_counter()
     tables = [_load(e, ts.seed) for e in entries]
     click.echo(f"training data: {sum(len(t) for t in tables)} cells from {len(tables)} table(s) "
@@ -96,11 +142,7 @@ def train(config, data, out, steps, seed, fmt, device, threads, resume, no_eval)
     info["command"] = "s2s " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else "s2s train"
     res = run_train(
         tables, out,
-        sentence=SentenceSettings.from_dict(cfg.get("sentence")),
-        pairs=PairSettings.from_dict(cfg.get("pairs")),
-        prompt=prompt,
-        model_settings=ModelSettings.from_dict(cfg.get("model")),
-        train_settings=ts,
+        prompt=prompt, train_settings=ts, **settings,
         type_labels=cfg.get("type_labels"), status_labels=cfg.get("status_labels"),
         resume=resume, device=device, info=info,
     )
