@@ -1,22 +1,29 @@
-"""Shared fixtures: the real data in ../shared/data (beside the repository) and small generated files."""
+"""Shared fixtures: the real test data vendored in tests/data/ and small generated files."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-STEINBOCK = SHARED_DATA / "imc_testdata" / "steinbock"
-RAW = SHARED_DATA / "imc_testdata" / "raw"
-DAMOND_TOY = SHARED_DATA / "damond_pancreas_toy"
+# Small real subsets the tests read, with their licences (tests/data/README.md); nothing beside the
+# repository is needed.
+TEST_DATA = REPO / "tests" / "data"
+STEINBOCK = TEST_DATA / "imc_testdata" / "steinbock"
+RAW = TEST_DATA / "imc_testdata" / "raw"
+DAMOND_TOY = TEST_DATA / "damond_pancreas_toy"
+LAYOUTS = TEST_DATA / "damond_diabetes_layouts" / "cells.csv.gz"
+SCIMAP = TEST_DATA / "scimap_cycif"
+# The full datasets (benchmarks, training; no test needs them): $S2S_DATA, default ../shared/data.
+FULL_DATA = Path(os.environ.get("S2S_DATA", REPO.parent / "shared" / "data"))
 
 
 def pytest_configure(config):
-    if not SHARED_DATA.is_dir():
-        raise pytest.UsageError(f"the real test data is missing: expected {SHARED_DATA}")
+    if not STEINBOCK.is_dir():
+        raise pytest.UsageError(f"the vendored test data is missing: expected {TEST_DATA}")
 
 
 @pytest.fixture

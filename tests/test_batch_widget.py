@@ -8,7 +8,6 @@ untrained one (predictions meaningless, code path real).
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,7 +16,7 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-TOY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "damond_pancreas_toy"
+from conftest import DAMOND_TOY as TOY  # noqa: E402
 
 
 @pytest.fixture(scope="session")

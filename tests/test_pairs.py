@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +11,7 @@ import pytest
 from spatial2sentence.pairs import build_pairs, unit_rows
 from spatial2sentence.settings import PairSettings
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import TEST_DATA as DATA  # noqa: E402
 
 
 def _tissue(n=4000, seed=0):

@@ -419,12 +419,13 @@ def test_distinctive_marker_on_real_islets_and_a_fixture():
     """The attribution box's first marker: on the real toy crops with their published labels, beta cells
     are set apart by PIN (proinsulin), alpha cells by CD99 (as in Damond et al.'s panel); canonical names
     (CD8A) find the panel's column (CD8a); a single predicted type gives no choice."""
+    from conftest import DAMOND_TOY
+
     from spatial2sentence.tables import load_table
 
     from napari_s2s._annotate import distinctive_marker
 
-    cells = load_table(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "damond_pancreas_toy",
-                       progress=False)
+    cells = load_table(DAMOND_TOY, progress=False)
     markers = ["H3", "CD99", "PIN", "CD8A", "CDH1"]
     for image in ("E34", "G01"):
         sub = cells[cells["image"] == image].reset_index(drop=True)

@@ -13,7 +13,7 @@ import tifffile
 from spatial2sentence import simulate as sim
 from spatial2sentence.errors import S2SInputError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import TEST_DATA as SHARED  # noqa: E402
 LAYOUTS = SHARED / "damond_diabetes_layouts" / "cells.csv.gz"
 TOY_PANEL = SHARED / "damond_pancreas_toy" / "panel.csv"
 # four small images: Long-duration, Onset and two Non-diabetic (enough islet cells)
