@@ -40,8 +40,42 @@ class _S2SGroup(click.Group):
             sys.exit(1)
 
 
+def version_text() -> str:
+    """``s2s --version``: the package version and the embedded default model (name, version: its
+    ``info.version`` or the weights' SHA-256, training recipe), read from the model folder's
+    ``s2s_config.json`` without importing torch."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    lines = [f"s2s (napari-s2s) {__version__}"]
+    model_dir = Path(__file__).resolve().parent / "data" / "default_model"
+    try:
+        info = json.loads((model_dir / "s2s_config.json").read_text(encoding="utf-8")).get("info", {})
+        digest = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+    except (OSError, ValueError) as err:
+        return "\n".join(lines + [f"default model: not readable ({type(err).__name__}: {err})"])
+    version = info.get("version") or f"sha256:{digest[:12]} (model.safetensors)"
+    lines.append(f"default model: {info.get('name', 'unnamed')}")
+    lines.append(f"  version: {version}")
+    recipe = info.get("recipe", "unknown")
+    steps = (info.get("training") or {}).get("steps_done")
+    lines.append(f"  recipe: {recipe}" + (f", {steps} steps" if steps else ""))
+    if info.get("command"):
+        lines.append(f"  trained by: {info['command']}")
+    lines.append(f"  folder: {model_dir}")
+    return "\n".join(lines)
+
+
+def _print_version(ctx: click.Context, _param, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(version_text())
+        ctx.exit()
+
+
 @click.group(cls=_S2SGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="s2s")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version of napari-s2s and of its default model (and its recipe), then exit.")
 def main():
     """napari-s2s: annotate cells of imaging mass cytometry (IMC) images with Spatial2Sentence.
 
