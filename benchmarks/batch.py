@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LAYOUTS = REPO.parent / "shared" / "data" / "damond_diabetes_layouts" / "cells.csv.gz"
+LAYOUTS = Path(os.environ.get("S2S_DATA", REPO.parent / "shared" / "data")) / "damond_diabetes_layouts" / "cells.csv.gz"
 
 
 def subset(src: Path, dst: Path, n: int) -> Path:

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-LAYOUTS = REPO.parent / "shared" / "data" / "damond_diabetes_layouts" / "cells.csv.gz"
+LAYOUTS = Path(os.environ.get("S2S_DATA", REPO.parent / "shared" / "data")) / "damond_diabetes_layouts" / "cells.csv.gz"
 RECIPE = REPO / "configs" / "default_model.json"
 TIMING_IMAGE = "H16"  # 1,005 cells, donor 6414 (held out)
 FOCUS = ("beta", "alpha", "delta")

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
-LAYOUTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "damond_diabetes_layouts" / "cells.csv.gz"
+LAYOUTS = Path(os.environ.get("S2S_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "damond_diabetes_layouts" / "cells.csv.gz"
 
 
 def simulated_cells(donors=("6126", "6414", "6180")):

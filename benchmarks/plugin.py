@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYOUTS = ROOT.parent / "shared" / "data" / "damond_diabetes_layouts" / "cells.csv.gz"
+LAYOUTS = Path(os.environ.get("S2S_DATA", ROOT.parent / "shared" / "data")) / "damond_diabetes_layouts" / "cells.csv.gz"
 
 
 def process(cond=lambda: True, timeout=1200):

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-LAYOUTS = REPO.parent / "shared" / "data" / "damond_diabetes_layouts" / "cells.csv.gz"
+LAYOUTS = Path(__import__("os").environ.get("S2S_DATA", REPO.parent / "shared" / "data")) / "damond_diabetes_layouts" / "cells.csv.gz"
 RESULTS = REPO / "benchmarks" / "results" / "simulation_difficulty.json"
 
 
