@@ -238,7 +238,7 @@ def test_cli_json_and_text(tiny_model, tmp_path):
             "n_steps", "completeness_error"} <= set(ex)
     assert ex["object"] == 12
     assert {"token", "score", "part"} == set(ex["tokens"][0])
-    assert all({"marker", "score"} == set(d) for d in ex["markers"])
+    assert all({"marker", "word", "score"} == set(d) and d["word"] == d["marker"] for d in ex["markers"])
     assert all({"object", "role", "distance_um", "direction", "score"} == set(p) for p in ex["partners"])
 
     res = runner.invoke(main, ["explain", "--model", str(model_dir), str(img), str(msk), "--panel", str(panel),

@@ -16,7 +16,7 @@ from spatial2sentence.model import DEFAULT_MODEL_DIR, S2SModel
 from spatial2sentence.settings import ModelSettings, TrainSettings
 from spatial2sentence.training import train
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import TEST_DATA as DATA  # noqa: E402
 TOY = DATA / "damond_pancreas_toy"
 TINY = ModelSettings(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=96)
 
@@ -416,3 +416,52 @@ def test_other_architectures_and_a_failed_check_use_the_plain_forward(cells, tmp
     assert broken.lm._s2s_answer_shortcut_ok is False
     cols = [c for c in reference.columns if c.startswith("p_")]
     np.testing.assert_allclose(fallback[cols].to_numpy(), reference[cols].to_numpy(), atol=1e-5)
+
+
+def test_levels_sentences_train_predict_and_explain(cells, tmp_path):
+    """A model with level words (encoding "levels"): its vocabulary holds every MARKER:L word, prompts
+    fit its positions (raised from 32 here), and attributions of MARKER:L words map to the marker."""
+    from spatial2sentence.explain import explain_cells
+    from spatial2sentence.settings import SentenceSettings
+    from spatial2sentence.sentences import word_marker
+
+    s = SentenceSettings(encoding="levels", n_levels=6, partner_words=2)
+    small = ModelSettings(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=32)
+    logs = []
+    r = train(cells, tmp_path / "lev", sentence=s, model_settings=small, train_settings=tiny_settings(steps=10),
+              progress_bar=False, log=logs.append)
+    m = S2SModel.from_pretrained(tmp_path / "lev", device="cpu")
+    assert m.sentence.encoding == "levels" and set(m.normalizer.levels) == set(m.markers)
+    assert r.model.model_settings.max_positions > 32 and any("max_positions raised" in str(x) for x in logs)
+    assert all(f"{mk}:{lv}" in m.tokenizer.vocab for mk in m.markers for lv in range(1, 7))
+    prompts = m.prompts_for(cells.iloc[:80])
+    assert all(m.tokenizer.unk_id not in p["tokens"] for p in prompts)
+    assert max(len(p["tokens"]) + 2 for p in prompts) <= m.model_settings.max_positions
+    assert any(":" in w for p in prompts for w in p["text"].split(" ")[3:6])
+    for p in prompts:  # partner lines ("near|far <dist> <dir> : words ;") keep at most 2 words
+        lines = " ".join(p["text"].split(" ")[:-3]).split(" ; ")[1:]
+        words = [[w for w in ln.split(" : ")[1].split() if w != ";"] for ln in lines if " : " in ln]
+        assert len(words) == len(p["partners"]) and all(1 <= len(w) <= 2 for w in words)
+    assert sum(len(p["partners"]) for p in prompts) > 100
+    pred = m.predict_cells(cells.iloc[:80])
+    assert len(pred.cells) == 80
+    ex = explain_cells(m, cells.iloc[:80], cells["Object"].iloc[:3].tolist(), n_steps=8)
+    for e in ex:
+        anchor = [t["token"] for t in e["tokens"] if t["part"] == "anchor" and t["token"] != "nil"]
+        assert [d["word"] for d in e["markers"]] and {d["word"] for d in e["markers"]} == set(anchor)
+        assert all(d["marker"] == word_marker(d["word"]) in m.markers for d in e["markers"])
+
+
+def test_prompt_length_bounds_every_prompt():
+    from spatial2sentence.settings import PairSettings, PromptSettings, SentenceSettings
+    from spatial2sentence.training import fit_positions, prompt_length
+
+    lev, ranked = SentenceSettings(encoding="levels"), SentenceSettings()
+    pairs, multi = PairSettings(n_pos=2, n_neg=1), PromptSettings()
+    assert prompt_length(lev, pairs, multi, 37) == 4 + 37 + 3 * (5 + 37) + 5
+    assert prompt_length(ranked, pairs, multi, 37) == 4 + 12 + 3 * (5 + 12) + 5
+    assert prompt_length(lev, pairs, PromptSettings(format="single"), 5) == 4 + 5 + 5
+    assert fit_positions(ModelSettings(max_positions=128), lev, pairs, multi, 37, log=lambda *a: None).max_positions == 192
+    assert fit_positions(ModelSettings(max_positions=128), ranked, pairs, multi, 37).max_positions == 128
+    short = SentenceSettings(encoding="levels", partner_words=8)
+    assert prompt_length(short, pairs, multi, 37) == 4 + 37 + 3 * (5 + 8) + 5

@@ -15,7 +15,7 @@ from spatial2sentence.normalize import Normalizer
 from spatial2sentence.prompts import direction_word, distance_word
 from spatial2sentence.sentences import NIL, cell_sentences, phenotype_sentence, rank_markers, type_token
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import TEST_DATA as DATA  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -166,3 +166,114 @@ def test_range_ranking_names_the_majority_types_own_marker():
     assert first_word_share("z") < 0.5
     with pytest.raises(Exception, match="rank_by"):
         cs.sentences(major[:3], SentenceSettings(rank_by="bogus"))
+
+
+# --- levels sentences (SentenceSettings.encoding = "levels") -----------------------------------------
+def _level_table(seed=0, n=400):
+    """Generated cells: 3 markers with skewed positive values, plus positions."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"Object": np.arange(1, n + 1), "x": rng.uniform(0, 300, n), "y": rng.uniform(0, 300, n),
+                         "CD3": rng.gamma(0.8, 4.0, n), "CD20": rng.gamma(2.0, 1.0, n),
+                         "PIN": np.r_[rng.gamma(5.0, 5.0, n // 4), rng.gamma(0.5, 0.5, n - n // 4)]})
+
+
+def _level_norm(df, markers, n_levels=8, bins="quantile", threshold=0.05):
+    vals = df[markers].to_numpy(np.float64)
+    return Normalizer().fit(vals, markers).fit_levels(vals, markers, n_levels, threshold, bins)
+
+
+@pytest.mark.parametrize("bins", ["quantile", "equal"])
+def test_levels_are_monotone_in_value_and_span_the_bins(bins):
+    from spatial2sentence.settings import SentenceSettings
+    from spatial2sentence.sentences import word_marker
+
+    df = _level_table()
+    markers = ["CD3E", "CD20", "PIN"]
+    df = df.rename(columns={"CD3": "CD3E"})
+    norm = _level_norm(df, markers, 8, bins)
+    assert set(norm.levels) == set(markers) and all(len(e) == 7 for e in norm.levels.values())
+    assert all(np.all(np.diff(e) >= 0) for e in norm.levels.values())
+    cs = prepare_cells(df, markers, norm)
+    s = SentenceSettings(encoding="levels", n_levels=8, level_bins=bins, level_threshold=0.05)
+    sents = cs.sentences(np.arange(len(df)), s)
+    u = cs.range_values(np.arange(len(df)))
+    for j, m in enumerate(markers):
+        got = {}  # cell -> level of marker m
+        for i, w in enumerate(sents):
+            for word in w:
+                if word_marker(word) == m:
+                    got[i] = int(word.rsplit(":", 1)[1])
+        cells = np.array(sorted(got))
+        # every cell above the threshold has the marker's word, none below
+        assert set(cells) == set(np.flatnonzero(u[:, j] > 0.05))
+        lev = np.array([got[i] for i in cells])
+        order = np.argsort(u[cells, j], kind="stable")
+        assert np.all(np.diff(lev[order]) >= 0)  # higher value, never a lower level
+        assert lev.min() >= 1 and lev.max() <= 8
+        if bins == "quantile":  # quantile bins use all 8 levels, each with a fair share of the cells
+            counts = np.bincount(lev, minlength=9)[1:]
+            assert (counts > 0).all() and counts.max() < 3 * len(lev) / 8
+    # words within a sentence: highest range value first
+    for i in range(40):
+        vals = [u[i, markers.index(word_marker(w))] for w in sents[i] if w != NIL]
+        assert vals == sorted(vals, reverse=True)
+
+
+def test_level_sentences_respect_the_panel_and_empty_cells():
+    from spatial2sentence.sentences import level_sentences, level_word, marker_levels, word_marker
+
+    edges = np.array([[0.25, 0.5, 0.75]] * 3, np.float32)
+    u = np.array([[0.9, 0.3, 0.0], [0.01, 0.02, 0.0], [0.5, 0.8, 0.6]], np.float32)
+    assert marker_levels(u, edges).tolist() == [[4, 2, 1], [1, 1, 1], [3, 4, 3]]
+    s = level_sentences(u, ["A", "B", "C"], edges, threshold=0.05)
+    assert s == [["A:4", "B:2"], [NIL], ["B:4", "C:3", "A:3"]]
+    present = np.array([True, False, True])
+    assert level_sentences(u, ["A", "B", "C"], edges, 0.05, present)[2] == ["C:3", "A:3"]
+    assert word_marker(level_word("HLA-DR", 7)) == "HLA-DR" and word_marker("T:beta") == "T:beta"
+    assert word_marker("CD3") == "CD3" and word_marker("A:b") == "A:b"
+
+
+def test_level_bins_round_trip_through_save_and_load(tmp_path):
+    from spatial2sentence.model import S2SModel
+    from spatial2sentence.settings import ModelSettings, SentenceSettings
+    from spatial2sentence.training import add_level_words
+
+    df = _level_table(1).rename(columns={"CD3": "CD3E"})
+    markers = ["CD3E", "CD20", "PIN"]
+    norm = _level_norm(df, markers, 10)
+    s = SentenceSettings(encoding="levels", n_levels=10)
+    model = S2SModel.create(markers, ["a", "b"], ["S1"], norm, sentence=s,
+                            model=ModelSettings(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32),
+                            device="cpu")
+    add_level_words(model, 10, seed=0)
+    model.save_pretrained(tmp_path / "m")
+    back = S2SModel.from_pretrained(tmp_path / "m", device="cpu")
+    assert back.sentence == s and back.normalizer.levels == norm.levels
+    words = [w for p in back.prompts_for(df) for w in p["text"].split(" ")]
+    assert any(":" in w and w.split(":")[0] in markers for w in words)
+    assert back.tokenizer.unk_id not in [t for p in back.prompts_for(df) for t in p["tokens"]]
+    assert back.prompts_for(df) == model.prompts_for(df)
+    assert len(back.tokenizer) == len(model.tokenizer) >= 3 * 10 + 3
+
+
+def test_configs_without_the_encoding_read_as_ranked():
+    import json
+
+    from spatial2sentence.model import DEFAULT_MODEL_DIR
+    from spatial2sentence.settings import SentenceSettings
+
+    old = {"cofactor": 1.0, "scaling": "model", "top_k": 12, "threshold": 0.3, "rank_by": "range"}
+    assert SentenceSettings.from_dict(old).encoding == "ranked"
+    assert Normalizer.from_dict({"cofactor": 1.0, "centre": {"A": 0.0}, "scale": {"A": 1.0}}).levels == {}
+    stored = json.loads((DEFAULT_MODEL_DIR / "s2s_config.json").read_text())
+    if "encoding" not in stored["sentence"]:  # the shipped v1 model: ranked sentences, identical words
+        from spatial2sentence.model import S2SModel
+
+        m = S2SModel.from_pretrained(None, device="cpu")
+        assert m.sentence.encoding == "ranked" and m.normalizer.levels == {}
+        df = _level_table(2).rename(columns={"CD3": "CD3E"})
+        cs = m.prepare(df)
+        want = cell_sentences(cs.rank_values(np.arange(len(cs)), m.sentence), m.markers, m.sentence.top_k,
+                              m.sentence.threshold, cs.present)
+        assert cs.sentences(np.arange(len(cs)), m.sentence) == want
+        assert all(":" not in w for s in want for w in s)

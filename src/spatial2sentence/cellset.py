@@ -26,7 +26,7 @@ from .aliases import canonical_marker
 from .errors import ModelInputError
 from .normalize import Normalizer
 from .pairs import Pairs, build_pairs
-from .sentences import cell_sentences, phenotype_sentence
+from .sentences import cell_sentences, level_sentences, phenotype_sentence
 from .settings import PairSettings, PromptSettings, SentenceSettings
 
 IMAGE_COLS = ("image", "imageID", "image_id", "ImageNumber", "sample")
@@ -86,6 +86,8 @@ class CellSet:
     pairs: Pairs | None = None
     # per-marker (lo, hi) of the training z, for SentenceSettings.rank_by == "range"
     rank_bounds: tuple[np.ndarray, np.ndarray] | None = None
+    # (M x n_levels-1) level bin edges on the range scale, for SentenceSettings.encoding == "levels"
+    level_edges: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.image)
@@ -136,10 +138,31 @@ class CellSet:
             pres = self.present[idx[ex]]
             if present is not None:
                 pres = pres & present[None, :]
-            sents = cell_sentences(self.rank_values(idx[ex], s), self.markers, s.top_k, s.threshold, pres)
+            if s.encoding == "levels":
+                sents = level_sentences(self.range_values(idx[ex]), self.markers, self.levels_for(s),
+                                        s.level_threshold, pres)
+            elif s.encoding == "ranked":
+                sents = cell_sentences(self.rank_values(idx[ex], s), self.markers, s.top_k, s.threshold, pres)
+            else:
+                raise ModelInputError("sentence settings", f"unknown encoding {s.encoding!r} (use 'ranked' or 'levels')")
             for j, w in zip(ex, sents):
                 out[j] = w
         return out  # type: ignore[return-value]
+
+    def range_values(self, idx) -> np.ndarray:
+        """Cells ``idx``'s values on the 0-1 range scale (between each marker's 1st and 99th training
+        percentiles of z)."""
+        if self.rank_bounds is None:
+            raise ModelInputError("sentence settings", "the range scale needs the model's range statistics")
+        lo, hi = self.rank_bounds
+        return (self.z[idx] - lo) / (hi - lo)
+
+    def levels_for(self, s: SentenceSettings) -> np.ndarray:
+        """The level bin edges of the model (equal bins of [level_threshold, 1] where none were learned)."""
+        e = self.level_edges
+        if e is None or e.shape[1] != s.n_levels - 1:
+            e = np.tile(np.linspace(s.level_threshold, 1.0, s.n_levels + 1)[1:-1], (len(self.markers), 1))
+        return e
 
     def rank_values(self, idx, s: SentenceSettings) -> np.ndarray:
         """The values that order cells ``idx``'s markers in their sentences (see ``rank_by``)."""
@@ -177,8 +200,9 @@ class CellSet:
             sents = [sentence_cache[j] for j in ids]
         else:
             sents = self.sentences(ids, s, present)
+        cut = s.partner_words if s.partner_words > 0 else None
         lines = [
-            P.partner_words("near" if role == "positive" else "far", d, dx, dy, sents[k + 1],
+            P.partner_words("near" if role == "positive" else "far", d, dx, dy, sents[k + 1][:cut],
                             ps.distance_bins_um)
             for k, (_, role, d, dx, dy) in enumerate(parts)
         ]
@@ -270,6 +294,7 @@ def prepare_cells(
         unknown_markers=unknown,
         used_markers=list(used),
         rank_bounds=normalizer.range_bounds(list(model_markers)) if normalizer.lo else None,
+        level_edges=normalizer.level_edges(list(model_markers)) if normalizer.levels else None,
     )
 
 
@@ -309,5 +334,5 @@ def concat_cellsets(sets: list[CellSet]) -> CellSet:
         status=cat("status"), donor=cat("donor"),
         unknown_markers=sorted({m for s in sets for m in s.unknown_markers}),
         used_markers=sorted({m for s in sets for m in s.used_markers}),
-        rank_bounds=sets[0].rank_bounds,
+        rank_bounds=sets[0].rank_bounds, level_edges=sets[0].level_edges,
     )

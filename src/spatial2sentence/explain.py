@@ -46,13 +46,14 @@ Every prompt word belongs to one part (``tokens[i]["part"]``):
 * ``"template"``: ``[BOS]``, ``cell`` and the punctuation ``:`` / ``;``;
 * ``"task"``: ``task <task> answer``.
 
-``markers``: the anchor's marker words with their scores, highest first; ``partners``: each partner
+``markers``: the anchor's marker words with their scores, highest first (``marker``: the marker, ``word``:
+its word, ``CD3`` or, in a levels sentence, ``CD3:7``); ``partners``: each partner
 (prompt order: positives then negatives) with role, distance (um), direction and the sum of its part.
 
 Output per cell (the structure the napari plugin reads)::
 
     {object, image, task, predicted, target, probabilities: {class: p},
-     tokens: [{token, score, part}], markers: [{marker, score}],
+     tokens: [{token, score, part}], markers: [{marker, word, score}],
      partners: [{object, role, distance_um, direction, score}],
      baseline, n_steps, method, f_input, f_baseline, completeness_error}
 """
@@ -66,6 +67,7 @@ import pandas as pd
 
 from .errors import ModelInputError
 from .prompts import BOS
+from .sentences import word_marker
 
 BASELINES = ("pad", "unk", "zeros")
 METHODS = ("gausslegendre", "riemann_trapezoid")
@@ -299,7 +301,9 @@ def explanation_dict(model, prompt: dict, att: Attribution, labels: list[str], b
     parts = prompt_parts(words, prompt["partners"])
     scores = [float(s) for s in att.scores]
     known = set(model.markers)
-    markers = [{"marker": w, "score": s} for w, s, p in zip(words, scores, parts) if p == "anchor" and w in known]
+    # a levels sentence's word CD3:7 is the marker CD3 (at level 7): its attribution is that marker's
+    markers = [{"marker": word_marker(w), "word": w, "score": s} for w, s, p in zip(words, scores, parts)
+               if p == "anchor" and word_marker(w) in known]
     markers.sort(key=lambda d: -d["score"])
     partners = []
     for p in prompt["partners"]:

@@ -17,6 +17,12 @@ centred on the median cell, and in tissue dominated by one cell type (acinar cel
 pancreas) that type's own markers sit near z = 0, so its sentences were ranked by noise; on held-out
 semi-synthetic donors a linear model on the ranked words reaches 0.847 with z ranking (top 8), 0.873 with
 range ranking (top 12) (benchmarks/sentence_encoding.py).
+
+``levels`` (for ``SentenceSettings.encoding = "levels"``): per marker, the inner edges of the level bins
+on that range scale, learned on the training cells by :meth:`Normalizer.fit_levels` and stored with the
+rest (empty in models saved before levels existed). ``"quantile"`` bins put equal numbers of the training
+cells above the presence threshold into each level, so a marker whose positive cells crowd near the
+bottom of its range still gets distinct levels; ``"equal"`` bins split [threshold, 1] evenly.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ class Normalizer:
     scale: dict[str, float] = field(default_factory=dict)
     lo: dict[str, float] = field(default_factory=dict)  # 1st percentile of training z per marker
     hi: dict[str, float] = field(default_factory=dict)  # 99th percentile of training z per marker
+    # inner edges (n_levels - 1, ascending) of each marker's level bins on the range scale
+    levels: dict[str, list[float]] = field(default_factory=dict)
 
     @staticmethod
     def _robust(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -65,6 +73,46 @@ class Normalizer:
         lo = np.nan_to_num(np.array([self.lo.get(m, 0.0) for m in markers], np.float32), nan=0.0)
         hi = np.nan_to_num(np.array([self.hi.get(m, 1.0) for m in markers], np.float32), nan=1.0)
         return lo, np.maximum(hi, lo + 1e-3)
+
+    def range_values(self, values: np.ndarray, markers: list[str]) -> np.ndarray:
+        """Raw values -> the 0-1 range scale (z between the 1st and 99th training percentiles)."""
+        lo, hi = self.range_bounds(markers)
+        return (self.transform(values, markers) - lo) / (hi - lo)
+
+    def fit_levels(self, values: np.ndarray, markers: list[str], n_levels: int = 8, threshold: float = 0.05,
+                   bins: str = "quantile") -> "Normalizer":
+        """Learn each marker's level bin edges from raw training values (after :meth:`fit`).
+
+        ``quantile``: the (1/n .. (n-1)/n) quantiles of the range values of the cells above ``threshold``
+        (a marker with fewer than 5 such cells per level falls back to equal bins); ``equal``: even bins of
+        [threshold, 1]."""
+        from .errors import S2SInputError
+
+        if bins not in ("quantile", "equal"):
+            raise S2SInputError("sentence settings", f"unknown level_bins {bins!r} (use 'quantile' or 'equal')")
+        n = max(1, int(n_levels))
+        equal = np.linspace(threshold, 1.0, n + 1)[1:-1]
+        u = self.range_values(values, markers) if len(values) else np.zeros((0, len(markers)), np.float32)
+        raw = np.asarray(values, np.float64)
+        self.levels = {}
+        for j, m in enumerate(markers):
+            col = u[np.isfinite(raw[:, j]), j] if raw.size else u[:, j]
+            pos = col[col > threshold]
+            if bins == "quantile" and pos.size >= 5 * n:
+                e = np.quantile(pos, np.linspace(0, 1, n + 1)[1:-1])
+            else:
+                e = equal
+            self.levels[m] = [float(x) for x in np.maximum.accumulate(np.asarray(e, np.float64))]
+        return self
+
+    def level_edges(self, markers: list[str], n_levels: int | None = None,
+                    threshold: float = 0.05) -> np.ndarray:
+        """(markers x n-1) level edges; markers without learned edges get equal bins of [threshold, 1]."""
+        n = n_levels or (len(next(iter(self.levels.values()))) + 1 if self.levels else 8)
+        equal = np.linspace(threshold, 1.0, n + 1)[1:-1]
+        rows = [self.levels.get(m) for m in markers]
+        return np.array([r if r is not None and len(r) == n - 1 else equal for r in rows],
+                        np.float32).reshape(len(markers), n - 1)
 
     def transform(self, values: np.ndarray, markers: list[str]) -> np.ndarray:
         """Scaled values (float32, cells x markers). Markers without statistics are scaled on the data."""

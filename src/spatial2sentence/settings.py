@@ -28,7 +28,22 @@ class _Base:
 
 @dataclass
 class SentenceSettings(_Base):
-    """A cell sentence: its markers ranked by scaled expression (highest first)."""
+    """A cell sentence: its markers ranked by scaled expression (highest first), as bare marker words
+    (``encoding="ranked"``) or as marker words with a level (``encoding="levels"``)."""
+
+    @classmethod
+    def from_dict(cls, d: dict | None):
+        # configs stored before the encoding existed were ranked (the shipped v1 model): keep them so
+        return super().from_dict({"encoding": "ranked", **dict(d or {})})
+
+    def words_per_sentence(self, n_markers: int) -> int:
+        """The most words one cell's sentence can have with a panel of ``n_markers``."""
+        return max(1, n_markers if self.encoding == "levels" else min(self.top_k, n_markers))
+
+    def words_per_partner(self, n_markers: int) -> int:
+        """The most words one partner line's sentence can have."""
+        w = self.words_per_sentence(n_markers)
+        return min(w, self.partner_words) if self.partner_words > 0 else w
 
     cofactor: float = 1.0  # arcsinh(x / cofactor); 1 suits IMC counts
     scaling: str = "model"  # "model": training statistics, "image": re-estimated per image
@@ -43,6 +58,17 @@ class SentenceSettings(_Base):
     # image, the median over markers of |median z| exceeds this, that image is rescaled on itself
     # (with a warning); 0 disables
     rescale_offset_z: float = 3.0
+    # "ranked": bare marker words, top_k above threshold (v1; every stored model without this key);
+    # "levels": every marker above level_threshold as one word MARKER:L (level 1..n_levels, n = highest),
+    # from per-marker bins learned on the training cells (spatial2sentence.sentences, .normalize)
+    encoding: str = "ranked"
+    n_levels: int = 8  # level bins per marker ("levels" encoding)
+    level_bins: str = "quantile"  # "quantile" (of the training cells above level_threshold) or "equal"
+    level_threshold: float = 0.05  # range value a marker must exceed to enter a "levels" sentence
+    # partner lines keep at most this many words (their highest markers; 0: all). Why: levels sentences of
+    # a 33-marker panel with 3 full partner lines make prompts of up to ~170 tokens, and the training time of
+    # s2s grows with them; the anchor always keeps its whole sentence
+    partner_words: int = 0
 
 
 @dataclass
@@ -96,6 +122,9 @@ class TrainSettings(_Base):
     panel_subset_prob: float = 0.5  # chance that a prompt sees only a random subset of the panel
     panel_subset_min: int = 3  # smallest random subset (sizes drawn log-uniformly)
     val_fraction: float = 0.15  # images held out for validation (split by image)
+    # "images": val_fraction of the images; "blocks": the right-most val_fraction of every image's cells
+    # (for training sets of a few images, see spatial2sentence.training.split_blocks)
+    val_split: str = "images"
     eval_every: int = 200
     eval_prompts: int = 1500
     patience: int = 5  # evaluations without improvement before early stopping

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .prompts import BOS, DIRECTIONS, EOS, PAD, SPECIALS, TEMPLATE, UNK, distance_words
-from .sentences import NIL, PHENOTYPE
+from .sentences import NIL, PHENOTYPE, level_word
 
 
 class WordTokenizer:
@@ -25,9 +25,13 @@ class WordTokenizer:
         self.bos_id, self.eos_id = self.vocab[BOS], self.vocab[EOS]
 
     @classmethod
-    def build(cls, markers, labels, distance_bins) -> "WordTokenizer":
+    def build(cls, markers, labels, distance_bins, n_levels: int = 0) -> "WordTokenizer":
+        """The vocabulary; ``n_levels`` > 0 adds every marker's level words ``MARKER:1 .. MARKER:n``
+        (``levels`` sentences) after the bare marker words (kept for ranked sentences and explanations)."""
         words = list(SPECIALS) + list(TEMPLATE) + [NIL, PHENOTYPE] + list(DIRECTIONS)
-        words += distance_words(list(distance_bins)) + sorted(set(markers)) + list(labels)
+        words += distance_words(list(distance_bins)) + sorted(set(markers))
+        words += [level_word(m, lv) for m in sorted(set(markers)) for lv in range(1, int(n_levels) + 1)]
+        words += list(labels)
         vocab: dict[str, int] = {}
         for w in words:
             if w not in vocab:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -70,6 +71,39 @@ def split_images(images: np.ndarray, fraction: float, seed: int, strata: dict | 
     rng = np.random.default_rng(seed + 7919)
     n_val = max(1, int(round(fraction * len(uniq))))
     return set(rng.choice(uniq, n_val, replace=False).tolist())
+
+
+_STEP_OBSERVERS: list = []
+
+
+@contextmanager
+def observe_steps(fn):
+    """Call ``fn(step, model)`` at every evaluation step (``eval_every``) and the last step of the trainings
+    run inside the block (the model in eval mode; training resumes afterwards). For measurements such as
+    learning curves (benchmarks/learning_curve.py); nothing the observer returns is used."""
+    _STEP_OBSERVERS.append(fn)
+    try:
+        yield
+    finally:
+        _STEP_OBSERVERS.remove(fn)
+
+
+def split_blocks(images: np.ndarray, x: np.ndarray, fraction: float) -> np.ndarray:
+    """Validation cells: in every image, the right-most ``fraction`` of its cells (by x): a spatial block,
+    never random cells. For training sets of a few images (the toy crops, the CyCIF strips), where holding
+    out a whole image would take half or a third of the training cells. Validation cells' labels are only
+    ever answers of validation prompts; their sentences may appear as partners of training cells."""
+    images = np.asarray(images).astype(str)
+    out = np.zeros(len(images), bool)
+    if fraction <= 0:
+        return out
+    for im in pd.unique(images):
+        sel = np.flatnonzero(images == im)
+        if sel.size < 10:
+            continue
+        cut = np.quantile(x[sel], 1.0 - fraction)
+        out[sel[x[sel] > cut]] = True
+    return out
 
 
 class PromptSampler:
@@ -134,6 +168,8 @@ class PromptSampler:
                 a, b = cs.sentences([i, j], m.sentence, present)
             else:
                 a, b = cache[i], cache[j]
+            if m.sentence.partner_words > 0:
+                b = b[:m.sentence.partner_words]
             return pair_prompt(a, b), PAIR_ANSWERS[0] if role == "positive" else PAIR_ANSWERS[1]
         if task == "type":
             i = int(self.type_cells[min(np.searchsorted(self.type_cdf, rng.random() * self.type_cdf[-1]),
@@ -203,6 +239,40 @@ def load_checkpoint(path: Path) -> dict:
         raise ModelInputError(path, "not a napari-s2s training checkpoint (missing or old-format entries); "
                                     "delete it to train from the start")
     return st
+
+
+def prompt_length(sentence: SentenceSettings, pairs: PairSettings, prompt: PromptSettings, n_markers: int) -> int:
+    """The longest prompt (tokens, answer and [EOS] included) these settings can write for a panel."""
+    w, wp = sentence.words_per_sentence(n_markers), sentence.words_per_partner(n_markers)
+    partners = pairs.n_pos + pairs.n_neg if prompt.format == "multi" else 0
+    multi = 4 + w + partners * (5 + wp) + 5  # [BOS] cell : <w> ; + partner lines + task t answer X [EOS]
+    pair = w + wp + 11 if partners else 0  # [BOS] cell : <w> ; partner : <wp> ; task pair answer X [EOS]
+    return max(multi, pair)
+
+
+def fit_positions(ms: ModelSettings, sentence, pairs, prompt, n_markers: int, log=print) -> ModelSettings:
+    """``ms`` with ``max_positions`` raised (to a multiple of 32) when the longest prompt would not fit:
+    levels sentences carry every present marker, so a 37-marker panel with 3 partners needs 172 tokens."""
+    from dataclasses import replace
+
+    need = prompt_length(sentence, pairs, prompt, n_markers)
+    if need <= ms.max_positions:
+        return ms
+    new = -(-need // 32) * 32
+    log(f"max_positions raised from {ms.max_positions} to {new} (longest prompt {need} tokens)")
+    return replace(ms, max_positions=new)
+
+
+def add_level_words(model, n_levels: int, seed: int) -> None:
+    """Give a freshly created model the level words ``MARKER:1..n`` (``levels`` sentences): a tokenizer
+    with them and a fresh LM of the new vocabulary size (``S2SModel.create`` builds marker words only)."""
+    from .model import build_lm
+    from .tokenizer import WordTokenizer
+
+    labels = ([type_token(t) for t in model.type_labels] + [status_token(s) for s in model.status_labels])
+    tok = WordTokenizer.build(model.markers, labels, model.prompt.distance_bins_um, n_levels=n_levels)
+    model.tokenizer = tok
+    model.lm = build_lm(model.model_settings, len(tok), tok, seed).to(model.device)
 
 
 def evaluate(model, val_set, batch_size: int = 256) -> dict:
@@ -316,8 +386,13 @@ def _train(tables, out, sentence, pairs, prompt, model_settings, ts, type_labels
             t["image"] = f"table{k}"
             icol = "image"
         t[icol] = (f"t{k}:" if len(tables) > 1 else "") + t[icol].astype(str)
-        val_imgs = split_images(t[icol].to_numpy(), ts.val_fraction, rng_split + k)
-        is_val = t[icol].isin(val_imgs).to_numpy()
+        if ts.val_split == "blocks":
+            xcol = find_column(t, ("x", "X", "Pos_X", "X_position", "centroid-1", "Location_Center_X", "X_centroid"))
+            is_val = split_blocks(t[icol].to_numpy(), t[xcol].to_numpy(np.float64) if xcol else
+                                  np.arange(len(t), dtype=np.float64), ts.val_fraction)
+        else:
+            val_imgs = split_images(t[icol].to_numpy(), ts.val_fraction, rng_split + k)
+            is_val = t[icol].isin(val_imgs).to_numpy()
         split_tables.append((t, is_val))
         cols = marker_columns(t)
         if cols:
@@ -325,13 +400,19 @@ def _train(tables, out, sentence, pairs, prompt, model_settings, ts, type_labels
     if expr_train:
         fit_df = pd.concat(expr_train, ignore_index=True)
         fit_df = fit_df.loc[:, ~fit_df.columns.duplicated()]
-        norm.fit(fit_df[panel].to_numpy(np.float64) if set(panel) <= set(fit_df.columns) else
-                 fit_df.reindex(columns=panel).to_numpy(np.float64), panel)
+        fit_values = (fit_df[panel].to_numpy(np.float64) if set(panel) <= set(fit_df.columns) else
+                      fit_df.reindex(columns=panel).to_numpy(np.float64))
+        norm.fit(fit_values, panel)
+        if sentence.encoding == "levels":
+            norm.fit_levels(fit_values, panel, sentence.n_levels, sentence.level_threshold, sentence.level_bins)
     from .model import S2SModel
 
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    model_settings = fit_positions(model_settings, sentence, pairs, prompt, len(panel), log)
     model = S2SModel.create(panel, types, stats, norm, sentence, pairs, prompt, model_settings, seed=ts.seed,
                             device=dev)
+    if sentence.encoding == "levels":
+        add_level_words(model, sentence.n_levels, ts.seed)
     sets, val_flags = [], []
     for k, (t, is_val) in enumerate(split_tables):
         cs = prepare_cells(t, panel, norm, source=f"table {k}")
@@ -395,6 +476,11 @@ def _train(tables, out, sentence, pairs, prompt, model_settings, ts, type_labels
             bar.update(1)
             bar.set_postfix(loss=f"{running:.3f}")
         last = step == ts.steps
+        if _STEP_OBSERVERS and (step % ts.eval_every == 0 or last):
+            lm.eval()
+            for fn in list(_STEP_OBSERVERS):
+                fn(step, model)
+            lm.train()
         if val_set is not None and (step % ts.eval_every == 0 or last):
             ev = evaluate(model, val_set)
             ev["step"] = step
