@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "scimap_cycif"
+from conftest import SCIMAP as DATA  # noqa: E402
 METRICS = {"accuracy_mean", "accuracy_sd", "macro_f1_mean", "macro_f1_sd", "n_test_cells", "n_test_images"}
 
 
@@ -49,7 +49,7 @@ def test_benchmark_any_table(renamed_table, tmp_path):
     assert r.exit_code == 0, r.output + repr(r.exception)
     res = json.loads((out / "accuracy.json").read_text())
     assert set(res) == {"cell_type", "_meta"}
-    expected = {"s2s", "c2s", "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux",
+    expected = {"s2s", "c2s", "s2s_ranked", "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux",
                 "logreg", "logreg_neighbors", "hgb_neighbors"}
     assert set(res["cell_type"]) == expected
     df = pd.read_csv(renamed_table)
@@ -84,3 +84,53 @@ def test_folds_keep_every_stage_and_never_split_groups():
         assert sorted(g for f in folds for g in f) == sorted(f"d{d}" for d in range(12))
         for f in folds:
             assert sorted(int(g[1:]) % 3 for g in f) == [0, 1, 2]  # one donor of each stage per fold
+
+
+def test_a_run_of_one_dataset_keeps_the_other_datasets_rows(tmp_path):
+    """write_results merges: rerunning one built-in dataset replaces its rows and keeps the others, each
+    with the budget and command of the run it came from."""
+    from spatial2sentence.benchmark import Budget, write_results
+
+    def res(acc, name):
+        r = {"accuracy_mean": acc, "accuracy_sd": 0.0, "macro_f1_mean": acc, "macro_f1_sd": 0.0,
+             "n_test_cells": 10, "n_test_images": 2, "n_seeds": 1}
+        return {"cell_type": {"s2s": r, "logreg": r}, "_meta": {"dataset": name, "description": name}}
+
+    old_budget, new_budget = Budget(steps=800), Budget(steps=3000, encoding="levels")
+    write_results(tmp_path, {"damond_pancreas_toy": res(0.5, "toy"), "scimap_cycif": res(0.6, "cycif")},
+                  old_budget, "s2s benchmark --datasets all", 10.0, single=False)
+    write_results(tmp_path, {"scimap_cycif": res(0.7, "cycif")}, new_budget,
+                  "s2s benchmark --datasets scimap_cycif", 5.0, single=False)
+    js = json.loads((tmp_path / "accuracy.json").read_text())
+    assert list(k for k in js if k != "_meta") == ["damond_pancreas_toy", "scimap_cycif"]
+    assert js["scimap_cycif"]["cell_type"]["s2s"]["accuracy_mean"] == 0.7
+    assert js["damond_pancreas_toy"]["cell_type"]["s2s"]["accuracy_mean"] == 0.5
+    assert js["damond_pancreas_toy"]["_meta"]["kept"] and js["damond_pancreas_toy"]["_meta"]["run"]["budget"]["steps"] == 800
+    assert js["scimap_cycif"]["_meta"]["run"]["budget"]["steps"] == 3000 and not js["scimap_cycif"]["_meta"].get("kept")
+    md = (tmp_path / "accuracy.md").read_text()
+    assert "### damond_pancreas_toy (kept from an earlier run)" in md and "### scimap_cycif\n" in md
+    assert "| s2s | 70.0 ± 0.0" in md and "| s2s | 50.0 ± 0.0" in md
+    # a third run of the kept dataset keeps the second run's rows of the other
+    write_results(tmp_path, {"damond_pancreas_toy": res(0.9, "toy")}, new_budget, "again", 1.0, single=False)
+    js = json.loads((tmp_path / "accuracy.json").read_text())
+    assert js["scimap_cycif"]["cell_type"]["s2s"]["accuracy_mean"] == 0.7
+    assert js["scimap_cycif"]["_meta"]["run"]["command"] == "s2s benchmark --datasets scimap_cycif"
+
+
+def test_validation_rule_never_uses_test_groups_and_splits_few_images_by_block():
+    from spatial2sentence.benchmark import Budget, lm_settings, val_rule
+    from spatial2sentence.training import split_blocks
+
+    rng = np.random.default_rng(0)
+    few = pd.DataFrame({"image": np.repeat(["a", "b"], 50), "x": rng.uniform(0, 100, 100)})
+    many = pd.DataFrame({"image": np.repeat(list("abcdef"), 10), "x": rng.uniform(0, 100, 60)})
+    assert val_rule(few) == "blocks" and val_rule(many) == "images"
+    val = split_blocks(few["image"].to_numpy(), few["x"].to_numpy(), 0.2)
+    for im in ("a", "b"):  # the right-most fifth of each image, a spatial block
+        sel = few["image"].to_numpy() == im
+        assert 0.15 <= val[sel].mean() <= 0.25
+        assert few["x"].to_numpy()[sel & val].min() > few["x"].to_numpy()[sel & ~val].max()
+    s, _, _, _, ts = lm_settings("s2s", Budget(), 0)
+    assert s.encoding == "levels" and ts.val_fraction > 0 and ts.class_balance > 0 and ts.patience < 100
+    assert lm_settings("s2s_ranked", Budget(), 0)[0].encoding == "ranked"
+    assert lm_settings("c2s", Budget(), 0)[0] == s

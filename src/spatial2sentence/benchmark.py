@@ -41,7 +41,7 @@ import pandas as pd
 
 from . import baselines as B
 
-LM_METHODS = ("s2s", "c2s", "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux")
+LM_METHODS = ("s2s", "c2s", "s2s_ranked", "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux")
 CLASSICAL_METHODS = ("logreg", "logreg_neighbors", "hgb_neighbors")
 ALL_METHODS = LM_METHODS + CLASSICAL_METHODS + ("composition_logreg",)
 TASKS = ("cell_type", "clinical_status", "clinical_status_cells")
@@ -53,10 +53,21 @@ PAPER_MARGIN = {"cell_type": 5.98, "clinical_status": 4.18}
 class Budget:
     """The training budget: the same for every language model (our choice; printed and saved)."""
 
-    steps: int = 800  # optimiser steps per language model and fold (all 4 datasets in ~30-40 min on 2 shared cores)
+    # at most this many optimiser steps per language model and fold; early stopping on validation cells
+    # from the training groups decides (v1: a fixed 800 steps, no validation, under-trained)
+    steps: int = 1500
     batch_size: int = 32  # prompts per step (so steps x batch_size training prompts per model)
     lr: float = 3e-3
-    warmup_steps: int = 25
+    warmup_steps: int = 50
+    val_fraction: float = 0.2  # validation share of the training groups (never test cells)
+    eval_every: int = 100  # validation every this many steps
+    eval_prompts: int = 600  # fixed validation prompts
+    patience: int = 4  # evaluations without a better validation loss before stopping (best state kept)
+    class_balance: float = 0.5  # type sampling weight ~ count(type) ** -0.5 (rare types seen more often)
+    encoding: str = "levels"  # cell sentences of s2s / c2s / ablations ("ranked": v1; s2s_ranked always ranked)
+    n_levels: int = 16
+    level_bins: str = "equal"
+    partner_words: int = 8  # partner lines keep their 8 highest level words (the anchor all; see SentenceSettings)
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
@@ -366,7 +377,7 @@ def sample_test_cells(df: pd.DataFrame, per_image: int, rng) -> np.ndarray:
 # language models
 # --------------------------------------------------------------------------------------------------
 def lm_settings(method: str, budget: Budget, seed: int):
-    from .settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings, TrainSettings
+    from .settings import ModelSettings, PairSettings, PromptSettings, TrainSettings
 
     pairs = PairSettings(seed=seed)
     mix = {"type": 0.6, "status": 0.3, "pair": 0.1}
@@ -380,22 +391,44 @@ def lm_settings(method: str, budget: Budget, seed: int):
         pairs.n_pos = 0
     elif method == "s2s_no_aux":
         mix.pop("pair")
-    elif method != "s2s":
+    elif method not in ("s2s", "s2s_ranked"):
         raise ValueError(method)
+    sentence = bench_sentence(budget, ranked=method == "s2s_ranked")
+    # max_positions is raised by training when the longest prompt needs more (levels sentences)
     ms = ModelSettings(architecture="llama", hidden_size=budget.hidden_size, num_layers=budget.num_layers,
                        num_heads=budget.num_heads, intermediate_size=budget.intermediate_size, max_positions=160)
     ts = TrainSettings(seed=seed, steps=budget.steps, batch_size=budget.batch_size, lr=budget.lr,
-                       warmup_steps=budget.warmup_steps, task_mix=mix, class_balance=0.0, panel_subset_prob=0.0,
-                       val_fraction=0.0, eval_every=10 ** 9, checkpoint_every=10 ** 9, patience=10 ** 9,
+                       warmup_steps=budget.warmup_steps, task_mix=mix, class_balance=budget.class_balance,
+                       panel_subset_prob=0.0, val_fraction=budget.val_fraction, eval_every=budget.eval_every,
+                       eval_prompts=budget.eval_prompts, checkpoint_every=10 ** 9, patience=budget.patience,
                        num_threads=budget.threads)
-    # the library's default sentences, as the shipped model uses (written into accuracy.md by _sentence_words)
-    return SentenceSettings(), pairs, prompt, ms, ts
+    return sentence, pairs, prompt, ms, ts
 
 
-def _sentence_words() -> str:
+def bench_sentence(budget: Budget, ranked: bool = False):
+    """The sentences of the benchmark's language models: ``budget.encoding`` (``s2s_ranked``: the v1 ranked
+    sentences, top 12 above 0.3 by range, the levels-off ablation)."""
     from .settings import SentenceSettings
 
-    st = SentenceSettings()
+    if ranked or budget.encoding == "ranked":
+        return SentenceSettings()
+    return SentenceSettings(encoding=budget.encoding, n_levels=budget.n_levels, level_bins=budget.level_bins,
+                            partner_words=budget.partner_words)
+
+
+def val_rule(train_df: pd.DataFrame) -> str:
+    """The validation split of one LM training, the same rule for every language model: whole images when
+    the training groups hold at least 5 images, else a spatial block of each image (the right-most
+    ``val_fraction`` of its cells: the toy crops have 2 training images, the CyCIF fold 3 strips)."""
+    return "images" if train_df["image"].nunique() >= 5 else "blocks"
+
+
+def _sentence_words(budget: Budget | None = None) -> str:
+    st = bench_sentence(budget or Budget())
+    if st.encoding == "levels":
+        return (f"every marker above {st.level_threshold} (range scale) as one word MARKER:L, L = 1..{st.n_levels} "
+                f"from per-marker {st.level_bins} bins of the training cells, partner lines their "
+                f"{st.partner_words or 'all'} highest words; s2s_ranked: v1 ranked words (top 12 above 0.3)")
     return f"markers ranked by {st.rank_by}, top {st.top_k} above {st.threshold}"
 
 
@@ -443,7 +476,10 @@ def lm_predict(model, test_df: pd.DataFrame, idx: np.ndarray, tasks, batch_size:
 def run_lm(method, ds, train_df, test_df, test_idx, budget, seed, type_labels, status_labels, workdir):
     from .training import train
 
+    from dataclasses import replace
+
     s, p, pr, ms, ts = lm_settings(method, budget, seed)
+    ts = replace(ts, val_split=val_rule(train_df))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = train(_lm_table(train_df, ds, True), workdir, sentence=s, pairs=p, prompt=pr, model_settings=ms,
@@ -456,7 +492,7 @@ def run_lm(method, ds, train_df, test_df, test_idx, budget, seed, type_labels, s
         out["cell_type"] = _reorder(probs["type"], res.model.type_labels, type_labels)
     if "status" in probs:
         out["clinical"] = _reorder(probs["status"], res.model.status_labels, status_labels)
-    return out, res.seconds
+    return out, (res.seconds, res.steps_done, (res.best or {}).get("step", res.steps_done))
 
 
 def _reorder(p, have, want):
@@ -497,17 +533,16 @@ def _fold_job(job):
     """One (seed, fold): every method trained on the training rows and evaluated on the test cells."""
     from threadpoolctl import threadpool_limits
 
+    from .threads import torch_threads
+
     budget = _JOB_CTX[1]
-    with threadpool_limits(limits=max(1, budget.threads)):
+    with threadpool_limits(limits=max(1, budget.threads)), torch_threads(max(1, budget.threads)):
         return _fold_job_inner(job)
 
 
 def _fold_job_inner(job):
     seed, f, nf, tr, te, idx = job
     ds, budget, methods, type_labels, status_labels, tmpdir = _JOB_CTX
-    import torch
-
-    torch.set_num_threads(max(1, budget.threads))
     df = ds.df
     train_df, test_df = df[tr].reset_index(drop=True), df[te].reset_index(drop=True)
     timg = test_df["image"].astype(str).to_numpy()[idx]
@@ -587,7 +622,7 @@ def run_dataset(ds: Dataset, budget: Budget, methods=ALL_METHODS, log=print, wor
     # records[task][method] -> list over seeds of (y_true, y_pred)
     rec = {t: {m: [] for m in methods} for t in TASKS}
     conf = {m: ([], []) for m in methods}
-    lm_seconds = []
+    lm_seconds, lm_steps, lm_best = [], [], []
     n_test_cells = n_test_images = 0
     log(f"[{ds.name}] {len(df)} cells, {df['image'].nunique()} images, markers {len(ds.markers)}"
         f"{' (phenotype-only)' if ds.phenotype_only else ''}; tasks: "
@@ -619,7 +654,9 @@ def run_dataset(ds: Dataset, budget: Budget, methods=ALL_METHODS, log=print, wor
             if t == "cell_type":
                 conf[m][0].extend(yt)
                 conf[m][1].extend(yp)
-        lm_seconds.extend(secs)
+        lm_seconds.extend(x[0] for x in secs)
+        lm_steps.extend(x[1] for x in secs)
+        lm_best.extend(x[2] for x in secs)
         n_cells[seed] += nc
         n_imgs[seed] += ni
         log(f"[{ds.name}] seed {seed} fold {f + 1}/{nf} done: {nc} test cells in {ni} images; "
@@ -668,6 +705,9 @@ def run_dataset(ds: Dataset, budget: Budget, methods=ALL_METHODS, log=print, wor
         "status_labels": status_labels, "notes": ds.notes, "wall_s": round(time.time() - t_start, 1),
         "lm_train_seconds_mean": round(float(np.mean(lm_seconds)), 2) if lm_seconds else None,
         "n_lm_trainings": len(lm_seconds),
+        "lm_steps_mean": round(float(np.mean(lm_steps)), 1) if lm_steps else None,
+        "lm_steps_range": [int(min(lm_steps)), int(max(lm_steps))] if lm_steps else None,
+        "lm_best_step_mean": round(float(np.mean(lm_best)), 1) if lm_best else None,
     }
     result["_confusion"] = {m: v for m, v in conf.items() if v[0]}
     return result
@@ -704,11 +744,20 @@ def margins(res: dict) -> list[str]:
 
 def dataset_markdown(name: str, res: dict) -> str:
     meta = res.get("_meta", {})
-    rows = [f"### {name}", "", meta.get("description", ""), "",
+    rows = [f"### {name}" + (" (kept from an earlier run)" if meta.get("kept") else ""), "",
+            meta.get("description", ""), "",
             f"- split: {meta.get('split')}; {meta.get('n_folds')} folds; {meta.get('n_cells')} cells in "
             f"{meta.get('n_images')} images; test cells per image: "
             f"{meta.get('test_cells_per_image') or 'all'}; wall time {meta.get('wall_s')} s "
-            f"({meta.get('n_lm_trainings')} LM trainings, {meta.get('lm_train_seconds_mean')} s each on average)"]
+            f"({meta.get('n_lm_trainings')} LM trainings, {meta.get('lm_train_seconds_mean')} s each on average"
+            + (f", {meta['lm_steps_mean']} steps on average (range {meta['lm_steps_range'][0]}-"
+               f"{meta['lm_steps_range'][1]}; best validation step {meta.get('lm_best_step_mean')} on average)"
+               if meta.get("lm_steps_mean") else "") + ")"]
+    run = meta.get("run")
+    if run:
+        rows.append(f"- run: `{run.get('command')}`; budget: "
+                    + ", ".join(f"{k}={v}" for k, v in run.get("budget", {}).items())
+                    + (f"; sentences: {run['sentences']}" if run.get("sentences") else ""))
     for n in meta.get("notes", []):
         rows.append(f"- note: {n}")
     rows += ["", "| method | cell type acc | cell type macro F1 | clinical status acc (per image) | "
@@ -764,6 +813,30 @@ def confusion_png(name: str, res: dict, path: Path) -> Path | None:
     return path
 
 
+def kept_results(path: Path, new: dict) -> dict:
+    """The datasets of an earlier ``accuracy.json`` in the same folder that this run does not redo, each
+    with the run (budget, command) it came from, so a run of one dataset keeps the other datasets' rows."""
+    if not path.exists():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(old, dict) or "cell_type" in old or "clinical_status" in old:  # a single-table run
+        return {}
+    top = old.get("_meta", {})
+    prev = {"budget": top.get("budget", {}), "command": top.get("command"), "machine": top.get("machine"),
+            "sentences": top.get("sentences", "v1: markers ranked by range, top 12 above 0.3")}
+    out = {}
+    for name, res in old.items():
+        if name == "_meta" or name in new or not isinstance(res, dict):
+            continue
+        res = dict(res)
+        res["_meta"] = {**res.get("_meta", {}), "run": res.get("_meta", {}).get("run", prev), "kept": True}
+        out[name] = res
+    return out
+
+
 def write_results(out: Path, results: dict, budget: Budget, command: str, wall_s: float, single: bool) -> None:
     """``accuracy.json`` + ``accuracy.md`` (+ confusion PNGs) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -775,26 +848,39 @@ def write_results(out: Path, results: dict, budget: Budget, command: str, wall_s
     def clean(r):
         return {k: v for k, v in r.items() if k != "_confusion"}
 
+    run = {"budget": budget.to_dict(), "command": command, "machine": meta["machine"],
+           "sentences": _sentence_words(budget)}
+    results = {name: {**res, "_meta": {**res.get("_meta", {}), "run": res.get("_meta", {}).get("run", run)}}
+               for name, res in results.items()}
     if single:
         (name, res), = results.items()
         js = {**clean(res), "_meta": {**res["_meta"], **meta}}
     else:
+        results = {**kept_results(out / "accuracy.json", results), **results}
+        results = {k: results[k] for k in sorted(results, key=lambda k: (BUILTIN + (k,)).index(k))}
         js = {name: clean(res) for name, res in results.items()}
         js["_meta"] = meta
     (out / "accuracy.json").write_text(json.dumps(js, indent=1, default=float))
     md = ["# Accuracy benchmark (`s2s benchmark`)", "",
           f"Command: `{command}`  ", f"Wall time: {wall_s / 60:.1f} min ({wall_s:.0f} s) on {meta['machine']}.", "",
-          "Budget (the same for every language model): " + ", ".join(f"{k}={v}" for k, v in budget.to_dict().items()),
+          "Budget of this run (the same for every language model): "
+          + ", ".join(f"{k}={v}" for k, v in budget.to_dict().items()),
           "", "Language models: small Llama-architecture causal LMs trained from scratch by "
-          "`spatial2sentence.training.train` (multi-task: cell type 0.6, clinical status 0.3, pair 0.1 of the prompts; "
-          "no validation split or early stopping in the benchmark; panel-subset augmentation off; "
-          "natural class frequencies; sentences: " + _sentence_words() + "). `c2s`: single-cell prompts, no pair "
-          "task. Classical baselines: "
-          "`spatial2sentence.baselines`. Nothing is tuned on test folds.", ""]
+          "`spatial2sentence.training.train` (multi-task: cell type 0.6, clinical status 0.3, pair 0.1 of the "
+          "prompts; panel-subset augmentation off). This run: at most "
+          f"{budget.steps} steps, validation on {budget.val_fraction:.0%} of the training groups "
+          "(whole images when the training part has 5 or more, else the right-most block of each image) every "
+          f"{budget.eval_every} steps, early stopping after {budget.patience} evaluations without a better "
+          "validation loss (best state kept); type sampling weight ~ count ** "
+          f"-{budget.class_balance}; sentences: {_sentence_words(budget)}. `c2s`: single-cell prompts, no pair "
+          "task. Classical baselines: `spatial2sentence.baselines`. Nothing is tuned on test folds. Datasets "
+          "marked 'kept' come from an earlier run (their own run line gives its budget).", ""]
     for name, res in results.items():
         md.append(dataset_markdown(name, res))
-        png = confusion_png(name, res, out / f"confusion_{name}.png")
-        if png:
+        png = out / f"confusion_{name}.png"
+        if not res.get("_meta", {}).get("kept"):
+            png = confusion_png(name, res, png)
+        if png and png.exists():
             md += [f"![{name} confusion]({png.name})", ""]
     (out / "accuracy.md").write_text("\n".join(md))
 

@@ -526,6 +526,15 @@ def _train(tables, out, sentence, pairs, prompt, model_settings, ts, type_labels
     return TrainResult(model, history, best, stopped, step, seconds)
 
 
+def sentence_description(st: SentenceSettings) -> str:
+    """One line saying how cells become words."""
+    if st.encoding == "levels":
+        return (f"every marker above {st.level_threshold} (range scale) as one word MARKER:L, L = 1..{st.n_levels} "
+                f"({st.level_bins} bins per marker, learned on the training cells)"
+                + (f", partner lines their {st.partner_words} highest words" if st.partner_words else ""))
+    return f"top {st.top_k} markers ranked by {st.rank_by} (value > {st.threshold})"
+
+
 def model_card(model, evaluation: dict | None = None) -> str:
     """A Markdown model card from the model's settings, training summary and held-out evaluation."""
     info = model.info
@@ -539,8 +548,8 @@ def model_card(model, evaluation: dict | None = None) -> str:
         f"- architecture: {model.model_settings.architecture}, {model.model_settings.num_layers} layers, "
         f"hidden {model.model_settings.hidden_size}, {tr.get('n_parameters', model.num_parameters()):,} parameters; "
         f"word-level vocabulary of {len(model.tokenizer)} tokens",
-        f"- prompt format: {model.prompt.format}; sentences: top {model.sentence.top_k} markers ranked by "
-        f"{model.sentence.rank_by} (value > {model.sentence.threshold}), arcsinh cofactor {model.sentence.cofactor}, scaling {model.sentence.scaling}",
+        f"- prompt format: {model.prompt.format}; sentences: {sentence_description(model.sentence)}, "
+        f"arcsinh cofactor {model.sentence.cofactor}, scaling {model.sentence.scaling}",
         f"- pairs: {model.pair_settings.n_pos} positive(s) within {model.pair_settings.pos_radius_um} um "
         f"(similarity >= q{model.pair_settings.pos_sim_quantile}), {model.pair_settings.n_neg} negative(s) "
         f">= {model.pair_settings.neg_min_dist_um} um (similarity <= q{model.pair_settings.neg_sim_quantile})",
