@@ -39,6 +39,7 @@ class Annotation:
     cancelled: bool = False
     timings: dict = field(default_factory=dict)
     cellset: object = None  # the model's prepared cells (partners), reused by the explanations
+    coverage: object = None  # spatial2sentence.domain.PanelCoverage: the model's markers present
 
 
 def load_model(path: str | Path | None = None, device: str = "auto"):
@@ -81,10 +82,12 @@ def check_inputs(data: np.ndarray, channels: list[str], mask: np.ndarray | None,
         raise MaskError(image, "the mask holds no cells")
 
 
-def _predict_in_thread(model, cells, markers, image, batch_size, cancel: threading.Event):
+def _predict_in_thread(model, cells, markers, image, batch_size, cancel: threading.Event,
+                       allow_partial_panel: bool = False):
     """Run ``predict_cells`` in a helper thread; yield (done, total) from its progress callback."""
     return in_thread(lambda cb: model.predict_cells(cells, markers=markers, image=image, batch_size=batch_size,
-                                                    progress=cb), cancel)
+                                                    progress=cb, allow_partial_panel=allow_partial_panel),
+                     cancel)
 
 
 def in_thread(fn, cancel: threading.Event):
@@ -129,8 +132,11 @@ def in_thread(fn, cancel: threading.Event):
 
 def annotate_steps(data: np.ndarray, channels: list[str], mask: np.ndarray, image: str = "image",
                    pixel_size_um: float = 1.0, model=None, model_path=None, device: str = "auto",
-                   batch_size: int | None = None, cancel: threading.Event | None = None):
-    """Generator: measure + predict one image; see the module doc."""
+                   batch_size: int | None = None, cancel: threading.Event | None = None,
+                   allow_partial_panel: bool = False):
+    """Generator: measure + predict one image; see the module doc. An image carrying too few of the
+    model's markers is refused before measuring (:class:`~spatial2sentence.domain.PanelCoverageError`)
+    unless ``allow_partial_panel``."""
     cancel = cancel or threading.Event()
     t0 = time.perf_counter()
     timings = {}
@@ -140,6 +146,11 @@ def annotate_steps(data: np.ndarray, channels: list[str], mask: np.ndarray, imag
         yield ("stage", "loading model")
         model = load_model(model_path, device)
     timings["model_s"] = time.perf_counter() - t0
+    coverage = model.panel_coverage(channels)
+    if not coverage.ok and not allow_partial_panel:
+        from spatial2sentence.domain import PanelCoverageError
+
+        raise PanelCoverageError(image, coverage.refusal())
     yield ("stage", "measuring cells")
     from spatial2sentence.measure import measure_cells
 
@@ -150,7 +161,7 @@ def annotate_steps(data: np.ndarray, channels: list[str], mask: np.ndarray, imag
     t2 = time.perf_counter()
     preds = None
     cellset = model.prepare(cells, channels, image, source=image)  # reused for the explanations
-    gen = _predict_in_thread(model, cellset, None, image, batch_size, cancel)
+    gen = _predict_in_thread(model, cellset, None, image, batch_size, cancel, allow_partial_panel)
     try:
         while True:
             msg = next(gen)
@@ -163,6 +174,7 @@ def annotate_steps(data: np.ndarray, channels: list[str], mask: np.ndarray, imag
     timings["predict_s"] = time.perf_counter() - t2
     ann = finish(image, cells, preds, model, channels, time.perf_counter() - t0, timings)
     ann.cellset = cellset
+    ann.coverage = coverage
     return ann
 
 

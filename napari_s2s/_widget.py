@@ -22,7 +22,7 @@ import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView,
+    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView,
     QLabel, QLineEdit, QPushButton, QSizePolicy, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
@@ -101,6 +101,11 @@ class AnnotateCellsWidget(QWidget):
         form.addRow("Markers", self.markers_edit)
         form.addRow("Model", model_row)
         form.addRow("Device", self.device_combo)
+        self.partial_check = QCheckBox("Allow a partial panel")
+        self.partial_check.setToolTip(
+            "Predict even when the image carries fewer of the model's markers than the model needs; "
+            "the calls are then unreliable. Better: train a model on your own panel.")
+        form.addRow("", self.partial_check)
         root.addWidget(inputs)
 
         self.controls = RunControls(root, self.run, self.cancel)
@@ -293,7 +298,8 @@ class AnnotateCellsWidget(QWidget):
         self._pending = (mask_layer, t_start)
         worker = create_worker(
             annotate_steps, data, markers, np.asarray(mask_layer.data), image=image, pixel_size_um=ps,
-            model_path=model_path, device=device, cancel=self._cancel, _ignore_errors=True, _start_thread=False,
+            model_path=model_path, device=device, cancel=self._cancel,
+            allow_partial_panel=self.partial_check.isChecked(), _ignore_errors=True, _start_thread=False,
         )
         self.worker = worker
         self.controls.start(worker, f"Annotating {image}…", yielded=self._on_yielded,
@@ -405,7 +411,9 @@ class AnnotateCellsWidget(QWidget):
         extra = f"; markers ignored: {', '.join(ann.unknown_markers)}" if ann.unknown_markers else ""
         load = ann.timings.get("model_s", 0.0)
         loaded = f" (incl. {load:.1f} s loading the model)" if load > 0.5 else ""
-        self.status_label.setText(f"{n} cells of {ann.image} annotated in {ann.seconds:.1f} s{loaded}{extra}")
+        cov = ann.coverage
+        panel = (f"; {cov.summary()}" + ("" if cov.ok else " (PARTIAL PANEL: calls unreliable)")) if cov else ""
+        self.status_label.setText(f"{n} cells of {ann.image} annotated in {ann.seconds:.1f} s{loaded}{extra}{panel}")
         if ann.unknown_markers:
             _notify("warning", f"{ann.image}: the model does not know the markers {', '.join(ann.unknown_markers)}; "
                                "they were ignored")
@@ -441,8 +449,14 @@ class AnnotateCellsWidget(QWidget):
         if not s.get("status"):
             self.clinical_label.setText("Clinical status: not predicted")
             return
-        self.clinical_label.setText(f"<b>Clinical status of {ann.image}: {s['status']}</b> "
-                                    f"(p = {float(s.get('status_probability', np.nan)):.2f}, from {len(ann.table)} cells)")
+        p = float(s.get("status_probability", np.nan))
+        if s.get("status_confident", True):
+            self.clinical_label.setText(f"<b>Clinical status of {ann.image}: {s['status']}</b> "
+                                        f"(p = {p:.2f}, from {len(ann.table)} cells)")
+        else:  # not clearly above chance: no call in bold
+            self.clinical_label.setText(f"Clinical status of {ann.image}: uncertain (most likely {s['status']}, "
+                                        f"p = {p:.2f}, chance {1 / max(1, len(ann.status_labels)):.2f}; "
+                                        f"from {len(ann.table)} cells)")
         colors = _layers.type_colors(ann.status_labels)
         for r, lab in enumerate(ann.status_labels):
             v = float(s.get("p_status_" + str(lab).replace(" ", "_"), np.nan))

@@ -39,6 +39,7 @@ def _warn_placeholder():
 def headless(out: Path, model: str | None = None) -> int:
     import pandas as pd
 
+    from spatial2sentence.domain import PanelCoverageError
     from spatial2sentence.errors import S2SInputError
     from spatial2sentence.io import write_csv_atomic
 
@@ -54,10 +55,16 @@ def headless(out: Path, model: str | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rc = 0
     for label, load, kind in jobs:
+        partial = None
         try:
             image, mask = load()
-            ann = annotate(image.data, image.channels, mask, image=image.name, pixel_size_um=image.pixel_size_um,
-                           model_path=model_path, device="auto")
+            kw = dict(image=image.name, pixel_size_um=image.pixel_size_um, model_path=model_path, device="auto")
+            try:
+                ann = annotate(image.data, image.channels, mask, **kw)
+            except PanelCoverageError as err:
+                # the real crops carry 5 of the panel's markers: shown anyway, marked unreliable
+                partial = str(err)
+                ann = annotate(image.data, image.channels, mask, allow_partial_panel=True, **kw)
         except S2SInputError as err:
             print(f"error: {err}", file=sys.stderr)
             rc = 1
@@ -65,8 +72,12 @@ def headless(out: Path, model: str | None = None) -> int:
         counts = pd.Series(ann.table["cell_type"]).fillna("unassigned").value_counts()
         st = ann.image_status
         print(f"\n{image.name} ({kind}): {len(ann.table)} cells annotated in {ann.seconds:.1f} s")
+        if partial:
+            print(f"  PARTIAL PANEL, calls unreliable (the plugin refuses this by default): {partial}")
         print("  " + ", ".join(f"{t} {n}" for t, n in counts.items()))
-        if st.get("status"):
+        if st.get("status") and not st.get("status_confident", True):
+            print(f"  clinical status: uncertain (most likely {st['status']}, p = {st['status_probability']:.2f})")
+        elif st.get("status"):
             probs = ", ".join(f"{k[len('p_status_'):]} {v:.2f}" for k, v in st.items() if k.startswith("p_status_"))
             print(f"  clinical status: {st['status']} (p = {st['status_probability']:.2f}; {probs})")
         if ann.unknown_markers:

@@ -367,7 +367,7 @@ _COMPLETED_HERE = 0  # images this process annotated (for the testing hook)
 def annotate_image(job: ImageJob, out_dir: str, model: str | None = None, device: str = "auto",
                    dtype: str = "auto", batch_size: int | None = None, overwrite: bool = False,
                    fingerprint: str | None = None, should_stop: Callable[[], bool] | None = None,
-                   torch_threads: int | None = None) -> dict:
+                   torch_threads: int | None = None, allow_partial_panel: bool = False) -> dict:
     """Annotate one image and write its four outputs; never raises for a bad input.
 
     ``torch_threads``: batches scored at once (1 in Dask workers, which run one image per worker
@@ -389,7 +389,7 @@ def annotate_image(job: ImageJob, out_dir: str, model: str | None = None, device
         if job.problem:
             raise S2SInputError(job.source, job.problem)
         rec = _annotate(job, out_dir, model, device, dtype, batch_size, fingerprint, should_stop, t0,
-                        torch_threads)
+                        torch_threads, allow_partial_panel)
     except BatchCancelled:
         return {**base, "state": "cancelled", "cells": None, "status": None, "status_probability": None,
                 "seconds": time.perf_counter() - t0}
@@ -409,7 +409,8 @@ def annotate_image(job: ImageJob, out_dir: str, model: str | None = None, device
             "status_probability": rec["status_probability"], "seconds": rec["seconds"]["total"]}
 
 
-def _annotate(job, out_dir, model, device, dtype, batch_size, fingerprint, should_stop, t0, threads) -> dict:
+def _annotate(job, out_dir, model, device, dtype, batch_size, fingerprint, should_stop, t0, threads,
+              allow_partial_panel=False) -> dict:
     from .io import atomic_path, read_image, read_mask, write_csv_atomic, write_json_atomic, write_tiff_atomic
     from .measure import measure_cells
     from .palette import label_colors
@@ -434,7 +435,8 @@ def _annotate(job, out_dir, model, device, dtype, batch_size, fingerprint, shoul
             return not (should_stop is not None and should_stop())
 
         pred = m.predict_cells(cells, markers=image.channels, image=job.name, batch_size=batch_size,
-                               progress=progress, source=job.name, threads=threads)
+                               progress=progress, source=job.name, threads=threads,
+                               allow_partial_panel=allow_partial_panel)
         caught_all = [str(w.message) for w in caught]
     if pred.cancelled:
         raise BatchCancelled()
@@ -553,6 +555,7 @@ def run_batch(
     should_stop: Callable[[], bool] | None = None,
     client=None,
     threads: int | None = None,
+    allow_partial_panel: bool = False,
 ) -> BatchResult:
     """Annotate every image of ``input_dir`` into ``out_dir`` (see the module doc).
 
@@ -598,7 +601,7 @@ def run_batch(
         records: dict[str, dict] = {}
         mode = "in-process"
         kw = dict(out_dir=str(out), model=model_arg, device=device, dtype=dtype, batch_size=batch_size,
-                  overwrite=overwrite, fingerprint=meta["fingerprint"])
+                  overwrite=overwrite, fingerprint=meta["fingerprint"], allow_partial_panel=allow_partial_panel)
 
         if progress is not None:
             progress(None, 0, total)

@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cellset import CellSet, prepare_cells
+from .aliases import canonical_marker
+from .cellset import CellSet, marker_columns, prepare_cells
+from .domain import DEFAULT_MIN_MARKER_FRACTION, PanelCoverage, PanelCoverageError, panel_check, panel_coverage
 from .errors import ModelInputError, S2SInputError
 from .normalize import Normalizer
 from .prompts import PAIR_ANSWERS, task_words
@@ -230,6 +232,7 @@ class Predictions:
     unknown_markers: list[str]
     used_markers: list[str]
     cancelled: bool = False
+    coverage: PanelCoverage | None = None  # which of the model's markers the input carried
 
     def status_of(self, image: str | None = None) -> dict:
         row = self.image_status.iloc[0] if image is None else self.image_status.set_index("image").loc[image]
@@ -252,6 +255,7 @@ class S2SModel:
         self.prompt = prompt
         self.model_settings = model
         self.info = dict(info or {})
+        self.path: Path | None = None  # the folder it was loaded from (from_pretrained)
         self.device = resolve_device(device)
         self.lm.to(self.device)
         self.lm.eval()
@@ -298,6 +302,7 @@ class S2SModel:
             )
             for task in ("type", "status"):
                 model.label_ids(task)
+            model.path = path
         except S2SInputError as err:
             raise ModelInputError(path, f"not a napari-s2s model: {err.problem}") from None
         except Exception as err:  # noqa: BLE001 - transformers/tokenizers raise many types for bad files
@@ -392,9 +397,28 @@ class S2SModel:
         return out
 
     # --- prediction ------------------------------------------------------------------------------
+    def panel_coverage(self, cells: pd.DataFrame | CellSet | list[str], markers=None) -> PanelCoverage:
+        """Which of the model's markers a table (its marker columns, or ``markers``), a prepared cell set
+        or a list of marker names carries; ``ok`` says whether that is enough to predict."""
+        domain = self.info.get("domain", {}) if isinstance(self.info.get("domain"), dict) else {}
+        threshold = float(domain.get("min_marker_fraction", DEFAULT_MIN_MARKER_FRACTION))
+        trained_on = str(domain.get("trained_on") or self.info.get("name") or "")
+        if isinstance(cells, CellSet):
+            panel = list(cells.used_markers)
+        elif isinstance(cells, pd.DataFrame):
+            panel = list(markers) if markers is not None else marker_columns(cells)
+        else:
+            panel = list(cells)
+        coverage = panel_coverage(self.markers, panel, threshold, trained_on)
+        if coverage.missing and coverage.present:
+            given = {canonical_marker(str(m)) for m in panel}
+            coverage.check = panel_check(self, [m for m in self.markers if m in given])
+        return coverage
+
     def predict_cells(self, cells: pd.DataFrame | CellSet, markers=None, image: str | None = None,
                       batch_size: int | None = None, tasks=("type", "status"), progress=None,
-                      source: str = "cells", threads: int | None = None) -> Predictions:
+                      source: str = "cells", threads: int | None = None,
+                      allow_partial_panel: bool = False) -> Predictions:
         """Cell types and clinical status of every cell (see :class:`Predictions`).
 
         ``cells``: a table with ``Object``, ``x``, ``y`` (um), marker columns (any panel: names go
@@ -403,21 +427,50 @@ class S2SModel:
         returning ``False`` cancels (the result then has ``cancelled=True``). ``threads``: batches
         scored at once on the CPU, each on one torch thread (default: the free cores); the probabilities
         do not depend on it.
+
+        Refused (:class:`~spatial2sentence.domain.PanelCoverageError`) when the input carries fewer of
+        the model's markers than the model needs (:meth:`panel_coverage`), unless ``allow_partial_panel``;
+        the result's ``coverage`` says what was present either way.
         """
         from .predict import PREDICT_BATCH_SIZE, predict_cellset
 
+        coverage = self.panel_coverage(cells, markers)
+        # no shared marker at all: prepare() says so (or reads a phenotype-only table)
+        if coverage.present and not coverage.ok and not allow_partial_panel:
+            raise PanelCoverageError(source if source != "cells" else image or source, coverage.refusal())
         cs = self.prepare(cells, markers, image, source=source)
-        return predict_cellset(self, cs, batch_size=batch_size or PREDICT_BATCH_SIZE, tasks=tasks,
+        pred = predict_cellset(self, cs, batch_size=batch_size or PREDICT_BATCH_SIZE, tasks=tasks,
                                progress=progress, threads=threads)
+        pred.coverage = coverage
+        return pred
+
+    def predict(self, adata, image_key: str | None = None, copy: bool = False, allow_partial_panel: bool = False,
+                **kwargs):
+        """Predict the cells of an ``AnnData`` and write ``obs``/``obsm``/``uns`` entries
+        (:func:`~spatial2sentence.anndata_io.predict_anndata`)."""
+        from .anndata_io import predict_anndata
+
+        return predict_anndata(self, adata, image_key=image_key, copy=copy,
+                               allow_partial_panel=allow_partial_panel, **kwargs)
+
+    @classmethod
+    def fit(cls, adata, label_key: str, out: str | Path, status_key: str | None = None,
+            image_key: str | None = None, **train_kwargs) -> "S2SModel":
+        """Train a model on an ``AnnData`` (:func:`~spatial2sentence.anndata_io.fit_anndata`); written to
+        ``out`` and returned."""
+        from .anndata_io import fit_anndata
+
+        return fit_anndata(adata, label_key, out, status_key=status_key, image_key=image_key, **train_kwargs)
 
     def predict_image(self, image, mask, panel=None, batch_size: int | None = None, progress=None,
-                      threads: int | None = None) -> Predictions:
+                      threads: int | None = None, allow_partial_panel: bool = False) -> Predictions:
         """Measure an :class:`~spatial2sentence.io.IMCImage` (or path) with its mask and predict."""
         from .measure import measure_image
 
         image, df = measure_image(image, mask, panel)
         return self.predict_cells(df, markers=image.channels, image=image.name, batch_size=batch_size,
-                                  progress=progress, source=image.name, threads=threads)
+                                  progress=progress, source=image.name, threads=threads,
+                                  allow_partial_panel=allow_partial_panel)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.lm.parameters())

@@ -16,12 +16,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .domain import status_is_confident
 from .prompts import task_words
+from .sentences import NIL
 from .threads import default_workers, parallel_map
 
 # prompts per forward pass: 128 ran the default model 20-30% faster than 256 on 2 CPU threads (smaller
 # activations stay in cache); measured with benchmarks/inference.py-style runs, see README
 PREDICT_BATCH_SIZE = 128
+UNKNOWN = "unknown"  # the call of a cell without signal (see predict_cellset)
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int):
@@ -211,9 +214,10 @@ def predict_cellset(model, cs, batch_size: int = PREDICT_BATCH_SIZE, tasks=("typ
 
     n = len(cs)
     sents = cs.sentences(np.arange(n), model.sentence)
-    tasks = [t for t in tasks if t in ("type", "status")]
-    label_ids = {t: model.label_ids(t) for t in tasks}
     labels = {"type": model.type_labels, "status": model.status_labels}
+    # a model trained without clinical labels (or without types) has no such task to run
+    tasks = [t for t in tasks if t in ("type", "status") and len(labels[t])]
+    label_ids = {t: model.label_ids(t) for t in tasks}
     probs = {t: np.full((n, len(label_ids[t])), np.nan, np.float32) for t in tasks}
     task_ids = {t: model.tokenizer.encode(task_words(t)) for t in tasks}
     ph = cs.is_phenotype
@@ -261,8 +265,14 @@ def predict_cellset(model, cs, batch_size: int = PREDICT_BATCH_SIZE, tasks=("typ
         ct = np.where(ok, np.asarray(labels["type"], dtype=object)[best], None)
         if ph.any():
             ct = np.where(ph, cs.phenotype, ct)
+        # a cell none of whose markers is measurably present has the sentence "nil": its type is
+        # "unknown", not the model's majority class (its class probabilities stay in the p_ columns)
+        no_signal = np.array([s == [NIL] for s in sents], bool) & ~ph
+        ct = np.where(no_signal & ok, UNKNOWN, ct)
         table["cell_type"] = ct
-        table["cell_type_probability"] = np.where(ok, p.max(1, initial=0), np.where(ph, 1.0, np.nan))
+        table["cell_type_probability"] = np.where(ok & ~no_signal, p.max(1, initial=0),
+                                                  np.where(ph, 1.0, np.nan))
+        table["no_signal"] = no_signal
         for j, lab in enumerate(labels["type"]):
             table[_col("p_", lab)] = p[:, j]
     img_rows = []
@@ -281,10 +291,11 @@ def predict_cellset(model, cs, batch_size: int = PREDICT_BATCH_SIZE, tasks=("typ
                 mlp = np.log(np.clip(p[sel], 1e-12, 1)).mean(0)
                 agg = np.exp(mlp - mlp.max())
                 agg /= agg.sum()
-                row.update(status=labels["status"][int(agg.argmax())], status_probability=float(agg.max()))
+                row.update(status=labels["status"][int(agg.argmax())], status_probability=float(agg.max()),
+                           status_confident=status_is_confident(float(agg.max()), len(agg)))
                 row.update({_col("p_status_", lab): float(v) for lab, v in zip(labels["status"], agg)})
             else:
-                row.update(status=None, status_probability=np.nan)
+                row.update(status=None, status_probability=np.nan, status_confident=False)
             img_rows.append(row)
     return Predictions(table, pd.DataFrame(img_rows), list(cs.unknown_markers), list(cs.used_markers),
                        cancelled)

@@ -116,3 +116,113 @@ def filter_rows(df: pd.DataFrame, include: dict | None = None, exclude: dict | N
     for col, vals in (exclude or {}).items():
         keep &= ~df[col].astype(str).isin([str(v) for v in vals]).to_numpy()
     return df.loc[keep].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------ any cells table (CLI --table)
+def read_cells_table(path: str | Path, x_col: str | None = None, y_col: str | None = None,
+                     object_col: str | None = None, image_col: str | None = None,
+                     markers: list[str] | None = None, label_col: str | None = None,
+                     status_col: str | None = None) -> pd.DataFrame:
+    """A cells table from a CSV or an AnnData ``.h5ad`` file, in the library's columns: ``image``,
+    ``Object``, ``x``, ``y``, the markers, and ``cell_type`` / ``stage`` when ``label_col`` /
+    ``status_col`` are given.
+
+    Columns are found by the usual names when not given: steinbock (``Object``, ``centroid-1``...),
+    MCMICRO (``CellID``, ``X_centroid``, ``Y_centroid``), scimap (``X_position``), cytomapper
+    (``Pos_X``). An ``.h5ad`` gives its markers from ``X`` / ``var_names``, positions from
+    ``obsm['spatial']`` (else the obs columns), labels from ``obs`` (scverse conventions).
+    """
+    path = Path(path)
+    if path.name.lower().endswith(".h5ad"):
+        df, h5ad_markers = _anndata_frame(path)
+        markers = markers if markers is not None else h5ad_markers
+    else:
+        df = read_csv_table(path)
+    return standard_cells(df, path, x_col, y_col, object_col, image_col, markers, label_col, status_col)
+
+
+def _anndata_frame(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    from .io import check_input_file
+
+    check_input_file(path)
+    import anndata as ad
+
+    try:
+        adata = ad.read_h5ad(path)
+    except Exception as err:  # noqa: BLE001 - h5py/anndata raise many types for a bad file
+        lines = str(err).strip().splitlines()
+        raise S2SInputError(path, f"not a readable AnnData file ({lines[0] if lines else type(err).__name__})") from None
+    return anndata_frame(adata), [str(v) for v in adata.var_names]
+
+
+def anndata_frame(adata) -> pd.DataFrame:
+    """``obs`` plus the marker matrix ``X`` (one column per var) and ``obsm['spatial']`` as ``x``, ``y``."""
+    X = adata.X
+    X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
+    df = pd.DataFrame(X.astype(np.float64), columns=[str(v) for v in adata.var_names], index=adata.obs_names)
+    obs = adata.obs.drop(columns=[c for c in adata.obs.columns if str(c) in df.columns])
+    df = pd.concat([obs, df], axis=1)
+    if "spatial" in adata.obsm:
+        xy = np.asarray(adata.obsm["spatial"])[:, :2]
+        df["x"], df["y"] = xy[:, 0], xy[:, 1]
+    return df.reset_index(drop=True)
+
+
+def standard_cells(df: pd.DataFrame, source, x_col=None, y_col=None, object_col=None, image_col=None,
+                   markers=None, label_col=None, status_col=None) -> pd.DataFrame:
+    """See :func:`read_cells_table`; ``df`` is any cells table."""
+    from .cellset import IMAGE_COLS, OBJECT_COLS, X_COLS, Y_COLS, find_column, marker_columns
+
+    def col(given, names, what, required):
+        if given is not None:
+            if given not in df.columns:
+                raise S2SInputError(source, f"no column {given!r} for {what} (columns: "
+                                            f"{', '.join(map(str, list(df.columns)[:25]))})")
+            return given
+        found = find_column(df, names)
+        if found is None and required:
+            raise S2SInputError(source, f"no {what} column (looked for {', '.join(names)}); name it with "
+                                        f"--{what.replace(' ', '-')}-col")
+        return found
+
+    xc, yc = col(x_col, ("x",) + X_COLS, "x", True), col(y_col, ("y",) + Y_COLS, "y", True)
+    oc, ic = col(object_col, OBJECT_COLS, "object", False), col(image_col, IMAGE_COLS, "image", False)
+    lc = col(label_col, (), "label", False) if label_col else None
+    sc = col(status_col, (), "status", False) if status_col else None
+    named = {c for c in (xc, yc, oc, ic, lc, sc) if c is not None}
+    if markers is None:
+        markers = [c for c in marker_columns(df) if c not in named]
+    missing = [m for m in markers if m not in df.columns]
+    if missing:
+        raise S2SInputError(source, f"marker columns not in the table: {', '.join(map(str, missing[:10]))}")
+    if not markers:
+        raise S2SInputError(source, "no marker columns found; name them with --markers")
+    out = pd.DataFrame({
+        "image": df[ic].astype(str).to_numpy() if ic else np.full(len(df), Path(str(source)).stem, object),
+        "Object": df[oc].to_numpy() if oc else np.arange(1, len(df) + 1),
+        "x": pd.to_numeric(df[xc], errors="coerce").to_numpy(np.float64),
+        "y": pd.to_numeric(df[yc], errors="coerce").to_numpy(np.float64),
+    })
+    values = df[list(markers)].apply(pd.to_numeric, errors="coerce")
+    values.index = out.index
+    out = pd.concat([out, values], axis=1)
+    if not np.isfinite(out[["x", "y"]].to_numpy()).all():
+        raise S2SInputError(source, "cell positions (x, y) hold missing or non-numeric values")
+    if lc is not None:
+        out["cell_type"] = df[lc].astype(object).where(df[lc].notna(), None).to_numpy()
+    if sc is not None:
+        out["stage"] = df[sc].astype(object).where(df[sc].notna(), None).to_numpy()
+    return out
+
+
+def split_into_strips(df: pd.DataFrame, n: int = 4) -> pd.DataFrame:
+    """Cut each image into ``n`` vertical strips of equal cell counts; the strip becomes the image
+    (``<image>|strip<k>``): a split by region where a table holds one image."""
+    df = df.copy()
+    parts = []
+    for im, sub in df.groupby("image", sort=False):
+        q = np.quantile(sub["x"].to_numpy(), np.linspace(0, 1, n + 1)[1:-1])
+        strip = np.searchsorted(q, sub["x"].to_numpy(), side="right")
+        parts.append(pd.Series([f"{im}|strip{s + 1}" for s in strip], index=sub.index))
+    df["image"] = pd.concat(parts).loc[df.index]
+    return df

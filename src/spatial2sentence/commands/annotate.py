@@ -28,7 +28,10 @@ from . import dtype_option
                    "cores; Dask workers use 1); the outputs do not depend on it.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Prompts per model forward pass (default: 128).")
-def annotate(input_dir, out_dir, model_dir, device, dtype, workers, scheduler, overwrite, threads, batch_size):
+@click.option("--allow-partial-panel", is_flag=True,
+              help="Annotate images that carry fewer of the model's markers than it needs (unreliable).")
+def annotate(input_dir, out_dir, model_dir, device, dtype, workers, scheduler, overwrite, threads, batch_size,
+             allow_partial_panel):
     """Annotate every image of the folder INPUT: cell types, probabilities and clinical status.
 
     \b
@@ -64,11 +67,12 @@ def annotate(input_dir, out_dir, model_dir, device, dtype, workers, scheduler, o
 
     if workers and scheduler:
         raise click.UsageError("give --workers or --scheduler, not both")
-    bar = tqdm(total=None, desc="annotating", unit="image", dynamic_ncols=True)
+    bar = None  # created once the images are found: no empty bar before an error
 
     def progress(rec, done, total):
+        nonlocal bar
         if rec is None:
-            bar.reset(total=total)
+            bar = tqdm(total=total, desc="annotating", unit="image", dynamic_ncols=True)
             return
         bar.update(1)
         if rec["state"] == "error":
@@ -78,9 +82,10 @@ def annotate(input_dir, out_dir, model_dir, device, dtype, workers, scheduler, o
     try:
         result = run_batch(input_dir, out_dir, model=model_dir, device=device, dtype=dtype, workers=workers,
                            scheduler=scheduler, overwrite=overwrite, batch_size=batch_size, progress=progress,
-                           threads=threads)
+                           threads=threads, allow_partial_panel=allow_partial_panel)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     im, t = result.run["images"], result.run["timings"]
     rate = f", {t['images_per_minute']:.1f} images/min, {t['cells_per_second']:.0f} cells/s" \
         if t.get("images_per_minute") else ""

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from .predict import table_options
+
 
 def _data_entries(cfg: dict, data: tuple[str, ...]) -> list[dict]:
     if data:
@@ -91,7 +93,11 @@ def _load(entry: dict, seed: int):
 @click.option("--threads", type=click.IntRange(min=1, max=256), default=None, help="torch threads on CPU.")
 @click.option("--resume", is_flag=True, help="Continue from <out>/checkpoint/state.pt.")
 @click.option("--no-eval", is_flag=True, help="Skip the recipe's held-out evaluations.")
-def train(config, data, out, steps, seed, fmt, device, threads, resume, no_eval):
+@table_options
+@click.option("--label-col", default=None, help="Cell-type column of the --table (the classes to learn).")
+@click.option("--status-col", default=None, help="Clinical-status column of the --table (per image), optional.")
+def train(config, data, out, steps, seed, fmt, device, threads, resume, no_eval, table, x_col, y_col, object_col,
+          image_col, markers, label_col, status_col):
     """Train a model (validation split by image, early stopping, resumable) and write MODEL_DIR."""
     from ..errors import S2SInputError
     from ..settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings, TrainSettings
@@ -122,13 +128,35 @@ def train(config, data, out, steps, seed, fmt, device, threads, resume, no_eval)
         ts.num_threads = threads
     if fmt:
         prompt.format = fmt
-    entries = _data_entries(cfg, data)
+    if table is not None:
+        from ..tables import read_cells_table
+
+        if data:
+            raise click.UsageError("give --data or --table, not both")
+        if not label_col and not status_col:
+            raise click.UsageError("--table needs --label-col (cell types) and/or --status-col")
+        t0 = time.perf_counter()
+        cells = read_cells_table(table, x_col, y_col, object_col, image_col,
+                                 markers.split(",") if markers else None, label_col, status_col)
+        if cells["image"].nunique() == 1 and not status_col:
+            # one image: validation (early stopping) needs held-out regions, so it is cut into strips
+            from ..tables import split_into_strips
+
+            cells = split_into_strips(cells, 4)
+            click.echo("one image: cut into 4 vertical strips of equal cell counts so that validation "
+                       "holds out whole regions")
+        tables = [cells]
+        entries = [{"path": str(table), "description": f"cells table {Path(table).name}, labels from "
+                                                      f"{label_col or status_col}"}]
+    else:
+        entries = _data_entries(cfg, data)
     if not entries:
         raise S2SInputError(None, "no training data: give --data or a recipe with 'data'")
-    for e in entries:
+    for e in entries if table is None else []:
         _check_data_path(e)
     t0 = time.perf_counter()
-    tables = [_load(e, ts.seed) for e in entries]
+    if table is None:
+        tables = [_load(e, ts.seed) for e in entries]
     click.echo(f"training data: {sum(len(t) for t in tables)} cells from {len(tables)} table(s) "
                f"({time.perf_counter() - t0:.1f} s to load)")
     info = {k: cfg[k] for k in ("name", "description", "notes") if k in cfg}

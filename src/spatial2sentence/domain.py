@@ -1,0 +1,164 @@
+"""Can this model read this panel? Panel coverage, the refusal below a measured threshold, and the
+confidence rules for what is shown (cells with no signal, an image status that does not beat chance).
+
+Why: a model reads marker words; markers it never saw are ignored. With 1 of its 37 markers present,
+every sentence of the default model is the single word ``nil`` and every cell got the majority type
+(acinar) with a clinical status in bold. Coverage is the fraction of the model's markers that the
+image or table measures (after alias matching: ``CD8a`` meets ``CD8A``); below the model's
+``min_marker_fraction`` prediction is refused unless the caller explicitly allows a partial panel.
+The default threshold comes from ``benchmarks/coverage.py`` (held-out accuracy against the fraction of
+the panel present, random panel subsets): see ``DEFAULT_MIN_MARKER_FRACTION``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .aliases import canonical_marker
+from .errors import ModelInputError
+
+# The rule for a model folder WITHOUT check cells: benchmarks/coverage.py (default model, 6 held-out
+# semi-synthetic images, 4 random panel subsets per size) found that the mean accuracy reaches half the
+# way from the majority class (0.546) to the full panel (0.871) only from 20 of 37 markers (0.541) on;
+# one random third of the panel gave 0.37 to 0.68. Counting markers is that unreliable, so a folder
+# with check cells (the default model's) is judged by panel_check instead.
+DEFAULT_MIN_MARKER_FRACTION = 0.54
+# an image's clinical status is shown as a call only when its probability beats chance (1 / classes)
+# by this much; otherwise "uncertain"
+DEFAULT_STATUS_MARGIN = 0.15
+
+
+# a sample of labelled held-out cells stored in a model folder: the model's accuracy with exactly the
+# markers an input carries is measured on them (see panel_check)
+CHECK_CELLS = "panel_check.csv.gz"
+# markers every panel carries (nuclear stains): they say nothing about the cell type, so they do not
+# count towards coverage
+NUCLEAR = ("DNA1", "DNA2", "DNA3", "DNA", "H3", "HISTONEH3", "IR191", "IR193", "HOECHST", "DAPI")
+
+
+class PanelCoverageError(ModelInputError):
+    """The image or table carries too few of the model's markers for a trustworthy prediction."""
+
+
+@dataclass
+class PanelCoverage:
+    """Which of the model's markers a panel carries."""
+
+    present: list[str]  # the model's markers found (canonical names)
+    missing: list[str]  # the model's markers absent
+    unknown: list[str] = field(default_factory=list)  # the panel's markers the model does not know
+    threshold: float = DEFAULT_MIN_MARKER_FRACTION
+    trained_on: str = ""
+    # measured on the model's check cells with exactly the present markers (None: no check cells, or
+    # the full panel is present): accuracy, full-panel accuracy, majority baseline, required accuracy
+    check: dict | None = None
+
+    @property
+    def fraction(self) -> float:
+        total = len(self.present) + len(self.missing)
+        return len(self.present) / total if total else 0.0
+
+    @property
+    def ok(self) -> bool:
+        if self.check is not None:
+            return self.check["accuracy"] >= self.check["required"]
+        return self.fraction >= self.threshold
+
+    def summary(self) -> str:
+        n, m = len(self.present), len(self.present) + len(self.missing)
+        shown = ", ".join(self.present[:12]) + (", ..." if n > 12 else "")
+        text = f"{n} of {m} model markers present ({shown or 'none'})"
+        if self.trained_on:
+            text += f"; the model was trained on {self.trained_on}"
+        return text
+
+    def refusal(self) -> str:
+        if self.check is not None:
+            c = self.check
+            why = (f"with only these markers the model types {c['accuracy']:.0%} of its held-out check cells "
+                   f"correctly ({c['full']:.0%} with its full panel, {c['majority']:.0%} by always naming the "
+                   f"commonest type), below the {c['required']:.0%} it needs")
+        else:
+            why = f"{self.fraction:.0%} of the panel is below the {self.threshold:.0%} this model needs"
+        return (f"{self.summary()}; {why}, so its cell types would be guesses. Train a model on your own "
+                "panel (s2s train --table, or the Train model widget), or allow a partial panel explicitly "
+                "(--allow-partial-panel / the checkbox)")
+
+    def to_dict(self) -> dict:
+        return {"present": self.present, "missing": self.missing, "unknown": self.unknown,
+                "fraction": round(self.fraction, 4), "threshold": self.threshold, "ok": self.ok,
+                "trained_on": self.trained_on, "check": self.check}
+
+
+def panel_coverage(model_markers: list[str], panel: list[str], threshold: float = DEFAULT_MIN_MARKER_FRACTION,
+                   trained_on: str = "") -> PanelCoverage:
+    """Coverage of ``model_markers`` (canonical names) by the marker names of ``panel``."""
+    model_markers = [m for m in model_markers if m.upper() not in NUCLEAR] or list(model_markers)
+    known = set(model_markers)
+    found, unknown = set(), []
+    for name in panel:
+        canon = canonical_marker(str(name))
+        if canon in known:
+            found.add(canon)
+        else:
+            unknown.append(str(name))
+    present = [m for m in model_markers if m in found]
+    missing = [m for m in model_markers if m not in found]
+    return PanelCoverage(present, missing, unknown, float(threshold), trained_on)
+
+
+def status_is_confident(probability: float, n_classes: int, margin: float = DEFAULT_STATUS_MARGIN) -> bool:
+    """Whether an image's clinical-status probability beats chance by ``margin``."""
+    return n_classes > 0 and probability == probability and probability >= 1.0 / n_classes + margin
+
+
+def required_accuracy(full: float, majority: float) -> float:
+    """The accuracy a partial panel must reach: half the way from always naming the commonest type to
+    the full panel (the rule behind ``benchmarks/coverage.py``'s threshold)."""
+    return majority + 0.5 * (full - majority)
+
+
+_CHECK_CACHE: dict = {}
+
+
+def panel_check(model, present: list[str]) -> dict | None:
+    """The model's type accuracy on its check cells (``CHECK_CELLS`` in its folder) when only the
+    ``present`` markers are measured; None when the folder holds no check cells.
+
+    Why: how much a partial panel loses depends on WHICH markers it keeps (the 5 markers of the real
+    Damond toy crops were chosen to tell beta from alpha cells; 5 random markers often are not), so the
+    guard measures the panel at hand rather than counting markers. Cached per model and panel.
+    """
+    import numpy as np
+
+    from .predict import predict_cellset
+    from .tables import read_csv_table
+
+    path = getattr(model, "path", None)
+    if path is None or not (path / CHECK_CELLS).is_file():
+        return None
+    key = (str(path), id(model), tuple(sorted(present)))
+    if key in _CHECK_CACHE:
+        return _CHECK_CACHE[key]
+    cells = read_csv_table(path / CHECK_CELLS)
+    fixed = {"image", "Object", "x", "y", "cell_type"}
+    cells = cells.rename(columns={c: canonical_marker(c) for c in cells.columns if c not in fixed})
+    truth = cells["cell_type"].astype(str).to_numpy()
+    meta = [c for c in ("image", "Object", "x", "y") if c in cells.columns]
+
+    def accuracy(markers):
+        cs = model.prepare(cells[meta + list(markers)], list(markers), source=CHECK_CELLS)
+        pred = predict_cellset(model, cs, tasks=("type",), threads=1)
+        return float(np.mean(pred.cells["cell_type"].astype(str).to_numpy() == truth))
+
+    full_key = (str(path), id(model), "full")
+    if full_key not in _CHECK_CACHE:
+        _CHECK_CACHE[full_key] = accuracy([m for m in model.markers if m in cells.columns])
+    full = _CHECK_CACHE[full_key]
+    majority = float(np.unique(truth, return_counts=True)[1].max() / len(truth))
+    have = [m for m in present if m in cells.columns]
+    acc = accuracy(have) if have else 0.0
+    res = {"accuracy": round(acc, 4), "full": round(full, 4), "majority": round(majority, 4),
+           "required": round(required_accuracy(full, majority), 4), "n_cells": int(len(cells))}
+    _CHECK_CACHE[key] = res
+    return res

@@ -1,0 +1,189 @@
+"""Any panel, any tissue: the domain guard, cells without signal, tables and AnnData in and out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from spatial2sentence.cli import main
+from spatial2sentence.domain import PanelCoverageError, panel_coverage
+from spatial2sentence.model import DEFAULT_MODEL_DIR, S2SModel
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+TOY = DATA / "damond_pancreas_toy"
+SCIMAP = DATA / "scimap_cycif"
+# the MCMICRO CyCIF panel of the issue: 9 markers, 4 of them in the Damond panel
+CYCIF_9 = ["ELANE", "CD57", "CD45", "CD11B", "SMA", "CD16", "ECAD", "FOXP3", "NCAM"]
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return S2SModel.from_pretrained(None, device="cpu")
+
+
+def run(*args):
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return res.exit_code, res.output
+
+
+def test_coverage_counts_aliases_and_leaves_nuclear_stains_out():
+    cov = panel_coverage(["DNA1", "H3", "CD8A", "CDH1", "INS"], ["dna1", "CD8a", "E-cadherin", "FOO"])
+    assert cov.present == ["CD8A", "CDH1"] and cov.missing == ["INS"] and cov.unknown == ["dna1", "FOO"]
+    assert cov.fraction == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("panel,ok", [
+    (["CD99"], False),                                  # 1 of the model's markers
+    (CYCIF_9, False),                                   # another tissue's panel sharing 4
+    (["H3", "CD99", "PIN", "CD8a", "CDH"], False),      # the real toy crops' 5 markers
+    (["INS", "GCG", "SST", "AMY2A", "KRT19", "CD45", "CD31", "SMA", "CD68", "CD3"], True),
+])
+def test_default_model_guard_measures_the_panel_on_its_check_cells(default_model, panel, ok):
+    cov = default_model.panel_coverage(panel)
+    assert cov.ok is ok, cov.check
+    assert cov.check is not None and cov.check["n_cells"] >= 1000
+    assert cov.check["majority"] < cov.check["required"] < cov.check["full"]
+    if not ok:
+        assert "model markers present" in cov.refusal() and "train a model" in cov.refusal().lower()
+
+
+def test_full_panel_needs_no_check(default_model):
+    cov = default_model.panel_coverage(list(default_model.markers))
+    assert cov.ok and cov.check is None and cov.fraction == 1.0
+
+
+def test_cli_predict_refuses_the_toy_panel_and_allows_it_on_request(tmp_path):
+    args = ["predict", TOY / "img" / "G01.tiff", TOY / "masks" / "G01.tiff", "--panel", TOY / "panel.csv",
+            "-o", tmp_path / "p.csv"]
+    code, out = run(*args)
+    assert code == 1 and "4 of 34 model markers present" in out and "--allow-partial-panel" in out
+    assert not (tmp_path / "p.csv").exists()
+    code, out = run(*args, "--allow-partial-panel")
+    assert code == 0, out
+    status = json.loads((tmp_path / "p.status.json").read_text())
+    assert status["panel_coverage"]["ok"] is False and status["panel_coverage"]["check"]["accuracy"] < 0.6
+    assert "PARTIAL" in out
+
+
+def test_cells_without_signal_are_unknown_not_the_majority_type(default_model):
+    rng = np.random.default_rng(0)
+    n = 60
+    cells = pd.DataFrame({"Object": np.arange(1, n + 1), "x": rng.uniform(0, 200, n), "y": rng.uniform(0, 200, n)})
+    for m in default_model.markers:
+        cells[m] = rng.gamma(2.0, 1.0, n)
+    cells.loc[:9, default_model.markers] = 0.0  # ten cells with no signal in any marker
+    pred = default_model.predict_cells(cells).cells
+    assert pred["no_signal"].iloc[:10].all() and not pred["no_signal"].iloc[10:].any()
+    assert (pred["cell_type"].iloc[:10] == "unknown").all()
+    assert pred["cell_type_probability"].iloc[:10].isna().all()
+
+
+def test_status_confidence_follows_the_margin(default_model):
+    from spatial2sentence.domain import DEFAULT_STATUS_MARGIN, status_is_confident
+
+    assert not status_is_confident(1 / 3 + DEFAULT_STATUS_MARGIN - 0.01, 3)
+    assert status_is_confident(1 / 3 + DEFAULT_STATUS_MARGIN + 0.01, 3)
+    cells = pd.read_csv(DEFAULT_MODEL_DIR / "panel_check.csv.gz")
+    one = cells[cells["image"] == cells["image"].iloc[0]].drop(columns=["cell_type"])
+    st = default_model.predict_cells(one).image_status.iloc[0]
+    assert st["status_confident"] == status_is_confident(st["status_probability"], 3)
+
+
+# ------------------------------------------------------------------------------------- tables and AnnData
+def _generated_table(path: Path, n_per_class=60, seed=0) -> pd.DataFrame:
+    """Two images of three classes with distinct marker profiles (MCMICRO column names)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    profiles = {"T": [8, 1, 1], "B": [1, 8, 1], "tumour": [1, 1, 8]}
+    cid = 0
+    for image in ("s1", "s2"):
+        for k, (label, prof) in enumerate(profiles.items()):
+            for _ in range(n_per_class):
+                cid += 1
+                rows.append({"CellID": cid, "X_centroid": rng.uniform(0, 300) + 400 * k,
+                             "Y_centroid": rng.uniform(0, 300), "sample": image, "celltype": label,
+                             **{m: rng.gamma(2.0, v) for m, v in zip(("CD3", "CD20", "KRT"), prof)}})
+    df = pd.DataFrame(rows)
+    df.to_csv(path, index=False)
+    return df
+
+
+def test_train_and_predict_from_a_csv_table(tmp_path):
+    table = tmp_path / "cells.csv"
+    df = _generated_table(table)
+    code, out = run("train", "--table", table, "--image-col", "sample", "--label-col", "celltype",
+                    "--out", tmp_path / "m", "--steps", "60", "--threads", "1")
+    assert code == 0, out
+    meta = json.loads((tmp_path / "m" / "s2s_config.json").read_text())
+    assert sorted(meta["type_labels"]) == ["B", "T", "tumour"] and meta["status_labels"] == []
+    code, out = run("predict", "--table", table, "--image-col", "sample", "--model", tmp_path / "m",
+                    "-o", tmp_path / "p.csv")
+    assert code == 0, out
+    pred = pd.read_csv(tmp_path / "p.csv")
+    assert len(pred) == len(df) and set(pred["image"]) == {"s1", "s2"}
+    assert (pred["Object"].to_numpy() == df["CellID"].to_numpy()).all()
+    acc = float(np.mean(pred["cell_type"].to_numpy() == df["celltype"].to_numpy()))
+    assert acc > 0.8  # three well-separated profiles
+
+
+def test_table_errors_name_the_column(tmp_path):
+    table = tmp_path / "cells.csv"
+    _generated_table(table)
+    code, out = run("predict", "--table", table, "--x-col", "nope", "-o", tmp_path / "p.csv")
+    assert code == 1 and "no column 'nope'" in out
+    code, out = run("train", "--table", table, "--out", tmp_path / "m")
+    assert code == 1 and "--label-col" in out
+
+
+def test_scimap_h5ad_predict_writes_obs_and_model_predict_adata(tmp_path, default_model):
+    import anndata as ad
+
+    src = SCIMAP / "example_data.h5ad"
+    adata = ad.read_h5ad(src)
+    code, out = run("predict", "--table", src, "-o", tmp_path / "p.h5ad", "--allow-partial-panel")
+    assert code == 0, out
+    res = ad.read_h5ad(tmp_path / "p.h5ad")
+    assert res.n_obs == adata.n_obs and "s2s_cell_type" in res.obs
+    assert res.obsm["s2s_type_probabilities"].shape == (adata.n_obs, len(default_model.type_labels))
+    # the Python API, scverse style: positions from obsm['spatial']
+    adata.obsm["spatial"] = adata.obs[["X_position", "Y_position"]].to_numpy()
+    with pytest.raises(PanelCoverageError):
+        default_model.predict(adata)
+    out = default_model.predict(adata, copy=True, allow_partial_panel=True, tasks=("type",))
+    assert "s2s_cell_type" not in adata.obs and out.obs["s2s_cell_type"].notna().all()
+    p = out.obsm["s2s_type_probabilities"]
+    assert np.allclose(np.nansum(p, 1)[~out.obs["s2s_no_signal"].to_numpy()], 1.0, atol=1e-4)
+    assert out.uns["s2s"]["coverage"]["ok"] is False
+
+
+def test_fit_adata_then_predict(tmp_path):
+    import anndata as ad
+
+    df = _generated_table(tmp_path / "cells.csv", n_per_class=40)
+    adata = ad.AnnData(df[["CD3", "CD20", "KRT"]].to_numpy(np.float32),
+                       obs=df[["sample", "celltype"]].astype(str).set_index(df["CellID"].astype(str)))
+    adata.obsm["spatial"] = df[["X_centroid", "Y_centroid"]].to_numpy()
+    from spatial2sentence.settings import TrainSettings
+
+    model = S2SModel.fit(adata, label_key="celltype", image_key="sample", out=tmp_path / "fit",
+                         train_settings=TrainSettings(steps=60, batch_size=32, eval_every=30, num_threads=1),
+                         progress_bar=False, log=lambda *a: None)
+    assert (tmp_path / "fit" / "s2s_config.json").exists()
+    out = model.predict(adata, image_key="sample", copy=True)
+    acc = float(np.mean(out.obs["s2s_cell_type"].astype(str).to_numpy() == adata.obs["celltype"].to_numpy()))
+    assert acc > 0.8
+
+
+def test_bundled_model_folder_ships_its_check_cells():
+    cells = pd.read_csv(DEFAULT_MODEL_DIR / "panel_check.csv.gz")
+    assert {"image", "Object", "x", "y", "cell_type"} <= set(cells.columns) and len(cells) >= 1000
+    # images of the 3 donors the model never saw (benchmarks/coverage.py HELD_OUT_IMAGES)
+    assert set(cells["image"]) == {"E17", "E32", "G32", "H16", "J07", "K09"}
