@@ -79,8 +79,8 @@ class Normalizer:
         lo, hi = self.range_bounds(markers)
         return (self.transform(values, markers) - lo) / (hi - lo)
 
-    def fit_levels(self, values: np.ndarray, markers: list[str], n_levels: int = 8, threshold: float = 0.05,
-                   bins: str = "quantile") -> "Normalizer":
+    def fit_levels(self, values: np.ndarray, markers: list[str], n_levels: int = 16, threshold: float = 0.05,
+                   bins: str = "equal") -> "Normalizer":
         """Learn each marker's level bin edges from raw training values (after :meth:`fit`).
 
         ``quantile``: the (1/n .. (n-1)/n) quantiles of the range values of the cells above ``threshold``

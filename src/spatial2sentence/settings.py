@@ -62,8 +62,13 @@ class SentenceSettings(_Base):
     # "levels": every marker above level_threshold as one word MARKER:L (level 1..n_levels, n = highest),
     # from per-marker bins learned on the training cells (spatial2sentence.sentences, .normalize)
     encoding: str = "ranked"
-    n_levels: int = 8  # level bins per marker ("levels" encoding)
-    level_bins: str = "quantile"  # "quantile" (of the training cells above level_threshold) or "equal"
+    # level bins per marker ("levels" encoding): "equal" (even bins of [level_threshold, 1] on the marker's
+    # training range) or "quantile" (of the training cells above level_threshold). A linear read-out of
+    # the words, points against the full marker vector (semi-synthetic / toy crops / CyCIF,
+    # benchmarks/sentence_encoding.py): 16 equal -1.4 / -5.3 / -2.1, 8 equal -1.1 / -6.4 / -5.0,
+    # 8 quantile -3.3 / -13.2 / -6.5
+    n_levels: int = 16
+    level_bins: str = "equal"
     level_threshold: float = 0.05  # range value a marker must exceed to enter a "levels" sentence
     # partner lines keep at most this many words (their highest markers; 0: all). Why: levels sentences of
     # a 33-marker panel with 3 full partner lines make prompts of up to ~170 tokens, and the training time of
