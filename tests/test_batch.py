@@ -27,7 +27,7 @@ from spatial2sentence.errors import S2SInputError
 from spatial2sentence.io import write_tiff_atomic
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+from conftest import TEST_DATA as DATA  # noqa: E402
 LAYOUTS = DATA / "damond_diabetes_layouts" / "cells.csv.gz"
 RAW_MCD = DATA / "imc_testdata" / "raw" / "20210305_NE_mockData2" / "20210305_NE_mockData2.mcd"
 STEINBOCK_MASKS = DATA / "imc_testdata" / "steinbock" / "masks"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TOY = REPO.parent / "shared" / "data" / "damond_pancreas_toy"
+from conftest import DAMOND_TOY as TOY  # noqa: E402
 
 
 def s2s(*args, cwd=None, timeout=300):
@@ -374,4 +374,4 @@ def test_missing_input_answers_before_the_model_loads():
 
 def test_click_usage_errors_exit_with_1():
     code, _, err = s2s("predict")
-    assert code == 1 and "Missing argument" in err
+    assert code == 1 and "Missing option '-o'" in err

@@ -167,7 +167,7 @@ def test_partial_panel_and_unknown_markers(tiny, cells):
     sub = sub.rename(columns={"PIN": "proinsulin"})  # an alias
     sub["FOO1"] = 1.0
     with pytest.warns(UserWarning, match="FOO1"):
-        pred = model.predict_cells(sub, markers=["proinsulin", "CD99", "H3", "FOO1"])
+        pred = model.predict_cells(sub, markers=["proinsulin", "CD99", "H3", "FOO1"], allow_partial_panel=True)
     assert pred.unknown_markers == ["FOO1"] and set(pred.used_markers) == {"PIN", "CD99", "H3"}
     assert pred.cells["cell_type"].notna().all()
 

@@ -14,10 +14,8 @@ from spatial2sentence.cli import main
 from spatial2sentence.domain import PanelCoverageError, panel_coverage
 from spatial2sentence.model import DEFAULT_MODEL_DIR, S2SModel
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-TOY = DATA / "damond_pancreas_toy"
-SCIMAP = DATA / "scimap_cycif"
+from conftest import DAMOND_TOY as TOY  # noqa: E402
+from conftest import SCIMAP  # noqa: E402
 # the MCMICRO CyCIF panel of the issue: 9 markers, 4 of them in the Damond panel
 CYCIF_9 = ["ELANE", "CD57", "CD45", "CD11B", "SMA", "CD16", "ECAD", "FOXP3", "NCAM"]
 
@@ -143,18 +141,35 @@ def test_table_errors_name_the_column(tmp_path):
     assert code == 1 and "--label-col" in out
 
 
-def test_scimap_h5ad_predict_writes_obs_and_model_predict_adata(tmp_path, default_model):
+def _scimap_adata():
+    """The real scimap CyCIF cells as an AnnData: raw means of its 33 markers in X (DNA and background
+    channels left out), positions in obsm['spatial'], the gated phenotype in obs."""
     import anndata as ad
 
-    src = SCIMAP / "example_data.h5ad"
-    adata = ad.read_h5ad(src)
+    df = pd.read_csv(SCIMAP / "example_data.csv")
+    markers = [c for c in df.columns[1:34]]
+    obs = pd.DataFrame({"ImageId": "230", "CellID": df["CellID"].astype(str).to_numpy()},
+                       index=df["CellID"].astype(str).to_numpy())
+    adata = ad.AnnData(df[markers].to_numpy(np.float32), obs=obs)
+    adata.var_names = markers
+    adata.obsm["spatial"] = df[["X_position", "Y_position"]].to_numpy()
+    return adata
+
+
+def test_h5ad_table_predict_writes_obs_and_model_predict_adata(tmp_path, default_model):
+    adata = _scimap_adata()
+    src = tmp_path / "cycif.h5ad"
+    adata.write_h5ad(src)
+    code, out = run("predict", "--table", src, "-o", tmp_path / "p.h5ad")
+    assert code == 1 and "model markers present" in out  # another tissue's panel: refused
     code, out = run("predict", "--table", src, "-o", tmp_path / "p.h5ad", "--allow-partial-panel")
     assert code == 0, out
+    import anndata as ad
+
     res = ad.read_h5ad(tmp_path / "p.h5ad")
     assert res.n_obs == adata.n_obs and "s2s_cell_type" in res.obs
     assert res.obsm["s2s_type_probabilities"].shape == (adata.n_obs, len(default_model.type_labels))
-    # the Python API, scverse style: positions from obsm['spatial']
-    adata.obsm["spatial"] = adata.obs[["X_position", "Y_position"]].to_numpy()
+    # the Python API, scverse style
     with pytest.raises(PanelCoverageError):
         default_model.predict(adata)
     out = default_model.predict(adata, copy=True, allow_partial_panel=True, tasks=("type",))

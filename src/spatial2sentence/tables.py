@@ -214,15 +214,3 @@ def standard_cells(df: pd.DataFrame, source, x_col=None, y_col=None, object_col=
         out["stage"] = df[sc].astype(object).where(df[sc].notna(), None).to_numpy()
     return out
 
-
-def split_into_strips(df: pd.DataFrame, n: int = 4) -> pd.DataFrame:
-    """Cut each image into ``n`` vertical strips of equal cell counts; the strip becomes the image
-    (``<image>|strip<k>``): a split by region where a table holds one image."""
-    df = df.copy()
-    parts = []
-    for im, sub in df.groupby("image", sort=False):
-        q = np.quantile(sub["x"].to_numpy(), np.linspace(0, 1, n + 1)[1:-1])
-        strip = np.searchsorted(q, sub["x"].to_numpy(), side="right")
-        parts.append(pd.Series([f"{im}|strip{s + 1}" for s in strip], index=sub.index))
-    df["image"] = pd.concat(parts).loc[df.index]
-    return df

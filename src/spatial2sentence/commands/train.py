@@ -138,13 +138,10 @@ def train(config, data, out, steps, seed, fmt, device, threads, resume, no_eval,
         t0 = time.perf_counter()
         cells = read_cells_table(table, x_col, y_col, object_col, image_col,
                                  markers.split(",") if markers else None, label_col, status_col)
-        if cells["image"].nunique() == 1 and not status_col:
-            # one image: validation (early stopping) needs held-out regions, so it is cut into strips
-            from ..tables import split_into_strips
-
-            cells = split_into_strips(cells, 4)
-            click.echo("one image: cut into 4 vertical strips of equal cell counts so that validation "
-                       "holds out whole regions")
+        if cells["image"].nunique() < 5 and "val_split" not in (cfg.get("train") or {}):
+            # few images: validation (early stopping) holds out a spatial block of each image rather
+            # than whole images (which would take a third or half of the training cells)
+            ts.val_split = "blocks"
         tables = [cells]
         entries = [{"path": str(table), "description": f"cells table {Path(table).name}, labels from "
                                                       f"{label_col or status_col}"}]

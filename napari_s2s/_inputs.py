@@ -1,0 +1,113 @@
+"""Finding an IMC image (its channel layers), its mask and marker names in napari's layer list: shared by
+the Annotate cells and Train model widgets (a mixin over a widget with ``viewer``, ``image_combo``,
+``mask_combo`` and ``markers_edit``)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from spatial2sentence.errors import S2SInputError
+
+_SUFFIX = re.compile(r"\s*\[[^\]]*\]$")
+
+
+def meta(layer) -> dict:
+    """The plugin's metadata of a layer (``layer.metadata['s2s']``)."""
+    m = getattr(layer, "metadata", None) or {}
+    return m.get("s2s", {}) if isinstance(m.get("s2s", {}), dict) else {}
+
+
+class LayerInputs:
+    def image_groups(self) -> dict[str, list]:
+        """{display name: [channel layers in order]} for every image found in the layer list."""
+        from napari.layers import Image
+
+        groups: dict[str, list] = {}
+        loose: dict[tuple, list] = {}
+        for layer in self.viewer.layers:
+            if not isinstance(layer, Image) or layer.rgb:
+                continue
+            m = meta(layer)
+            if m.get("role") == "channel":
+                groups.setdefault(m.get("image", "image"), []).append(layer)
+            elif m.get("role"):
+                continue
+            elif layer.ndim == 3:
+                groups[f"{layer.name} ({layer.data.shape[0]} channels)"] = [layer]
+            elif layer.ndim == 2:
+                loose.setdefault(tuple(layer.data.shape), []).append(layer)
+        for k in groups:
+            groups[k].sort(key=lambda lay: meta(lay).get("index", 0))
+        for shape, layers in loose.items():
+            groups[f"{len(layers)} layers of {shape[0]} x {shape[1]} px"] = layers
+        return groups
+
+    def mask_layers(self) -> list:
+        from napari.layers import Labels
+
+        return [lay for lay in self.viewer.layers if isinstance(lay, Labels)
+                and meta(lay).get("role", "mask") == "mask"]
+
+    def _refresh_layers(self, event=None):
+        self._groups = self.image_groups()
+        cur = self.image_combo.currentText()
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems(list(self._groups))
+        if cur in self._groups:
+            self.image_combo.setCurrentText(cur)
+        self.image_combo.blockSignals(False)
+        curm = self.mask_combo.currentText()
+        self.mask_combo.clear()
+        self.mask_combo.addItems([lay.name for lay in self.mask_layers()])
+        if curm in [lay.name for lay in self.mask_layers()]:
+            self.mask_combo.setCurrentText(curm)
+        self._on_image_changed(keep_mask=bool(curm))
+
+    def _on_image_changed(self, *_, keep_mask: bool = False):
+        layers = self._groups.get(self.image_combo.currentText(), [])
+        self.markers_edit.setText(", ".join(self.marker_names(layers)))
+        if layers and not keep_mask:
+            image = meta(layers[0]).get("image")
+            shape = tuple(layers[0].data.shape[-2:])
+            masks = self.mask_layers()
+            best = [m for m in masks if image and meta(m).get("image") == image] or \
+                   [m for m in masks if tuple(m.data.shape) == shape]
+            if best:
+                self.mask_combo.setCurrentText(best[0].name)
+
+    @staticmethod
+    def marker_names(layers) -> list[str]:
+        if len(layers) == 1 and layers[0].ndim == 3:
+            m = meta(layers[0]).get("channels") or layers[0].metadata.get("channel_names")
+            n = layers[0].data.shape[0]
+            return list(m) if m and len(m) == n else [f"ch{i}" for i in range(n)]
+        return [meta(lay).get("channel") or _SUFFIX.sub("", lay.name) for lay in layers]
+
+    def current_inputs(self):
+        """(image name, data C x Y x X, marker names, mask layer, pixel size); raises S2SInputError."""
+        name = self.image_combo.currentText()
+        layers = self._groups.get(name)
+        if not layers:
+            raise S2SInputError(None, "no image: open an IMC image (its channels become image layers)")
+        mask_layer = next((m for m in self.mask_layers() if m.name == self.mask_combo.currentText()), None)
+        if mask_layer is None:
+            raise S2SInputError(name, "no mask: add a Labels layer with the cell segmentation")
+        if len(layers) == 1 and layers[0].ndim == 3:
+            data = np.asarray(layers[0].data)
+        else:
+            shapes = {tuple(lay.data.shape) for lay in layers}
+            if len(shapes) > 1:
+                raise S2SInputError(name, f"channel layers differ in shape: {sorted(shapes)}")
+            data = np.stack([np.asarray(lay.data) for lay in layers])
+        markers = [m.strip() for m in self.markers_edit.text().split(",") if m.strip()]
+        image = meta(layers[0]).get("image") or name
+        ps = float(meta(layers[0]).get("pixel_size_um") or layers[0].scale[-1] or 1.0)
+        mask = np.asarray(mask_layer.data)
+        if mask.shape != data.shape[1:]:
+            raise S2SInputError(mask_layer.name, f"mask shape {mask.shape} differs from the image's "
+                                                 f"{data.shape[1:]} ({name})")
+        return image, data, markers, mask_layer, ps
+
