@@ -182,7 +182,8 @@ class TrainModelWidget(LayerInputs, QWidget):
         self.counts = QTableWidget(0, 2)
         self.counts.setHorizontalHeaderLabels(["class", "labelled cells"])
         self.counts.verticalHeader().setVisible(False)
-        self.counts.setMaximumHeight(150)
+        self.counts.setMinimumHeight(110)  # header + 3 classes visible
+        self.counts.setMaximumHeight(170)
         self.counts.horizontalHeader().setStretchLastSection(True)
         ll.addWidget(self.counts)
         root.addWidget(lab)
@@ -246,7 +247,7 @@ class TrainModelWidget(LayerInputs, QWidget):
             return None
         colors = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324"]
         color = colors[len(self.class_layers()) % len(colors)]
-        layer = self.viewer.add_points(np.zeros((0, 2)), name=name, size=6, face_color=color,
+        layer = self.viewer.add_points(np.zeros((0, 2)), name=name, size=3, face_color=color,
                                        metadata={"s2s": {"role": POINTS_ROLE}})
         layer.mode = "add"
         layer.events.data.connect(self.refresh_counts)
@@ -356,7 +357,7 @@ class TrainModelWidget(LayerInputs, QWidget):
             return None
         ps = float(self.current_inputs()[4])
         pts = picked[["y", "x"]].to_numpy() / ps
-        layer = self.viewer.add_points(pts, name="label these next", size=10, face_color="transparent",
+        layer = self.viewer.add_points(pts, name="label these next", size=7, face_color="transparent",
                                        border_color="#ffffff", text={"string": [f"{t}?" for t in picked["cell_type"]],
                                                                      "size": 8, "color": "white"})
         return layer

@@ -147,7 +147,8 @@ def _scimap_adata():
     import anndata as ad
 
     df = pd.read_csv(SCIMAP / "example_data.csv")
-    markers = [c for c in df.columns[1:34]]
+    cols = list(df.columns[1:list(df.columns).index("X_position")])
+    markers = [c for c in cols if not c.startswith(("DNA", "BG"))]
     obs = pd.DataFrame({"ImageId": "230", "CellID": df["CellID"].astype(str).to_numpy()},
                        index=df["CellID"].astype(str).to_numpy())
     adata = ad.AnnData(df[markers].to_numpy(np.float32), obs=obs)
@@ -202,3 +203,37 @@ def test_bundled_model_folder_ships_its_check_cells():
     assert {"image", "Object", "x", "y", "cell_type"} <= set(cells.columns) and len(cells) >= 1000
     # images of the 3 donors the model never saw (benchmarks/coverage.py HELD_OUT_IMAGES)
     assert set(cells["image"]) == {"E17", "E32", "G32", "H16", "J07", "K09"}
+
+
+def test_temperature_scaling_recovers_a_known_temperature_and_keeps_the_calls():
+    from spatial2sentence.domain import apply_temperature, fit_temperature, reliability
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, size=(4000, 5))
+    true_p = np.exp(logits / 2.0) / np.exp(logits / 2.0).sum(1, keepdims=True)  # the truth is T = 2
+    y = np.array([rng.choice(5, p=row) for row in true_p])
+    raw = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)  # over-confident
+    t = fit_temperature(raw, y)
+    assert 1.7 < t < 2.3
+    cal = apply_temperature(raw, t)
+    assert (cal.argmax(1) == raw.argmax(1)).all() and np.allclose(cal.sum(1), 1.0)
+    assert reliability(cal, y)[0] < reliability(raw, y)[0]
+    nan_row = np.array([[np.nan, np.nan]])
+    assert np.isnan(apply_temperature(nan_row, 2.0)).all()
+
+
+def test_default_model_applies_its_stored_temperature(default_model):
+    t = default_model.calibration.get("type_temperature")
+    assert t is not None and t > 0 and default_model.calibration["ece_after"] <= default_model.calibration["ece_before"]
+    cells = pd.read_csv(DEFAULT_MODEL_DIR / "panel_check.csv.gz").head(150).drop(columns=["cell_type"])
+    cal = default_model.predict_cells(cells, tasks=("type",)).cells
+    default_model.calibration, saved = {}, default_model.calibration
+    try:
+        raw = default_model.predict_cells(cells, tasks=("type",)).cells
+    finally:
+        default_model.calibration = saved
+    cols = [c for c in cal.columns if c.startswith("p_")]
+    from spatial2sentence.domain import apply_temperature
+
+    np.testing.assert_allclose(cal[cols].to_numpy(), apply_temperature(raw[cols].to_numpy(), t), atol=1e-6)
+    assert (cal["cell_type"] == raw["cell_type"]).all()

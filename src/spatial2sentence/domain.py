@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .aliases import canonical_marker
 from .errors import ModelInputError
 
@@ -129,8 +131,6 @@ def panel_check(model, present: list[str]) -> dict | None:
     Damond toy crops were chosen to tell beta from alpha cells; 5 random markers often are not), so the
     guard measures the panel at hand rather than counting markers. Cached per model and panel.
     """
-    import numpy as np
-
     from .predict import predict_cellset
     from .tables import read_csv_table
 
@@ -162,3 +162,46 @@ def panel_check(model, present: list[str]) -> dict | None:
            "required": round(required_accuracy(full, majority), 4), "n_cells": int(len(cells))}
     _CHECK_CACHE[key] = res
     return res
+
+
+# --------------------------------------------------------------------------------------- calibration
+def apply_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
+    """Class probabilities (rows) as if the logits had been divided by ``temperature`` (temperature
+    scaling; rows with NaN stay NaN). ``log p`` differs from the logits by one constant per row, so this
+    needs the probabilities only."""
+    if temperature == 1.0 or p.size == 0:
+        return p
+    out = p.copy()
+    ok = np.isfinite(p).all(1)
+    lp = np.log(np.clip(p[ok], 1e-12, 1.0)) / temperature
+    lp -= lp.max(1, keepdims=True)
+    e = np.exp(lp)
+    out[ok] = (e / e.sum(1, keepdims=True)).astype(p.dtype)
+    return out
+
+
+def fit_temperature(p: np.ndarray, y: np.ndarray) -> float:
+    """The temperature minimising the negative log-likelihood of the true classes ``y`` (indices)."""
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 400))
+
+    def nll(t):
+        q = apply_temperature(p, t)
+        return -np.mean(np.log(np.clip(q[np.arange(len(y)), y], 1e-12, 1.0)))
+
+    return float(grid[int(np.argmin([nll(t) for t in grid]))])
+
+
+def reliability(p: np.ndarray, y: np.ndarray, bins: int = 10) -> tuple[float, list[dict]]:
+    """Expected calibration error (confidence vs accuracy in ``bins`` equal-width bins, weighted by
+    cell count) and the bins themselves (a reliability diagram's points)."""
+    conf, pred = p.max(1), p.argmax(1)
+    hit = pred == y
+    edges = np.linspace(0, 1, bins + 1)
+    rows, ece = [], 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            c, a = float(conf[sel].mean()), float(hit[sel].mean())
+            ece += sel.mean() * abs(c - a)
+            rows.append({"lo": float(lo), "hi": float(hi), "confidence": c, "accuracy": a, "n": int(sel.sum())})
+    return float(ece), rows

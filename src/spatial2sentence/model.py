@@ -256,6 +256,8 @@ class S2SModel:
         self.model_settings = model
         self.info = dict(info or {})
         self.path: Path | None = None  # the folder it was loaded from (from_pretrained)
+        # temperatures per task fitted on held-out cells ("type_temperature"), with the fit's ECE
+        self.calibration: dict = {}
         self.device = resolve_device(device)
         self.lm.to(self.device)
         self.lm.eval()
@@ -303,6 +305,8 @@ class S2SModel:
             for task in ("type", "status"):
                 model.label_ids(task)
             model.path = path
+            if isinstance(meta.get("calibration"), dict):
+                model.calibration = dict(meta["calibration"])
         except S2SInputError as err:
             raise ModelInputError(path, f"not a napari-s2s model: {err.problem}") from None
         except Exception as err:  # noqa: BLE001 - transformers/tokenizers raise many types for bad files
@@ -322,6 +326,7 @@ class S2SModel:
             "prompt": {**self.prompt.to_dict(), "distance_bins_um": list(self.prompt.distance_bins_um)},
             "model": self.model_settings.to_dict(),
             "info": self.info,
+            **({"calibration": self.calibration} if self.calibration else {}),
         }
 
     def save_pretrained(self, path: str | Path, card: str | None = None) -> Path:

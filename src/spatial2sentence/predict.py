@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .domain import status_is_confident
+from .domain import apply_temperature, status_is_confident
 from .prompts import task_words
 from .sentences import NIL
 from .threads import default_workers, parallel_map
@@ -257,6 +257,9 @@ def predict_cellset(model, cs, batch_size: int = PREDICT_BATCH_SIZE, tasks=("typ
         if cancelled:
             break
 
+    # temperature scaling fitted on held-out cells (benchmarks/calibration.py), stored with the model
+    for t in tasks:
+        probs[t] = apply_temperature(probs[t], float(getattr(model, "calibration", {}).get(f"{t}_temperature", 1.0)))
     table = pd.DataFrame({"image": cs.image, "Object": cs.object_id})
     if "type" in tasks:
         p = probs["type"]
