@@ -403,3 +403,12 @@ def test_scoring_threads_change_no_bit_and_leave_torch_alone(steinbock_dir, tiny
     assert len(runs[0]) > 16 * 3  # several batches in flight at once
     for other in runs[1:]:
         pd.testing.assert_frame_equal(runs[0], other, check_exact=True)
+
+
+def test_steinbock_folder_with_ome_only_is_found(tmp_path):
+    """The bundled simulated islet (steinbock layout with ome/ and masks/, no img/) is an input."""
+    from spatial2sentence.batch import discover
+
+    disc = discover(REPO / "sample_data" / "simulated_islet")
+    assert disc.kind == "steinbock" and [j.name for j in disc.jobs] == ["R13_islet"]
+    assert disc.jobs[0].mask_path.endswith("masks/R13_islet.tiff") and disc.jobs[0].problem is None

@@ -144,7 +144,7 @@ def discover(input_dir: str | Path) -> Discovery:
     panel = root / "panel.csv"
     panel_path = str(panel) if panel.is_file() else None
 
-    if (root / "img").is_dir():
+    if (root / "img").is_dir() or ((root / "ome").is_dir() and (root / "masks").is_dir()):
         folder = read_steinbock(root)
         jobs = [
             ImageJob(e.name, str(e.image_path), str(e.mask_path) if e.mask_path else None, str(root / "panel.csv"),

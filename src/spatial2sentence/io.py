@@ -708,8 +708,10 @@ def read_steinbock(root: str | Path, mask_dir: str = "masks") -> SteinbockFolder
     if not root.is_dir():
         raise ImageReadError(root, "steinbock folder not found")
     img_dir = root / "img"
+    if not img_dir.is_dir() and (root / "ome").is_dir():
+        img_dir = root / "ome"  # steinbock's OME-TIFF export (channel names inside) without img/
     if not img_dir.is_dir():
-        raise ImageReadError(root, "not a steinbock folder: no img/ subfolder")
+        raise ImageReadError(root, "not a steinbock folder: no img/ (or ome/) subfolder")
     panel_path = root / "panel.csv"
     if not panel_path.exists():
         raise PanelError(panel_path, "file not found (a steinbock folder needs panel.csv)")
@@ -725,8 +727,10 @@ def read_steinbock(root: str | Path, mask_dir: str = "masks") -> SteinbockFolder
         raise ImageReadError(img_dir, "no TIFF images in the folder")
     entries = []
     for p in files:
-        mask = root / mask_dir / p.name
-        entries.append(SteinbockEntry(image_stem(p), p, mask if mask.exists() else None))
+        # masks/X.tiff for img/X.tiff, and for ome/X.ome.tiff
+        candidates = [root / mask_dir / p.name] + [root / mask_dir / f"{image_stem(p)}{s}" for s in (".tiff", ".tif")]
+        mask = next((m for m in candidates if m.exists()), None)
+        entries.append(SteinbockEntry(image_stem(p), p, mask))
     return SteinbockFolder(root, panel, entries, images_table)
 
 

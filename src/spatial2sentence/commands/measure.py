@@ -12,7 +12,7 @@ import click
 @click.argument("image", type=click.Path(path_type=Path))
 @click.argument("mask", required=False, type=click.Path(path_type=Path))
 @click.option("--panel", type=click.Path(path_type=Path), help="steinbock panel.csv naming the channels.")
-@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--out", "--output", "output", required=True, type=click.Path(path_type=Path),
               help="Output CSV (IMAGE MASK) or output folder (STEINBOCK_DIR).")
 @click.option("--pixel-size", "pixel_size_um", type=float, default=None,
               help="Pixel size in um (default: from OME metadata, else 1.0 as for IMC).")
