@@ -1,6 +1,7 @@
 """The thread policy of prediction: one torch thread per scored batch, torch's setting restored."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ def test_parallel_map_runs_each_item_on_one_torch_thread_in_order(three_threads,
 
     def work(i):
         seen.append((threading.current_thread().name, torch.get_num_threads()))
+        time.sleep(0.05)  # long enough that the pool needs more than one thread
         x = torch.from_numpy(np.random.default_rng(i).standard_normal((64, 300), dtype=np.float32))
         return i, (x @ x.T).sum(1).numpy()
 
