@@ -68,10 +68,30 @@ def align_scores(words: list[str], tokens: list[dict] | None) -> list[float | No
     return out
 
 
-def prompt_html(text: str, tokens: list[dict] | None) -> str:
-    """The prompt as HTML, one sentence per line, each word shaded by its attribution."""
+# template words the model needs but a reader does not: the task line is not shown
+HIDDEN_WORDS = {"task", "type", "status", "answer"}
+
+
+def display_word(word: str, names: dict[str, str] | None) -> str:
+    """A prompt word in the user's marker names: ``CDH1`` -> ``CDH``, ``CDH1:12`` -> ``CDH:12`` when the
+    panel calls the marker CDH (``names``: the model's canonical name -> the user's)."""
+    if not names:
+        return word
+    base, sep, level = word.partition(":")
+    if base in names:
+        return names[base] + sep + level
+    return word
+
+
+def prompt_html(text: str, tokens: list[dict] | None, names: dict[str, str] | None = None) -> str:
+    """The prompt as HTML, one sentence per line, each word shaded by its attribution, in the user's
+    marker names (the model's name in the tooltip where they differ); ``nil`` explained; the task line
+    (template words) left out."""
     words = text.split()
     scores = align_scores(words, tokens)
+    if "task" in words:  # "... ; task type answer": the question, not part of what the cell shows
+        cut = words.index("task")
+        words, scores = words[:cut], scores[:cut]
     finite = [abs(s) for s in scores if s is not None and np.isfinite(s)]
     vmax = max(finite) if finite else 0.0
     lines, cur = [], []
@@ -84,8 +104,14 @@ def prompt_html(text: str, tokens: list[dict] | None) -> str:
         elif w in ("far",):
             style = f"color:{NEGATIVE_COLOR};font-weight:bold;"
         bg = shade(s, vmax)
-        title = f" title='{s:+.3f}'" if s is not None and np.isfinite(s) else ""
-        cur.append(f"<span style='{style}background:{bg};padding:1px 2px;'{title}>{html.escape(w)}</span>")
+        shown = display_word(w, names)
+        tips = [f"score {s:+.3f}"] if s is not None and np.isfinite(s) else []
+        if shown != w:
+            tips.append(f"model's name: {w}")
+        if w == "nil":
+            tips.append("nil: no marker of the model's panel is measurably present in this cell")
+        title = f" title='{html.escape('; '.join(tips))}'" if tips else ""
+        cur.append(f"<span style='{style}background:{bg};padding:1px 2px;'{title}>{html.escape(shown)}</span>")
         if w == ";":
             lines.append(" ".join(cur))
             cur = []
@@ -178,7 +204,8 @@ class ExplanationPanel(QWidget):
             self.bars.addWidget(name, r, 0)
             self.bars.addWidget(prob_bar(v, info.get("colors", {}).get(lab, "#808080")), r, 1)
         attr = info.get("attribution")
-        self.prompt.setHtml(prompt_html(info.get("text", ""), attr.get("tokens") if attr else None))
+        names = info.get("display_names") or {}
+        self.prompt.setHtml(prompt_html(info.get("text", ""), attr.get("tokens") if attr else None, names))
         self.note.setText(info.get("note", ""))
         self.note.setVisible(bool(info.get("note")))
         if attr and attr.get("markers"):
@@ -186,16 +213,18 @@ class ExplanationPanel(QWidget):
             vmax = max(abs(float(m.get("score", 0))) for m in ms) or 1.0
             self.markers.setText(" ".join(
                 f"<span style='background:{shade(float(m['score']), vmax)};padding:2px;'>"
-                f"{html.escape(str(m['marker']))} {float(m['score']):+.2f}</span>" for m in ms))
+                f"{html.escape(names.get(str(m['marker']), str(m['marker'])))} {float(m['score']):+.2f}</span>"
+                for m in ms))
         else:
             anchor = info.get("anchor_markers", [])
-            self.markers.setText("ranked by expression (no attributions): " + html.escape(" > ".join(anchor)))
+            self.markers.setText("ranked by expression (no attributions): "
+                                 + html.escape(" > ".join(display_word(a, names) for a in anchor)))
         self.partners.clear()
         for part in info.get("partners", []):
             role = part.get("role", "")
             sc = part.get("score")
             sc_txt = f", score {sc:+.2f}" if sc is not None and np.isfinite(sc) else ""
-            text = (f"{'near (positive)' if role == 'positive' else 'far (negative)'}: cell {part['Object']}, "
+            text = (f"{'similar neighbour' if role == 'positive' else 'dissimilar distant cell'}: cell {part['Object']}, "
                     f"{part.get('distance_um', float('nan')):.1f} um {part.get('direction', '')}, "
                     f"{part.get('cell_type') or 'unassigned'}{sc_txt}")
             item = QListWidgetItem(text)

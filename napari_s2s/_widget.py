@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
     QLabel, QLineEdit, QPushButton, QSizePolicy, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
+from spatial2sentence.aliases import canonical_marker
 from spatial2sentence.errors import S2SInputError
 
 from . import _explain, _layers
@@ -482,6 +483,8 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
             "probability": float(row["cell_type_probability"]), "probabilities": probs,
             "colors": _layers.type_colors(ann.type_labels), "text": prompt["text"], "partners": partners,
             "attribution": None, "note": "", "anchor_markers": anchor,
+            # the user's marker names for the model's canonical ones (shown in the prompt and markers)
+            "display_names": {canonical_marker(m): m for m in ann.markers},
         }
         cached = self._attributions.get(str(obj))
         if cached is not None:

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from spatial2sentence.aliases import canonical_marker
+
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
@@ -245,7 +247,12 @@ def test_click_opens_explanation(annotated, MouseEvent):
                                                  markers=widget.annotation.markers)[0]
     shown = panel.prompt_text()
     assert "cell :" in shown
-    assert " ".join(shown.split()) == " ".join(w for w in prompt["text"].split() if w != "[BOS]")
+    from napari_s2s._explanation import display_word
+
+    words = prompt["text"].split()
+    words = words[1:words.index("task")]  # no [BOS], no task line
+    names = {canonical_marker(m): m for m in widget.annotation.markers}
+    assert " ".join(shown.split()) == " ".join(display_word(w, names) for w in words)
     assert f"Cell {obj}" in panel.title.text()
     assert panel.partners.count() == len(prompt["partners"])
     # partners drawn: a circle + one line per partner, in the mask's coordinates
@@ -452,3 +459,15 @@ def test_attribution_box_starts_on_the_distinctive_marker(annotated):
     widget._fill_attr_combo(ann)
     best = distinctive_marker(ann.cells, ann.table, list(ann.used_markers or ann.markers))
     assert widget.attr_combo.currentText() == (best or widget.attr_combo.itemText(0))
+
+
+def test_prompt_shows_the_users_marker_names_and_no_template_words():
+    from napari_s2s._explanation import display_word, prompt_html
+
+    names = {"CDH1": "CDH", "PTPRC": "CD45", "NKX61": "NKX6-1"}
+    assert display_word("CDH1", names) == "CDH" and display_word("CDH1:12", names) == "CDH:12"
+    assert display_word("near", names) == "near" and display_word("CD99", names) == "CD99"
+    html_text = prompt_html("[BOS] cell : CDH1:12 PTPRC ; near <10um north : nil ; task type answer", None, names)
+    assert "CDH:12" in html_text and "CD45" in html_text and "CDH1" in html_text  # the model's name in the tooltip
+    assert ">CDH1<" not in html_text and "answer" not in html_text
+    assert "no marker of the model" in html_text  # nil explained
