@@ -41,7 +41,11 @@ def check(root: Path) -> None:
         cells = pd.read_csv(root / "cells" / f"{i}.csv")
         mask = tifffile.imread(sample / "masks" / f"{i}.tiff")
         assert sorted(cells["Object"]) == sorted(set(np.unique(mask)) - {0}), i
-        assert cells["cell_type"].notna().all() and cells["cell_type_probability"].between(0, 1).all(), i
+        # a cell with no marker present is "unknown" with no probability (no_signal); every other has one
+        signal = ~cells["no_signal"].astype(bool) if "no_signal" in cells.columns else np.ones(len(cells), bool)
+        assert cells["cell_type"].notna().all(), i
+        assert cells.loc[signal, "cell_type_probability"].between(0, 1).all(), i
+        assert (cells.loc[~signal, "cell_type"] == "unknown").all(), i
         types = tifffile.imread(root / "types" / f"{i}.tiff")
         assert types.shape == mask.shape and ((types > 0) == (mask > 0)).all(), i
         with Image.open(root / "overlays" / f"{i}.png") as png:
