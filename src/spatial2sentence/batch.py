@@ -371,7 +371,7 @@ def annotate_image(job: ImageJob, out_dir: str, model: str | None = None, device
     """Annotate one image and write its four outputs; never raises for a bad input.
 
     ``torch_threads``: batches scored at once (1 in Dask workers, which run one image per worker
-    process; default: the free cores). Each batch runs on one torch thread, so the outputs are the same
+    process; default: every available core). Each batch runs on one torch thread, so the outputs are the same
     bytes whatever this is (:mod:`spatial2sentence.threads`); torch's own setting is not changed.
 
     Returns a record: ``image``, ``state`` (``done``, ``skipped``, ``error`` or ``cancelled``),
@@ -564,7 +564,7 @@ def run_batch(
     ``distributed.Client``). ``progress(record, done, total)`` is called once with ``record=None``
     before the first image, then as each image finishes;
     ``should_stop()`` returning True cancels (finished images are kept, run-level files are still
-    written). ``threads``: batches scored at once in an in-process run (default: the free cores; Dask
+    written). ``threads``: batches scored at once in an in-process run (default: every available core; Dask
     workers always use 1); the outputs do not depend on it.
     """
     started = time.time()
@@ -678,7 +678,7 @@ def run_batch(
             "model": meta,
             "settings": {"device": device, "dtype": dtype, "workers": workers, "scheduler": scheduler, "mode": mode,
                          "overwrite": overwrite, "batch_size": batch_size or PREDICT_BATCH_SIZE,
-                         "scoring_threads": 1 if mode != "in-process" else (threads or "auto (free cores)")},
+                         "scoring_threads": 1 if mode != "in-process" else (threads or "auto (every available core)")},
             "versions": versions(),
             "images": {
                 "total": total,

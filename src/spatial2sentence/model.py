@@ -430,7 +430,7 @@ class S2SModel:
         through the alias table; unknown markers are warned about and ignored) and optionally
         ``image`` (several images at once). ``progress(done, total)`` is called after each batch;
         returning ``False`` cancels (the result then has ``cancelled=True``). ``threads``: batches
-        scored at once on the CPU, each on one torch thread (default: the free cores); the probabilities
+        scored at once on the CPU, each on one torch thread (default: every available core); the probabilities
         do not depend on it.
 
         Refused (:class:`~spatial2sentence.domain.PanelCoverageError`) when the input carries fewer of

@@ -205,7 +205,7 @@ def _col(prefix: str, label: str) -> str:
 
 def predict_cellset(model, cs, batch_size: int = PREDICT_BATCH_SIZE, tasks=("type", "status"), progress=None,
                     threads: int | None = None):
-    """Score every cell of ``cs``; ``threads``: batches scored at once (default: the free cores).
+    """Score every cell of ``cs``; ``threads``: batches scored at once (default: every available core).
 
     Each batch runs on ONE torch thread (:mod:`.threads`), so the probabilities are the same bits
     whatever ``threads`` is: in-process, in a Dask worker, on a busy or a quiet machine.

@@ -24,8 +24,8 @@ from . import dtype_option
               help="Run on an existing Dask cluster, e.g. tcp://host:8786 (OUT must be on a shared disk).")
 @click.option("--overwrite", is_flag=True, help="Redo images whose outputs already exist.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Batches scored at once in an in-process run, one torch thread each (default: the free "
-                   "cores; Dask workers use 1); the outputs do not depend on it.")
+              help="Batches scored at once in an in-process run, one torch thread each (default: every "
+                   "available core; Dask workers use 1); the outputs do not depend on it.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Prompts per model forward pass (default: 128).")
 @click.option("--allow-partial-panel", is_flag=True,

@@ -51,7 +51,7 @@ def _status_path(out: Path) -> Path:
               help="Predict even when the input carries fewer of the model's markers than it needs "
                    "(the calls are then unreliable; see the README, 'Use your own panel').")
 @click.option("--threads", type=click.IntRange(min=1, max=256), default=None,
-              help="Batches scored at once on the CPU, one torch thread each (default: the free cores); "
+              help="Batches scored at once on the CPU, one torch thread each (default: every available core); "
                    "the results do not depend on it.")
 def predict(image, mask, model_dir, panel, table, x_col, y_col, object_col, image_col, markers, out, device,
             batch_size, dtype, allow_partial_panel, threads):
