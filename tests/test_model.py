@@ -372,7 +372,7 @@ def _padded_prompts(model, cells, n=40):
 
     seqs = [p["tokens"] for p in model.prompts_for(cells.head(n))]
     assert len({len(s) for s in seqs}) > 1  # left padding is exercised
-    return _left_pad(seqs, model.tokenizer.pad_id)
+    return _left_pad(seqs, model.tokenizer.pad_id)[:3]
 
 
 def test_answer_position_shortcut_equals_the_plain_forward(cells):
@@ -473,3 +473,59 @@ def test_prompt_length_bounds_every_prompt():
     assert fit_positions(ModelSettings(max_positions=128), ranked, pairs, multi, 37).max_positions == 128
     short = SentenceSettings(encoding="levels", partner_words=8)
     assert prompt_length(short, pairs, multi, 37) == 4 + 37 + 3 * (5 + 8) + 5
+
+
+def test_values_carried_into_embeddings_train_save_load_and_matter(cells, tmp_path):
+    """A model whose marker words carry their measured values (``SentenceSettings.values``): the value
+    embedding is saved and read back (same probabilities after a reload), the values reach the model
+    (changing one marker's intensity within the same level word changes the probabilities), the
+    prompt's values line up with its marker words, and attributions run over words + values."""
+    import torch
+
+    from spatial2sentence.explain import explain_cells
+    from spatial2sentence.numeric import VALUE_KEY, has_values
+    from spatial2sentence.sentences import word_marker
+    from spatial2sentence.settings import SentenceSettings
+    from safetensors import safe_open
+
+    s = SentenceSettings(encoding="levels", n_levels=4, partner_words=2, values=True)
+    small = ModelSettings(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=64)
+    r = train(cells, tmp_path / "val", sentence=s, model_settings=small,
+              train_settings=tiny_settings(steps=12, select_by="accuracy"), progress_bar=False, log=lambda *a: None)
+    assert has_values(r.model.lm)
+    with safe_open(str(tmp_path / "val" / "model.safetensors"), "pt") as f:
+        assert VALUE_KEY in f.keys()
+    m = S2SModel.from_pretrained(tmp_path / "val", device="cpu")
+    assert m.sentence.values and has_values(m.lm)
+    torch.testing.assert_close(m.lm.s2s_value_embedding.weight, r.model.lm.s2s_value_embedding.weight)
+    sub = cells.iloc[:60].reset_index(drop=True)
+    a = m.predict_cells(sub, threads=1).cells
+    b = r.model.predict_cells(sub, threads=1).cells
+    cols = [c for c in a.columns if c.startswith("p_")]
+    np.testing.assert_allclose(a[cols].to_numpy(float), b[cols].to_numpy(float), atol=1e-5)
+    # values line up with the prompt's words: marker words carry the cell's range value, others 0
+    p = m.prompts_for(sub, [sub["Object"].iloc[0]])[0]
+    words = p["text"].split(" ")
+    assert len(p["values"]) == len(words) == len(p["tokens"])
+    for w, v in zip(words, p["values"]):
+        if word_marker(w) in m.markers:
+            assert 0.0 <= v <= 1.5
+        else:
+            assert v == 0.0
+    assert any(v > 0 for v in p["values"])
+    # the same words with other values give other probabilities: the model reads the numbers
+    cs = m.prepare(sub)
+    i = 0
+    ids, vals = m.encode_context(cs, i)
+    from spatial2sentence.predict import score_prompts
+    from spatial2sentence.prompts import task_words
+
+    suffix = m.tokenizer.encode(task_words("type"))
+    base = score_prompts(m.lm, [ids + suffix], m.label_ids("type"), m.tokenizer.pad_id, "cpu",
+                         [vals + [0.0] * 3])
+    moved = [v * 0.5 for v in vals]
+    other = score_prompts(m.lm, [ids + suffix], m.label_ids("type"), m.tokenizer.pad_id, "cpu",
+                          [moved + [0.0] * 3])
+    assert not np.allclose(base, other, atol=1e-6)
+    ex = explain_cells(m, sub, sub["Object"].iloc[:2].tolist(), n_steps=8)
+    assert all(np.isfinite(e["completeness_error"]) for e in ex)

@@ -41,7 +41,7 @@ import pandas as pd
 
 from . import baselines as B
 
-LM_METHODS = ("s2s", "c2s", "s2s_ranked", "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux")
+LM_METHODS = ("s2s", "c2s", "s2s_ranked", "s2s_no_values", "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux")
 CLASSICAL_METHODS = ("logreg", "logreg_neighbors", "hgb_neighbors")
 ALL_METHODS = LM_METHODS + CLASSICAL_METHODS + ("composition_logreg",)
 TASKS = ("cell_type", "clinical_status", "clinical_status_cells")
@@ -68,6 +68,8 @@ class Budget:
     n_levels: int = 16
     level_bins: str = "equal"
     partner_words: int = 8  # partner lines keep their 8 highest level words (the anchor all; see SentenceSettings)
+    values: bool = True  # marker words carry their measured value into the embedding (spatial2sentence.numeric)
+    select_by: str = "accuracy"  # early stopping and the kept state: validation accuracy of the main task
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
@@ -391,9 +393,11 @@ def lm_settings(method: str, budget: Budget, seed: int):
         pairs.n_pos = 0
     elif method == "s2s_no_aux":
         mix.pop("pair")
-    elif method not in ("s2s", "s2s_ranked"):
+    elif method not in ("s2s", "s2s_ranked", "s2s_no_values"):
         raise ValueError(method)
     sentence = bench_sentence(budget, ranked=method == "s2s_ranked")
+    if method == "s2s_no_values":
+        sentence.values = False
     # max_positions is raised by training when the longest prompt needs more (levels sentences)
     ms = ModelSettings(architecture="llama", hidden_size=budget.hidden_size, num_layers=budget.num_layers,
                        num_heads=budget.num_heads, intermediate_size=budget.intermediate_size, max_positions=160)
@@ -401,7 +405,7 @@ def lm_settings(method: str, budget: Budget, seed: int):
                        warmup_steps=budget.warmup_steps, task_mix=mix, class_balance=budget.class_balance,
                        panel_subset_prob=0.0, val_fraction=budget.val_fraction, eval_every=budget.eval_every,
                        eval_prompts=budget.eval_prompts, checkpoint_every=10 ** 9, patience=budget.patience,
-                       num_threads=budget.threads)
+                       num_threads=budget.threads, select_by=budget.select_by)
     return sentence, pairs, prompt, ms, ts
 
 
@@ -413,7 +417,7 @@ def bench_sentence(budget: Budget, ranked: bool = False):
     if ranked or budget.encoding == "ranked":
         return SentenceSettings()
     return SentenceSettings(encoding=budget.encoding, n_levels=budget.n_levels, level_bins=budget.level_bins,
-                            partner_words=budget.partner_words)
+                            partner_words=budget.partner_words, values=budget.values)
 
 
 def val_rule(train_df: pd.DataFrame) -> str:
@@ -457,17 +461,16 @@ def lm_predict(model, test_df: pd.DataFrame, idx: np.ndarray, tasks, batch_size:
             need.update(int(p[0]) for p in cs.partners(int(i)))
     need = np.array(sorted(need))
     cache = dict(zip(need.tolist(), cs.sentences(need, model.sentence)))
-    ctx = [model.tokenizer.encode(cs.context_words(int(i), model.sentence, model.prompt, sentence_cache=cache))
-           for i in idx]
-    order = np.argsort([len(c) for c in ctx], kind="stable")
+    ctx = [model.encode_context(cs, int(i), sentence_cache=cache) for i in idx]
+    order = np.argsort([len(c[0]) for c in ctx], kind="stable")
     batch_size = batch_size or PREDICT_BATCH_SIZE
     suffixes = {t: model.tokenizer.encode(task_words(t)) for t in tasks}
     label_ids = {t: model.label_ids(t) for t in tasks}
     out = {t: np.zeros((len(idx), len(label_ids[t])), np.float32) for t in tasks}
     for c0 in range(0, len(idx), batch_size):
         rows = order[c0:c0 + batch_size]
-        scored = score_tasks(model.lm, [ctx[r] for r in rows], suffixes, label_ids, model.tokenizer.pad_id,
-                             model.device)
+        scored = score_tasks(model.lm, [ctx[r][0] for r in rows], suffixes, label_ids, model.tokenizer.pad_id,
+                             model.device, [ctx[r][1] for r in rows] if model.sentence.values else None)
         for t in tasks:
             out[t][rows] = scored[t]
     return out

@@ -26,7 +26,8 @@ from .aliases import canonical_marker
 from .errors import ModelInputError
 from .normalize import Normalizer
 from .pairs import Pairs, build_pairs
-from .sentences import cell_sentences, level_sentences, phenotype_sentence
+from .numeric import VALUE_MAX
+from .sentences import cell_sentences, level_sentences, phenotype_sentence, word_marker
 from .settings import PairSettings, PromptSettings, SentenceSettings
 
 IMAGE_COLS = ("image", "imageID", "image_id", "ImageNumber", "sample")
@@ -88,6 +89,7 @@ class CellSet:
     rank_bounds: tuple[np.ndarray, np.ndarray] | None = None
     # (M x n_levels-1) level bin edges on the range scale, for SentenceSettings.encoding == "levels"
     level_edges: np.ndarray | None = None
+    _marker_index: dict | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.image)
@@ -194,6 +196,15 @@ class CellSet:
         sentence_cache: dict | None = None,
     ) -> list[str]:
         """``[BOS] cell : ... ; near ... ; far ...`` of cell ``i`` (no task words)."""
+        return self.context(i, s, ps, present, sentence_cache)[0]
+
+    def context(
+        self, i: int, s: SentenceSettings, ps: PromptSettings, present: np.ndarray | None = None,
+        sentence_cache: dict | None = None,
+    ) -> tuple[list[str], list[float]]:
+        """The words of cell ``i``'s context (see :meth:`context_words`) and the value each word carries
+        (:mod:`.numeric`): a marker word the value of its marker in the cell whose line it is on, every
+        other word 0."""
         parts = self.partners(i) if ps.format == "multi" else []
         ids = [i] + [p[0] for p in parts]
         if sentence_cache is not None:
@@ -201,12 +212,28 @@ class CellSet:
         else:
             sents = self.sentences(ids, s, present)
         cut = s.partner_words if s.partner_words > 0 else None
-        lines = [
-            P.partner_words("near" if role == "positive" else "far", d, dx, dy, sents[k + 1][:cut],
-                            ps.distance_bins_um)
-            for k, (_, role, d, dx, dy) in enumerate(parts)
-        ]
-        return P.context_words(sents[0], lines)
+        lines, values = [], [0.0, 0.0, 0.0, *self.word_values(i, sents[0]), 0.0]
+        for k, (j, role, d, dx, dy) in enumerate(parts):
+            words = sents[k + 1][:cut]
+            lines.append(P.partner_words("near" if role == "positive" else "far", d, dx, dy, words,
+                                         ps.distance_bins_um))
+            values += [0.0] * 4 + self.word_values(j, words) + [0.0]
+        return P.context_words(sents[0], lines), values
+
+    def word_values(self, i: int, words: list[str]) -> list[float]:
+        """The value of each word of a sentence of cell ``i``: its marker's range value (clipped to
+        ``[0, VALUE_MAX]``) for a marker word, 0 for any other word (``nil``, phenotype words)."""
+        if self.rank_bounds is None or self.is_phenotype[i]:
+            return [0.0] * len(words)
+        if self._marker_index is None:
+            self._marker_index = {m: j for j, m in enumerate(self.markers)}
+        u = np.clip(self.range_values(i), 0.0, VALUE_MAX)
+        index = self._marker_index
+        out = []
+        for w in words:
+            j = index.get(word_marker(w))
+            out.append(float(u[j]) if j is not None else 0.0)
+        return out
 
 
 def prepare_cells(

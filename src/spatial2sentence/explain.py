@@ -66,6 +66,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ModelInputError
+from .numeric import embed_inputs
 from .prompts import BOS
 from .sentences import word_marker
 
@@ -166,13 +167,15 @@ def _target_fn(lm, emb, pos, keep, row_pos, label_ids, targets):
 def attribute_prompts(lm, tokenizer, seqs: list[list[int]], label_ids: list[int], targets=None,
                       n_steps: int = 16, method: str = "gausslegendre", baseline: str = "pad",
                       internal_batch_size: int = 256, device=None, keep_bos: bool = True,
-                      keep_last: int = 3) -> list[Attribution]:
+                      keep_last: int = 3, values: list[list[float]] | None = None) -> list[Attribution]:
     """Integrated gradients of the constrained target log-probability for a batch of prompts.
 
     ``seqs``: token ids of each prompt (ending with the task words, as prediction scores them);
     ``targets``: per prompt the index into ``label_ids`` to explain, or ``None`` (= the argmax).
     The baseline keeps ``[BOS]`` (``keep_bos``) and the last ``keep_last`` tokens (the task words) of
-    every prompt and replaces every other token by the ``baseline`` embedding.
+    every prompt and replaces every other token by the ``baseline`` embedding. ``values``: what each word
+    carries (:mod:`.numeric`), for a model that reads them: a word's attribution then covers its value too
+    (the baseline carries none).
     Every prompt gets ``n_steps`` quadrature points; ``internal_batch_size`` bounds the rows (prompt x
     point) of one forward + backward pass, so several prompts share a pass when it allows. Prompts are
     grouped by length (less padding) and right-padded (no attention mask needed, see ``_target_fn``).
@@ -203,8 +206,11 @@ def attribute_prompts(lm, tokenizer, seqs: list[list[int]], label_ids: list[int]
             n = int(lens.max())
             B = len(chunk)
             ids = torch.full((B, n), tokenizer.pad_id, dtype=torch.long)
+            vals = torch.zeros((B, n), dtype=torch.float32) if values is not None else None
             for r, i in enumerate(chunk):
                 ids[r, :len(seqs[i])] = torch.as_tensor(seqs[i])
+                if vals is not None:
+                    vals[r, :len(seqs[i])] = torch.as_tensor(values[i], dtype=torch.float32)
             cols = torch.arange(n)
             real = cols[None, :] < lens[:, None]
             pos = cols.expand(B, n).to(device)
@@ -212,7 +218,7 @@ def attribute_prompts(lm, tokenizer, seqs: list[list[int]], label_ids: list[int]
             keep, row_pos = keep.to(device), row_pos.to(device)
             ids, real = ids.to(device), real.to(device)
             with torch.no_grad():
-                x = emb_layer(ids).float()
+                x = (embed_inputs(lm, ids, vals) if vals is not None else emb_layer(ids)).float()
                 b = base_vec.float().expand_as(x).clone()
                 same = ~real  # padding is identical in input and baseline
                 if keep_bos:
@@ -364,9 +370,10 @@ def explain_prompts(model, prompts: list[dict], target=None, n_steps: int = 16, 
         sel = prompts[c0:c0 + chunk_cells]
         tsel = tg[c0:c0 + chunk_cells]
         steps = int(n_steps)
+        vals = [p.get("values") or [0.0] * len(p["tokens"]) for p in sel] if model.sentence.values else None
         atts = attribute_prompts(model.lm, model.tokenizer, [p["tokens"] for p in sel], label_ids, tsel,
                                  n_steps=steps, method=method, baseline=baseline,
-                                 internal_batch_size=internal_batch_size, device=model.device)
+                                 internal_batch_size=internal_batch_size, device=model.device, values=vals)
         used = [steps] * len(sel)
         while tolerance is not None and steps * 2 <= max_steps:
             redo = [i for i, a in enumerate(atts) if not _complete(a, tolerance)]
@@ -376,7 +383,7 @@ def explain_prompts(model, prompts: list[dict], target=None, n_steps: int = 16, 
             again = attribute_prompts(model.lm, model.tokenizer, [sel[i]["tokens"] for i in redo], label_ids,
                                       [atts[i].target for i in redo], n_steps=steps, method=method,
                                       baseline=baseline, internal_batch_size=internal_batch_size,
-                                      device=model.device)
+                                      device=model.device, values=[vals[i] for i in redo] if vals else None)
             for i, a in zip(redo, again):
                 atts[i], used[i] = a, steps
         out += [explanation_dict(model, p, a, labels, baseline, k, method) for p, a, k in zip(sel, atts, used)]

@@ -29,6 +29,7 @@ from .cellset import CellSet, marker_columns, prepare_cells
 from .domain import DEFAULT_MIN_MARKER_FRACTION, PanelCoverage, PanelCoverageError, panel_check, panel_coverage
 from .errors import ModelInputError, S2SInputError
 from .normalize import Normalizer
+from .numeric import attach_value_embedding, load_value_embedding
 from .prompts import PAIR_ANSWERS, task_words
 from .sentences import status_token, type_token
 from .settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings
@@ -302,6 +303,10 @@ class S2SModel:
                 PairSettings.from_dict(meta["pairs"]), PromptSettings.from_dict(ps),
                 ModelSettings.from_dict(meta["model"]), meta.get("info", {}), device=str(dev),
             )
+            if model.sentence.values:
+                attach_value_embedding(lm)
+                load_value_embedding(lm, path)
+                model.lm.to(model.device)
             for task in ("type", "status"):
                 model.label_ids(task)
             model.path = path
@@ -391,15 +396,24 @@ class S2SModel:
                                                f"(the {len(have)} cells have Object ids {span})")
         out = []
         for i in idx:
-            words = cs.context_words(int(i), self.sentence, self.prompt) + task_words(task)
+            words, values = cs.context(int(i), self.sentence, self.prompt)
+            words = words + task_words(task)
+            values = (values if self.sentence.values else [0.0] * len(values)) + [0.0] * 3
             parts = [
                 {"Object": _py(cs.object_id[j]), "image": str(cs.image[j]), "role": role, "distance_um": round(d, 2),
                  "direction": direction_word(dx, dy)}
                 for j, role, d, dx, dy in (cs.partners(int(i)) if self.prompt.format == "multi" else [])
             ]
             out.append({"Object": _py(cs.object_id[i]), "image": str(cs.image[i]), "task": task, "text": " ".join(words),
-                        "tokens": self.tokenizer.encode(words), "partners": parts})
+                        "tokens": self.tokenizer.encode(words), "values": values, "partners": parts})
         return out
+
+    def encode_context(self, cs: CellSet, i: int, present=None, sentence_cache: dict | None = None
+                       ) -> tuple[list[int], list[float]]:
+        """Token ids of cell ``i``'s context and the value each word carries (:mod:`.numeric`; all 0 for a
+        model that reads words only)."""
+        words, values = cs.context(i, self.sentence, self.prompt, present, sentence_cache)
+        return self.tokenizer.encode(words), (values if self.sentence.values else [0.0] * len(words))
 
     # --- prediction ------------------------------------------------------------------------------
     def panel_coverage(self, cells: pd.DataFrame | CellSet | list[str], markers=None) -> PanelCoverage:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .domain import apply_temperature, status_is_confident
+from .numeric import embed_inputs, has_values
 from .prompts import task_words
 from .sentences import NIL
 from .threads import default_workers, parallel_map
@@ -27,7 +28,9 @@ PREDICT_BATCH_SIZE = 128
 UNKNOWN = "unknown"  # the call of a cell without signal (see predict_cellset)
 
 
-def _left_pad(seqs: list[list[int]], pad_id: int):
+def _left_pad(seqs: list[list[int]], pad_id: int, values: list[list[float]] | None = None):
+    """Left-padded ids, attention mask, position ids and (when ``values`` is given) the values the words
+    carry (:mod:`.numeric`; 0 on padding), else None."""
     import torch
 
     lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
@@ -35,34 +38,56 @@ def _left_pad(seqs: list[list[int]], pad_id: int):
     mask = np.arange(n)[None, :] >= (n - lengths)[:, None]
     ids = np.full(mask.shape, pad_id, dtype=np.int64)
     ids[mask] = np.fromiter((t for s in seqs for t in s), dtype=np.int64, count=int(lengths.sum()))
+    vals = None
+    if values is not None:
+        vals = np.zeros(mask.shape, dtype=np.float32)
+        vals[mask] = np.fromiter((v for s in values for v in s), dtype=np.float32, count=int(lengths.sum()))
+        vals = torch.from_numpy(vals)
     mask = torch.from_numpy(mask.astype(np.int64))
-    return torch.from_numpy(ids), mask, (mask.cumsum(1) - 1).clamp(min=0)
+    return torch.from_numpy(ids), mask, (mask.cumsum(1) - 1).clamp(min=0), vals
 
 
-def score_prompts(lm, seqs: list[list[int]], label_ids: list[int], pad_id: int, device) -> np.ndarray:
-    """Probabilities (n x len(label_ids)) of each label after each prompt, in one forward pass."""
+def _embeds(lm, ids, values):
+    """Input embeddings carrying values, or None where the model or the prompts carry none (then the
+    model embeds ``ids`` itself)."""
+    return embed_inputs(lm, ids, values) if values is not None and has_values(lm) else None
+
+
+def _forward(lm, ids, mask, pos, embeds=None, **kw):
+    if embeds is None:
+        return lm(input_ids=ids, attention_mask=mask, position_ids=pos, **kw)
+    return lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, **kw)
+
+
+def score_prompts(lm, seqs: list[list[int]], label_ids: list[int], pad_id: int, device,
+                  values: list[list[float]] | None = None) -> np.ndarray:
+    """Probabilities (n x len(label_ids)) of each label after each prompt, in one forward pass;
+    ``values``: what each word carries (:mod:`.numeric`), for a model that reads them."""
     import torch
 
-    ids, mask, pos = _left_pad(seqs, pad_id)
+    ids, mask, pos, vals = _left_pad(seqs, pad_id, values)
+    ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
     with torch.inference_mode():
-        return _label_softmax(answer_logits(lm, ids.to(device), mask.to(device), pos.to(device)), label_ids)
+        embeds = _embeds(lm, ids, vals)
+        return _label_softmax(answer_logits(lm, ids, mask, pos, embeds), label_ids)
 
 
-def answer_logits(lm, ids, mask, pos):
-    """Logits (n x 1 x vocab) at the last position of left-padded prompts (see :func:`_answer_shortcut_ok`)."""
-    if _answer_shortcut_ok(lm, ids, mask, pos):
-        return _llama_answer_logits(lm, ids, mask, pos)
-    return lm(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, use_cache=False).logits
+def answer_logits(lm, ids, mask, pos, embeds=None):
+    """Logits (n x 1 x vocab) at the last position of left-padded prompts (see :func:`_answer_shortcut_ok`);
+    ``embeds``: the input embeddings when they carry values (:func:`_embeds`)."""
+    if _answer_shortcut_ok(lm, ids, mask, pos, embeds):
+        return _llama_answer_logits(lm, ids, mask, pos, embeds)
+    return _forward(lm, ids, mask, pos, embeds, logits_to_keep=1, use_cache=False).logits
 
 
-def context_cache(lm, ids, mask, pos):
+def context_cache(lm, ids, mask, pos, embeds=None):
     """The keys and values of every layer over left-padded contexts, for task words to be run on top."""
-    if _answer_shortcut_ok(lm, ids, mask, pos):
-        return _llama_context_cache(lm, ids, mask, pos)
-    return lm(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, use_cache=True).cache
+    if _answer_shortcut_ok(lm, ids, mask, pos, embeds):
+        return _llama_context_cache(lm, ids, mask, pos, embeds)
+    return _forward(lm, ids, mask, pos, embeds, logits_to_keep=1, use_cache=True).cache
 
 
-def _answer_shortcut_ok(lm, ids, mask, pos) -> bool:
+def _answer_shortcut_ok(lm, ids, mask, pos, embeds=None) -> bool:
     """Whether this model may run its last decoder layer for the positions that are read only.
 
     Why: every layer below the last needs all positions, but the last layer's outputs are read at the
@@ -82,15 +107,14 @@ def _answer_shortcut_ok(lm, ids, mask, pos) -> bool:
     ok = type(lm).__name__ == "LlamaForCausalLM" and getattr(lm.config, "pretraining_tp", 1) == 1
     if ok:
         n = min(len(ids), 4)
-        args = ids[:n], mask[:n], pos[:n]
+        args = ids[:n], mask[:n], pos[:n], (embeds[:n] if embeds is not None else None)
         tol = 1e-4 if lm.dtype == torch.float32 else 5e-2
 
         def same(a, b):
             return a.shape == b.shape and bool(torch.allclose(a.float(), b.float(), atol=tol, rtol=tol))
 
         try:
-            full = lm(input_ids=args[0], attention_mask=args[1], position_ids=args[2], logits_to_keep=1,
-                      use_cache=True)
+            full = _forward(lm, *args[:3], args[3], logits_to_keep=1, use_cache=True)
             fast = _llama_context_cache(lm, *args)
             ok = same(_llama_answer_logits(lm, *args), full.logits) and all(
                 same(f.keys, g.keys) and same(f.values, g.values) for f, g in zip(fast.layers, full.cache.layers))
@@ -100,7 +124,7 @@ def _answer_shortcut_ok(lm, ids, mask, pos) -> bool:
     return ok and not lm.training
 
 
-def _llama_below_last(lm, ids, mask, pos, cache=None):
+def _llama_below_last(lm, ids, mask, pos, embeds=None, cache=None):
     """Run every decoder layer but the last over all positions (filling ``cache`` if given).
 
     Returns the residual stream, the last layer, its normed input, its rotated keys and its values.
@@ -108,7 +132,7 @@ def _llama_below_last(lm, ids, mask, pos, cache=None):
     from transformers.masking_utils import create_causal_mask
 
     base = lm.model
-    h = base.embed_tokens(ids)
+    h = base.embed_tokens(ids) if embeds is None else embeds
     causal = create_causal_mask(config=base.config, inputs_embeds=h, attention_mask=mask, cache=cache,
                                 position_ids=pos)
     cos, sin = base.rotary_emb(h, position_ids=pos)
@@ -135,10 +159,10 @@ def _rotate(v, cos, sin):
     return v * cos.unsqueeze(1) + torch.cat((-v[..., half:], v[..., :half]), -1) * sin.unsqueeze(1)
 
 
-def _llama_answer_logits(lm, ids, mask, pos):
+def _llama_answer_logits(lm, ids, mask, pos, embeds=None):
     import torch
 
-    h, last, x, (k, v), (cos, sin) = _llama_below_last(lm, ids, mask, pos)
+    h, last, x, (k, v), (cos, sin) = _llama_below_last(lm, ids, mask, pos, embeds)
     att = last.self_attn
     q = _rotate(_heads(att, att.q_proj(x[:, -1:])), cos[:, -1:], sin[:, -1:])
     groups = q.shape[1] // k.shape[1]
@@ -151,11 +175,11 @@ def _llama_answer_logits(lm, ids, mask, pos):
     return lm.lm_head(lm.model.norm(h))
 
 
-def _llama_context_cache(lm, ids, mask, pos):
+def _llama_context_cache(lm, ids, mask, pos, embeds=None):
     from transformers import DynamicCache
 
     cache = DynamicCache(config=lm.config)
-    _, last, _, (k, v), _ = _llama_below_last(lm, ids, mask, pos, cache=cache)
+    _, last, _, (k, v), _ = _llama_below_last(lm, ids, mask, pos, embeds, cache=cache)
     cache.update(k, v, last.self_attn.layer_idx)
     return cache
 
@@ -169,7 +193,7 @@ def _label_softmax(logits, label_ids: list[int]) -> np.ndarray:
 
 
 def score_tasks(lm, contexts: list[list[int]], suffixes: dict[str, list[int]], label_ids: dict[str, list[int]],
-                pad_id: int, device) -> dict[str, np.ndarray]:
+                pad_id: int, device, values: list[list[float]] | None = None) -> dict[str, np.ndarray]:
     """Like :func:`score_prompts` for ``context + suffix`` of every task, with the shared context run once.
 
     Why: the prompts of one cell differ only in their last few task words, so the context's keys and
@@ -181,12 +205,15 @@ def score_tasks(lm, contexts: list[list[int]], suffixes: dict[str, list[int]], l
 
     if len(suffixes) == 1:  # one task: nothing to share, a plain pass without a cache is cheaper
         (task, words), = suffixes.items()
-        return {task: score_prompts(lm, [c + list(words) for c in contexts], label_ids[task], pad_id, device)}
-    ids, mask, pos = _left_pad(contexts, pad_id)
+        vals = None if values is None else [v + [0.0] * len(words) for v in values]
+        return {task: score_prompts(lm, [c + list(words) for c in contexts], label_ids[task], pad_id, device,
+                                    vals)}
+    ids, mask, pos, vals = _left_pad(contexts, pad_id, values)
     ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
     out: dict[str, np.ndarray] = {}
     with torch.inference_mode():
-        cache = context_cache(lm, ids, mask, pos)
+        # task words carry no value: they run on top of the cache from their ids alone
+        cache = context_cache(lm, ids, mask, pos, _embeds(lm, ids, vals))
         for k, (task, words) in enumerate(suffixes.items()):
             suffix = torch.as_tensor(words, device=device).expand(len(contexts), -1)
             steps = suffix.shape[1]
@@ -223,6 +250,7 @@ def predict_cellset(model, cs, batch_size: int = PREDICT_BATCH_SIZE, tasks=("typ
     ph = cs.is_phenotype
     todo = {t: (np.flatnonzero(~ph) if t == "type" else np.arange(n)) for t in tasks}
     workers = 1 if str(model.device).startswith("cuda") else (threads or default_workers())
+    valued = model.sentence.values
     cancelled = False
     done = 0
 
@@ -230,8 +258,9 @@ def predict_cellset(model, cs, batch_size: int = PREDICT_BATCH_SIZE, tasks=("typ
         chunk, ctx = chunk_ctx
         needed = {t: np.isin(chunk, todo[t]) for t in tasks}
         run = [t for t in tasks if needed[t].any()]
-        scored = score_tasks(model.lm, ctx, {t: task_ids[t] for t in run}, label_ids,
-                             model.tokenizer.pad_id, model.device) if run else {}
+        scored = score_tasks(model.lm, [c[0] for c in ctx], {t: task_ids[t] for t in run}, label_ids,
+                             model.tokenizer.pad_id, model.device,
+                             [c[1] for c in ctx] if valued else None) if run else {}
         return chunk, needed, scored
 
     # blocks of several batches: prompts are sorted by length inside a block so batches carry little
@@ -239,9 +268,8 @@ def predict_cellset(model, cs, batch_size: int = PREDICT_BATCH_SIZE, tasks=("typ
     block = batch_size * 8
     for b0 in range(0, n, block):
         cells = np.arange(b0, min(n, b0 + block))
-        ctx = {int(i): model.tokenizer.encode(cs.context_words(int(i), model.sentence, model.prompt,
-                                                               sentence_cache=sents)) for i in cells}
-        cells = cells[np.argsort([len(ctx[int(i)]) for i in cells], kind="stable")]
+        ctx = {int(i): model.encode_context(cs, int(i), sentence_cache=sents) for i in cells}
+        cells = cells[np.argsort([len(ctx[int(i)][0]) for i in cells], kind="stable")]
         chunks = [cells[c0:c0 + batch_size] for c0 in range(0, len(cells), batch_size)]
         scored_chunks = parallel_map(score, [(c, [ctx[int(i)] for i in c]) for c in chunks], workers)
         try:

@@ -74,6 +74,9 @@ class SentenceSettings(_Base):
     # a 33-marker panel with 3 full partner lines make prompts of up to ~170 tokens, and the training time of
     # s2s grows with them; the anchor always keeps its whole sentence
     partner_words: int = 0
+    # carry each marker word's measured value into its input embedding (spatial2sentence.numeric):
+    # E[word] + value * V[word]; stored models without this key read words only
+    values: bool = False
 
 
 @dataclass
@@ -133,6 +136,9 @@ class TrainSettings(_Base):
     eval_every: int = 200
     eval_prompts: int = 1500
     patience: int = 5  # evaluations without improvement before early stopping
+    # what "improvement" means: "loss" (validation answer loss, v1) or "accuracy" (of the main task, the
+    # loss breaking ties; see spatial2sentence.training.selection_score)
+    select_by: str = "loss"
     checkpoint_every: int = 200
     checkpoint_dir: str = ""  # where resumable state goes (empty: <out>/checkpoint)
     num_threads: int = 0  # torch threads on CPU (0: torch's default)
