@@ -19,10 +19,10 @@ from pathlib import Path
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLineEdit,
-    QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QWidget,
 )
 
-from ._controls import DEVICES, RunControls, one_line
+from ._controls import DEVICES, RunControls, fit_width, one_line, scroll_body
 from ._controls import notify as _notify
 
 COLUMNS = ["image", "cells", "status", "error"]
@@ -90,9 +90,7 @@ class BatchAnnotateWidget(QWidget):
         return row
 
     def _build_ui(self):
-        self.setMinimumWidth(380)
-        root = QVBoxLayout(self)
-        root.setContentsMargins(6, 6, 6, 6)
+        root = scroll_body(self)
         box = QGroupBox("Folders and model")
         form = QFormLayout(box)
         self.input_edit = QLineEdit()
@@ -135,8 +133,15 @@ class BatchAnnotateWidget(QWidget):
         hh.setSectionResizeMode(1, QHeaderView.ResizeToContents)
         hh.setSectionResizeMode(2, QHeaderView.ResizeToContents)
         hh.setSectionResizeMode(3, QHeaderView.Stretch)
+        # an error is a sentence ("E34.tiff: mask shape (50, 60) differs from ..."): wrapped over as many
+        # lines as it needs in the stretched last column, never cut to a few characters
+        self.table.setWordWrap(True)
+        self.table.setTextElideMode(Qt.ElideNone)
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.table.setMinimumHeight(200)
         self.table.cellDoubleClicked.connect(lambda row, _col: self.open_overlay(self.table.item(row, 0).text()))
         root.addWidget(self.table, 1)
+        fit_width(self, 380)
 
     def _browse(self, edit: QLineEdit, title: str):
         d = QFileDialog.getExistingDirectory(self, title, edit.text() or "")

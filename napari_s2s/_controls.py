@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget,
+)
 
 from spatial2sentence.errors import S2SInputError
 
@@ -24,6 +27,36 @@ def one_line(err: BaseException, failure: str = "Failed") -> str:
         return str(err).splitlines()[0]
     msg = str(err).splitlines()[0] if str(err) else ""
     return f"{failure}: {type(err).__name__}{': ' + msg if msg else ''}"
+
+
+def scroll_body(widget: QWidget, margins: int = 6) -> QVBoxLayout:
+    """Give ``widget`` one vertical scroll area and return the layout of its content.
+
+    Why: napari stacks plugin docks in one column and the main window grows to the sum of their
+    minimum heights (1363 px on a 1200 px screen before this); inside a scroll area a dock's content
+    keeps the height it needs (nothing squeezed, nothing overlapping) and scrolls when the dock is
+    shorter. Horizontal scrolling is off: the content follows the dock's width."""
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    area = QScrollArea(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    body = QWidget()
+    root = QVBoxLayout(body)
+    root.setContentsMargins(margins, margins, margins, margins)
+    area.setWidget(body)
+    outer.addWidget(area)
+    widget.scroll_area = area
+    return root
+
+
+def fit_width(widget: QWidget, at_least: int) -> None:
+    """Minimum width of a :func:`scroll_body` widget: its content's (no horizontal scrolling, so
+    nothing may be cut off) plus the vertical scroll bar, and at least ``at_least``."""
+    area = widget.scroll_area
+    need = area.widget().minimumSizeHint().width() + area.verticalScrollBar().sizeHint().width() + 2
+    widget.setMinimumWidth(max(at_least, need))
 
 
 class RunControls:

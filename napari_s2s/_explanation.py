@@ -13,9 +13,10 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QColor, QFont
 from qtpy.QtWidgets import (
     QGridLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar, QSizePolicy, QTextBrowser,
-    QVBoxLayout, QWidget,
+    QWidget,
 )
 
+from ._controls import fit_width, scroll_body
 from ._layers import NEGATIVE_COLOR, POSITIVE_COLOR
 
 STRUCTURE_WORDS = {"cell", ":", ";", "near", "far", "task", "answer", "type", "status", "[BOS]", "[EOS]"}
@@ -128,10 +129,8 @@ class ExplanationPanel(QWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.setMinimumWidth(380)
         self.current: dict | None = None
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(6, 6, 6, 6)
+        lay = scroll_body(self)  # the panel scrolls rather than squeezing its parts into each other
         self.title = QLabel("Click a cell of the annotated mask")
         f = QFont(self.title.font())
         f.setPointSize(max(f.pointSize() + 2, 12))
@@ -147,7 +146,8 @@ class ExplanationPanel(QWidget):
         lay.addWidget(self._heading("Prompt (each sentence one line; red: drove the call, blue: against)"))
         self.prompt = QTextBrowser()
         self.prompt.setOpenLinks(False)
-        self.prompt.setMinimumHeight(110)
+        # a whole prompt (anchor + 6 partner sentences, one a line) without scrolling the box
+        self.prompt.setMinimumHeight(10 * self.prompt.fontMetrics().lineSpacing() + 24)
         self.prompt.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
         lay.addWidget(self.prompt, 2)
         self.note = QLabel("")
@@ -161,7 +161,7 @@ class ExplanationPanel(QWidget):
         lay.addWidget(self.markers)
         lay.addWidget(self._heading("Partners (click one to explain it; lines on the image)"))
         self.partners = QListWidget()
-        self.partners.setMinimumHeight(70)
+        self.partners.setMinimumHeight(6 * self.partners.fontMetrics().lineSpacing() + 12)
         self.partners.setWordWrap(True)
         self.partners.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.partners.itemClicked.connect(self._on_partner)
@@ -169,6 +169,7 @@ class ExplanationPanel(QWidget):
         self.timing = QLabel("")
         self.timing.setStyleSheet("color:#9aa0a6;")
         lay.addWidget(self.timing)
+        fit_width(self, 380)
 
     @staticmethod
     def _heading(text: str) -> QLabel:

@@ -19,11 +19,52 @@ def meta(layer) -> dict:
     return m.get("s2s", {}) if isinstance(m.get("s2s", {}), dict) else {}
 
 
+def _rename(layer, image: str) -> None:
+    m = dict(layer.metadata)
+    m["s2s"] = {**meta(layer), "image": image}
+    layer.metadata = m
+
+
+def separate_copies(layers) -> None:
+    """Give every copy of an image opened twice (the same sample opened again) its own image name.
+
+    The reader names an image's layers by file (``E34``); opened twice, the two copies' 10 channel
+    layers used to form one 10-channel image whose marker names repeat. In layer order, a channel layer
+    whose image already has a layer of the same channel index starts (or joins) the copy ``E34 (2)``,
+    ``E34 (3)``...; the k-th mask of ``E34`` goes with the k-th copy. Layers the widget derived from a
+    run (class ids, confidence...) are left alone."""
+    taken: dict[str, list[set]] = {}  # image -> channel indices of each copy
+    masks: dict[str, int] = {}
+    for layer in layers:
+        m = meta(layer)
+        role, image = m.get("role"), m.get("image")
+        if image is None or role not in ("channel", "mask"):
+            continue
+        base = m.get("copy_of", image)
+        if role == "channel":
+            copies = taken.setdefault(base, [])
+            idx = m.get("index", 0)
+            k = next((k for k, got in enumerate(copies) if idx not in got), len(copies))
+            if k == len(copies):
+                copies.append(set())
+            copies[k].add(idx)
+        else:
+            k = masks.get(base, 0)
+            masks[base] = k + 1
+        want = base if k == 0 else f"{base} ({k + 1})"
+        if image != want:
+            _rename(layer, want)
+            lm = dict(layer.metadata)
+            lm["s2s"] = {**lm["s2s"], "copy_of": base}
+            layer.metadata = lm
+
+
 class LayerInputs:
     def image_groups(self) -> dict[str, list]:
         """{display name: [channel layers in order]} for every image found in the layer list."""
         from napari.layers import Image
 
+        separate_copies(list(self.viewer.layers))
         groups: dict[str, list] = {}
         loose: dict[tuple, list] = {}
         for layer in self.viewer.layers:

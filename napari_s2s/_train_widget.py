@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 
 from spatial2sentence.errors import S2SInputError
 
-from ._controls import RunControls, notify, one_line
+from ._controls import RunControls, fit_width, notify, one_line, scroll_body
 from ._inputs import LayerInputs, meta
 
 POINTS_ROLE = "training-class"  # metadata role of a class's Points layer
@@ -149,9 +149,7 @@ class TrainModelWidget(LayerInputs, QWidget):
         self._refresh_layers()
 
     def _build_ui(self):
-        self.setMinimumWidth(340)
-        root = QVBoxLayout(self)
-        root.setContentsMargins(6, 6, 6, 6)
+        root = scroll_body(self)
         inputs = QGroupBox("Image")
         form = QFormLayout(inputs)
         self.image_combo = QComboBox()
@@ -211,6 +209,7 @@ class TrainModelWidget(LayerInputs, QWidget):
         self.suggest_button.clicked.connect(self.suggest)
         root.addWidget(self.suggest_button)
         root.addStretch(1)
+        fit_width(self, 340)
 
     # ------------------------------------------------------------------------------------- labels
     def _refresh_layers(self, event=None):

@@ -31,7 +31,7 @@ from spatial2sentence.errors import S2SInputError
 from . import _explain, _layers
 from ._annotate import Annotation, annotate_steps, distinctive_marker
 from ._explanation import ExplanationPanel, prob_bar
-from ._controls import DEVICES, RunControls, one_line
+from ._controls import DEVICES, RunControls, fit_width, one_line, scroll_body
 from ._inputs import LayerInputs, meta as _meta
 from ._controls import notify as _notify
 
@@ -43,6 +43,16 @@ def _swatch(color: str, size: int = 14) -> QIcon:
     pm = QPixmap(size, size)
     pm.fill(QColor(color))
     return QIcon(pm)
+
+
+def _dock_of(widget):
+    """The ``QDockWidget`` holding ``widget`` (None when it is not docked)."""
+    from qtpy.QtWidgets import QDockWidget
+
+    w = widget.parentWidget()
+    while w is not None and not isinstance(w, QDockWidget):
+        w = w.parentWidget()
+    return w
 
 
 class AnnotateCellsWidget(LayerInputs, QWidget):
@@ -69,9 +79,7 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
 
     # ------------------------------------------------------------------------------------- UI
     def _build_ui(self):
-        self.setMinimumWidth(360)
-        root = QVBoxLayout(self)
-        root.setContentsMargins(6, 6, 6, 6)
+        root = scroll_body(self)
         inputs = QGroupBox("Input")
         form = QFormLayout(inputs)
         self.image_combo = QComboBox()
@@ -168,6 +176,7 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         root.addWidget(self.results)
         self.results.setEnabled(False)
         root.addStretch(1)
+        fit_width(self, 360)
 
     def _browse_model(self):
         d = QFileDialog.getExistingDirectory(self, "spatial2sentence model folder")
@@ -412,30 +421,34 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
             self.explain_cell(v)
 
     def _ensure_panel(self) -> ExplanationPanel:
+        """The explanation panel, docked as a tab beside this widget's dock on first use, then raised.
+
+        napari's ``add_dock_widget(..., tabify=True)`` tabifies with the last dock of the right area
+        (another plugin's, or Batch annotate opened after this one); Qt's own ``tabifyDockWidget`` on
+        the two real dock widgets (found through Qt's parent chain: the viewer handed to a widget from
+        the Plugins menu is a ``PublicOnlyProxy`` whose return values Qt does not accept) then puts the
+        explanation beside Annotate cells."""
         if self.explanation is None:
             self.explanation = ExplanationPanel()
             self.explanation.partner_clicked.connect(lambda o: self.explain_cell(int(o)))
-            try:
-                self._explanation_dock = self.viewer.window.add_dock_widget(
-                    self.explanation, name="Cell explanation", area="right")
+            window = getattr(self.viewer, "window", None)  # a bare ViewerModel has none
+            if window is not None:
+                window.add_dock_widget(self.explanation, name="Cell explanation", area="right", tabify=True,
+                                       add_vertical_stretch=False)
+                self._explanation_dock = _dock_of(self.explanation)
                 mine = self._own_dock()
-                if mine is not None and mine.parentWidget() is self._explanation_dock.parentWidget():
-                    # one tab each: the explanation gets the full height of the right side
-                    mine.parentWidget().tabifyDockWidget(mine, self._explanation_dock)
-            except Exception:  # no window (e.g. a bare ViewerModel)
-                pass
+                main = mine.parentWidget() if mine is not None else None
+                if (main is not None and self._explanation_dock is not None
+                        and hasattr(main, "tabifyDockWidget")
+                        and self._explanation_dock not in main.tabifiedDockWidgets(mine)):
+                    main.tabifyDockWidget(mine, self._explanation_dock)
         if self._explanation_dock is not None:
             self._explanation_dock.show()
             self._explanation_dock.raise_()
         return self.explanation
 
     def _own_dock(self):
-        from qtpy.QtWidgets import QDockWidget
-
-        w = self.parentWidget()
-        while w is not None and not isinstance(w, QDockWidget):
-            w = w.parentWidget()
-        return w
+        return _dock_of(self)
 
     def show_controls(self):
         """Bring the "Annotate cells" tab to the front."""

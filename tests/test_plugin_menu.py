@@ -1,0 +1,240 @@
+"""The plugin as a user meets it: widgets opened from napari's Plugins menu.
+
+napari's Plugins menu calls ``viewer.window.add_plugin_dock_widget("napari-s2s", name)``; the widget then
+receives a ``PublicOnlyProxy`` of the viewer, not the viewer itself. These tests take that path (never a
+widget built by hand) and check the layout a user sees: the explanation is a tab beside Annotate cells,
+no widget overlaps another, and the main window fits a 1600 x 1000 screen.
+
+Run headlessly: QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1200x24" python -m pytest tests/test_plugin_menu.py
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+SCREEN_W, SCREEN_H = 1600, 1000
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from napari_s2s._testing import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    seen = []
+    import napari_s2s._widget as w
+
+    monkeypatch.setattr(w, "_notify", lambda kind, msg: seen.append((kind, msg)))
+    return seen
+
+
+# ------------------------------------------------------------------------------------------ geometry
+
+def _in_layout(layout, widget) -> bool:
+    if layout is None:
+        return False
+    if layout.indexOf(widget) >= 0:
+        return True
+    for i in range(layout.count()):
+        sub = layout.itemAt(i).layout()
+        if sub is not None and _in_layout(sub, widget):
+            return True
+    return False
+
+
+def overlapping_widgets(root) -> list[str]:
+    """Every pair of visible sibling widgets placed by the same layout whose rectangles intersect, and
+    every such widget that sticks out of its parent (cut off): both mean the layout was squeezed below
+    what its widgets need."""
+    from qtpy.QtWidgets import QWidget
+
+    problems = []
+    for parent in [root, *root.findChildren(QWidget)]:
+        if not parent.isVisible() or parent.layout() is None:
+            continue
+        kids = [w for w in parent.children() if isinstance(w, QWidget) and w.isVisible() and not w.isWindow()
+                and _in_layout(parent.layout(), w)]
+        inside = parent.rect()
+        for w in kids:
+            if w.width() <= 0 or w.height() <= 0:
+                continue
+            if not inside.contains(w.geometry()):
+                problems.append(f"{_name(w)} {w.geometry()} sticks out of {_name(parent)} {inside}")
+        for a, b in combinations(kids, 2):
+            if a.geometry().intersects(b.geometry()):
+                problems.append(f"{_name(a)} {a.geometry()} overlaps {_name(b)} {b.geometry()}")
+    return problems
+
+
+def _name(w) -> str:
+    text = w.text() if hasattr(w, "text") and callable(w.text) else ""
+    return f"{type(w).__name__}({str(text)[:30]!r})" if text else type(w).__name__
+
+
+def visible_docks_overlap(main) -> list[str]:
+    from qtpy.QtWidgets import QDockWidget
+
+    docks = [d for d in main.findChildren(QDockWidget) if shown(d) and not d.isFloating()]
+    rects = [(d.windowTitle(), d.geometry()) for d in docks]
+    central = main.centralWidget().geometry()
+    out = [f"{t} overlaps {u}" for (t, r), (u, s) in combinations(rects, 2) if r.intersects(s)]
+    out += [f"{t} overlaps the canvas" for t, r in rects if r.intersects(central)]
+    return out
+
+
+def shown(dock) -> bool:
+    """On screen: a tabified dock behind another tab is 'visible' to Qt but has no visible region."""
+    return dock.isVisible() and not dock.visibleRegion().isEmpty()
+
+
+def settle(qtbot, ms=100):
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(5):
+        QApplication.processEvents()
+    qtbot.wait(ms)
+
+
+# ------------------------------------------------------------------------------------------ the tests
+
+@pytest.fixture
+def menu_viewer(make_napari_viewer, qtbot, tiny_model, notes):
+    """A viewer with the E34 sample opened from File > Open Sample, and every widget of the plugin
+    opened from the Plugins menu's path; the annotation run and a cell clicked."""
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-s2s", "damond_e34")
+    docks = {}
+    for name in ("Annotate cells", "Batch annotate folder", "Train model"):
+        docks[name] = viewer.window.add_plugin_dock_widget("napari-s2s", name)
+    dock, widget = docks["Annotate cells"]
+    from napari.utils._proxies import PublicOnlyProxy
+
+    assert isinstance(widget.viewer, PublicOnlyProxy)  # what the menu hands a widget
+    widget.model_edit.setText(str(tiny_model))
+    widget.device_combo.setCurrentText("CPU")
+    assert widget.run() is not None, notes
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert widget.annotation is not None, notes
+    obj = int(widget.annotation.table.sort_values("area")["Object"].iloc[-1])
+    assert widget.explain_cell(obj, attributions="none") is not None
+    settle(qtbot)
+    return viewer, docks
+
+
+def test_explanation_is_a_tab_beside_annotate_cells(menu_viewer, qtbot, notes):
+    from qtpy.QtWidgets import QDockWidget
+
+    viewer, docks = menu_viewer
+    dock, widget = docks["Annotate cells"]
+    main = dock.parentWidget()
+    panel = widget.explanation
+    exp_dock = panel.parentWidget()
+    while exp_dock is not None and not isinstance(exp_dock, QDockWidget):
+        exp_dock = exp_dock.parentWidget()
+    assert exp_dock is not None and exp_dock.windowTitle() == "Cell explanation"
+    assert exp_dock in main.tabifiedDockWidgets(dock), [d.windowTitle() for d in main.tabifiedDockWidgets(dock)]
+    # the click raised the explanation tab; Annotate cells is one click away, not stacked below it
+    assert shown(exp_dock) and not shown(dock)
+    widget.show_controls()
+    settle(qtbot)
+    assert shown(dock) and not shown(exp_dock)
+    # a second click reuses the same dock (no second "Cell explanation")
+    obj = int(widget.annotation.table["Object"].iloc[0])
+    widget.explain_cell(obj, attributions="none")
+    settle(qtbot)
+    titles = [d.windowTitle() for d in main.findChildren(QDockWidget)]
+    assert titles.count("Cell explanation") == 1 and shown(exp_dock)
+    assert not [n for n in notes if n[0] == "error"], notes
+
+
+def test_no_widget_overlaps_and_the_window_fits_the_screen(menu_viewer, qtbot):
+    viewer, docks = menu_viewer
+    dock, widget = docks["Annotate cells"]
+    main = dock.window()
+    # the window never needs more than a 1600 x 1000 screen, whatever the docks hold
+    hint = main.minimumSizeHint()
+    assert hint.height() <= SCREEN_H and hint.width() <= SCREEN_W, hint
+    main.showNormal()
+    main.resize(SCREEN_W, SCREEN_H)
+    settle(qtbot, 300)
+    assert main.frameGeometry().height() <= SCREEN_H and main.frameGeometry().width() <= SCREEN_W, \
+        main.frameGeometry()
+    assert not visible_docks_overlap(main)
+    # inside every dock, in each tab: nothing overlaps, nothing is cut off
+    for tab in ("explanation", "controls"):
+        if tab == "controls":
+            widget.show_controls()
+            settle(qtbot, 200)
+        problems = []
+        for d, w in docks.values():  # the plugin's widgets (napari's own title bar is not ours)
+            if shown(d):
+                problems += [f"{d.windowTitle()}: {p}" for p in overlapping_widgets(w)]
+        exp = widget.explanation
+        if shown(widget._explanation_dock):
+            problems += [f"Cell explanation: {p}" for p in overlapping_widgets(exp)]
+        assert not problems, "\n".join(problems)
+    # and at a small window the panels scroll rather than overlap
+    main.resize(1200, 700)
+    settle(qtbot, 300)
+    assert main.frameGeometry().height() <= 700
+    assert not overlapping_widgets(widget)
+
+
+def test_explanation_panel_shows_the_prompt_and_partners(menu_viewer, qtbot):
+    """The prompt box shows the whole prompt of a cell (not about two sentences) at 1600 x 1000."""
+    viewer, docks = menu_viewer
+    dock, widget = docks["Annotate cells"]
+    main = dock.window()
+    main.resize(SCREEN_W, SCREEN_H)
+    settle(qtbot, 300)
+    panel = widget.explanation
+    doc_h = panel.prompt.document().size().height()
+    assert panel.prompt.viewport().height() >= min(doc_h, 8 * panel.prompt.fontMetrics().lineSpacing()), \
+        (panel.prompt.viewport().height(), doc_h)
+    if panel.partners.count():
+        assert panel.partners.viewport().height() >= min(
+            panel.partners.count(), 4) * panel.partners.sizeHintForRow(0)
+
+
+def test_reopening_a_sample_does_not_merge_channels(make_napari_viewer, qtbot):
+    """Opening the same sample twice gives two images in the Image box, not one of 10 channels."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-s2s", "damond_e34")
+    viewer.open_sample("napari-s2s", "damond_e34")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-s2s", "Annotate cells")
+    groups = widget.image_groups()
+    assert len(groups) == 2 and all(len(v) == 5 for v in groups.values()), {k: len(v) for k, v in groups.items()}
+    assert len(set(widget.marker_names(groups[widget.image_combo.currentText()]))) == 5
+    masks = [lay for lay in viewer.layers if lay.__class__.__name__ == "Labels"]
+    assert len({lay.metadata["s2s"]["image"] for lay in masks}) == 2
+    np.testing.assert_array_equal(*[np.asarray(m.data) for m in masks])
+
+
+def test_the_geometry_check_catches_a_squeezed_layout(qtbot):
+    """The check above can fail: a fixed-height table squeezed with a row below it (the legend over the
+    'Outline cells' row before the docks scrolled) is reported."""
+    from qtpy.QtWidgets import QLabel, QTableWidget, QVBoxLayout, QWidget
+
+    w = QWidget()
+    lay = QVBoxLayout(w)
+    table = QTableWidget(10, 3)
+    table.setFixedHeight(300)
+    lay.addWidget(table)
+    lay.addWidget(QLabel("Outline cells with p below"))
+    qtbot.addWidget(w)
+    w.setFixedHeight(200)  # what a too-short dock does to its content
+    w.show()
+    qtbot.waitExposed(w)
+    assert overlapping_widgets(w)
+    w.setFixedHeight(400)
+    qtbot.wait(50)
+    assert not overlapping_widgets(w)
