@@ -91,7 +91,18 @@ class LayerInputs:
         return [lay for lay in self.viewer.layers if isinstance(lay, Labels)
                 and meta(lay).get("role", "mask") == "mask"]
 
+    def _marker_edits(self) -> dict[str, str]:
+        """{image: the Markers text the user typed for it}: kept over layer-list refreshes (a run adds
+        layers, which refreshes the boxes; the names typed must not revert to the layer names)."""
+        edits = getattr(self, "_typed_markers", None)
+        if edits is None:
+            edits = self._typed_markers = {}
+            self.markers_edit.textEdited.connect(
+                lambda text: edits.__setitem__(self.image_combo.currentText(), text))
+        return edits
+
     def _refresh_layers(self, event=None):
+        self._marker_edits()
         self._groups = self.image_groups()
         cur = self.image_combo.currentText()
         self.image_combo.blockSignals(True)
@@ -108,8 +119,10 @@ class LayerInputs:
         self._on_image_changed(keep_mask=bool(curm))
 
     def _on_image_changed(self, *_, keep_mask: bool = False):
-        layers = self._groups.get(self.image_combo.currentText(), [])
-        self.markers_edit.setText(", ".join(self.marker_names(layers)))
+        name = self.image_combo.currentText()
+        layers = self._groups.get(name, [])
+        typed = self._marker_edits().get(name)
+        self.markers_edit.setText(typed if typed is not None else ", ".join(self.marker_names(layers)))
         if layers and not keep_mask:
             image = meta(layers[0]).get("image")
             shape = tuple(layers[0].data.shape[-2:])

@@ -238,3 +238,37 @@ def test_the_geometry_check_catches_a_squeezed_layout(qtbot):
     w.setFixedHeight(400)
     qtbot.wait(50)
     assert not overlapping_widgets(w)
+
+
+def test_marker_name_edits_survive_runs(make_napari_viewer, qtbot, tiny_model, notes):
+    """Renaming a marker in the Markers field (PIN -> INS) is used by the run, and still shown and used
+    after the run added its layers and after a second run."""
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-s2s", "damond_e34")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-s2s", "Annotate cells")
+    widget.model_edit.setText(str(tiny_model))
+    widget.device_combo.setCurrentText("CPU")
+    assert widget.markers_edit.text() == "H3, CD99, PIN, CD8a, CDH"
+    edit = widget.markers_edit
+    edit.setFocus()
+    qtbot.keyClick(edit, Qt.Key_A, Qt.ControlModifier)  # what a user does: select all, type
+    qtbot.keyClicks(edit, "H3, CD99, INS, CD8a, CDH")
+    for run in (1, 2):
+        assert widget.run() is not None, notes
+        qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+        ann = widget.annotation
+        assert ann is not None, notes
+        assert "INS" in ann.markers and "PIN" not in ann.markers, (run, ann.markers)
+        assert "INS" in ann.cells.columns
+        assert widget.markers_edit.text() == "H3, CD99, INS, CD8a, CDH", run
+        # the user's name is what the attribution box offers
+        names = [widget.attr_combo.itemText(i) for i in range(widget.attr_combo.count())]
+        assert "PIN" not in names, names
+    # another image chosen and back: still the typed names
+    viewer.open_sample("napari-s2s", "damond_g01")
+    widget.image_combo.setCurrentText("G01")
+    assert "PIN" in widget.markers_edit.text()
+    widget.image_combo.setCurrentText("E34")
+    assert widget.markers_edit.text() == "H3, CD99, INS, CD8a, CDH"
