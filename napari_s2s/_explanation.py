@@ -84,10 +84,31 @@ def display_word(word: str, names: dict[str, str] | None) -> str:
     return word
 
 
-def prompt_html(text: str, tokens: list[dict] | None, names: dict[str, str] | None = None) -> str:
-    """The prompt as HTML, one sentence per line, each word shaded by its attribution, in the user's
-    marker names (the model's name in the tooltip where they differ); ``nil`` explained; the task line
-    (template words) left out."""
+ROLE_WORDS = {"near": "similar neighbour", "far": "dissimilar distant cell"}
+ROLE_NAMES = {"positive": "similar neighbour", "negative": "dissimilar distant cell"}
+NIL_MEANING = ("nil: none of the model's markers is measurably present in this cell (every one is below "
+               "the model's threshold)")
+
+
+def level_text(value) -> str:
+    """A measured marker level (mean counts in the cell) as 3 significant digits; '' when unknown."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return ""
+    return f"{v:.3g}" if np.isfinite(v) else ""
+
+
+def prompt_html(text: str, tokens: list[dict] | None, names: dict[str, str] | None = None,
+                levels: list[dict] | None = None) -> str:
+    """The prompt as HTML for a reader: one sentence a line, each word shaded by its attribution.
+
+    Marker words in the user's marker names (the model's name in the tooltip where they differ), each
+    followed by the measured level of that marker in that sentence's cell (``levels[k]``: the model's
+    canonical marker name -> mean counts, for sentence k: the cell, then its partners in prompt order).
+    The sentence openers say what they mean: ``this cell``, ``similar neighbour``, ``dissimilar distant
+    cell`` (the model's words ``cell`` / ``near`` / ``far`` in the tooltip); the task line (template
+    words) is left out; ``nil`` is explained under the prompt."""
     words = text.split()
     scores = align_scores(words, tokens)
     if "task" in words:  # "... ; task type answer": the question, not part of what the cell shows
@@ -96,30 +117,115 @@ def prompt_html(text: str, tokens: list[dict] | None, names: dict[str, str] | No
     finite = [abs(s) for s in scores if s is not None and np.isfinite(s)]
     vmax = max(finite) if finite else 0.0
     lines, cur = [], []
+    sentence, opener = 0, True  # opener: the words before ':' (who and where)
+    has_nil = False
     for w, s in zip(words, scores):
         if w in ("[BOS]", "[EOS]"):
             continue
-        style = "color:#9aa0a6;" if w in STRUCTURE_WORDS or w.startswith(("<", ">")) else "color:#ffffff;"
-        if w in ("near",):
-            style = f"color:{POSITIVE_COLOR};font-weight:bold;"
-        elif w in ("far",):
-            style = f"color:{NEGATIVE_COLOR};font-weight:bold;"
+        tips = [f"attribution {s:+.3f} ({'for' if s > 0 else 'against'} the call)"] \
+            if s is not None and np.isfinite(s) and s != 0 else []
+        level = ""
+        if opener:
+            style = "color:#9aa0a6;"
+            shown = w
+            if w == "cell":
+                shown = "this cell"
+            elif w in ROLE_WORDS:
+                shown = ROLE_WORDS[w]
+                style = f"color:{POSITIVE_COLOR if w == 'near' else NEGATIVE_COLOR};font-weight:bold;"
+            if shown != w:
+                tips.append(f"model's word: {w}")
+            if w == ":":
+                opener = False
+        elif w == ";":
+            style, shown = "color:#9aa0a6;", w
+        else:
+            style = "color:#ffffff;"
+            shown = display_word(w, names)
+            base, _, bin_ = w.partition(":")
+            if shown != w:
+                tips.append(f"model's name: {w}")
+            if bin_:
+                tips.append(f"the model's level word: bin {bin_}")
+            if w == "nil":
+                has_nil = True
+                tips.append(NIL_MEANING)
+            elif levels and sentence < len(levels):
+                lv = level_text(levels[sentence].get(base))
+                if lv:
+                    level = f"<span style='color:#9aa0a6;font-size:11px;'>&#8201;{lv}</span>"
+                    tips.append(f"measured level {lv} (mean counts in the cell)")
         bg = shade(s, vmax)
-        shown = display_word(w, names)
-        tips = [f"score {s:+.3f}"] if s is not None and np.isfinite(s) else []
-        if shown != w:
-            tips.append(f"model's name: {w}")
-        if w == "nil":
-            tips.append("nil: no marker of the model's panel is measurably present in this cell")
-        title = f" title='{html.escape('; '.join(tips))}'" if tips else ""
-        cur.append(f"<span style='{style}background:{bg};padding:1px 2px;'{title}>{html.escape(shown)}</span>")
-        if w == ";":
+        title = f" title='{html.escape('; '.join(tips), quote=True)}'" if tips else ""
+        cur.append(f"<span style='{style}background:{bg};padding:1px 2px;'{title}>{html.escape(shown)}</span>"
+                   + level)
+        if w == ";" and not opener:
             lines.append(" ".join(cur))
             cur = []
+            sentence += 1
+            opener = True
     if cur:
         lines.append(" ".join(cur))
+    if has_nil:
+        lines.append(f"<span style='color:#9aa0a6;font-style:italic;'>{html.escape(NIL_MEANING)}</span>")
     return ("<div style='font-family:monospace;font-size:13px;line-height:150%;'>"
             + "<br>".join(lines) + "</div>")
+
+
+def level_word(canon: str, info: dict) -> str:
+    """``high INS (12.3)``: the user's name of a marker, how its level in the cell ranks among the image's
+    cells (top third high, bottom third low) and the measured level."""
+    names = info.get("display_names") or {}
+    name = names.get(canon, canon)
+    q = (info.get("percentiles") or {}).get(canon)
+    adj = "" if q is None or not np.isfinite(q) else ("high " if q >= 2 / 3 else "low " if q < 1 / 3 else "medium ")
+    lv = level_text(((info.get("levels") or [{}])[0] or {}).get(canon))
+    return f"{adj}{name}" + (f" ({lv})" if lv else "")
+
+
+def _article(word: str) -> str:
+    return "an" if str(word)[:1].lower() in "aeiou" else "a"
+
+
+def plain_summary(info: dict) -> str:
+    """One plain sentence: why the cell got its type.
+
+    ``Called beta (probability 0.82) mainly for high INS (12.3) and high SYP (8.1); a similar neighbour
+    10 um north, also beta, supported it.`` From the attributions when they are there (the two markers
+    that most drove the call, the partner that mattered most); before that, the cell's strongest marker
+    words, saying the reasons are still being computed."""
+    from spatial2sentence.aliases import canonical_marker
+
+    pred, p = info.get("predicted"), info.get("probability")
+    if not pred:
+        return "No call: the model gave this cell no type."
+    ptxt = f" (probability {p:.2f})" if p is not None and np.isfinite(p) else ""
+    attr = info.get("attribution")
+    if attr and attr.get("markers"):
+        ms = sorted(attr["markers"], key=lambda m: -float(m.get("score", 0)))
+        pos = [m for m in ms if float(m.get("score", 0)) > 0][:2]
+        why = ("mainly for " + " and ".join(level_word(canonical_marker(str(m["marker"])), info) for m in pos)
+               if pos else "with no marker clearly for it")
+        top = max((abs(float(m.get("score", 0))) for m in ms), default=0.0)
+        parts = [q for q in info.get("partners", []) if q.get("score") is not None and np.isfinite(q["score"])]
+        if parts:
+            best = max(parts, key=lambda q: abs(q["score"]))
+            if abs(best["score"]) < 0.1 * top:
+                rest = "its partner cells barely mattered"
+            else:
+                ct = best.get("cell_type")
+                kind = f"also {ct}" if ct == pred else (f"{_article(ct)} {ct} cell" if ct else "not called")
+                rest = (f"a {ROLE_NAMES.get(best.get('role'), 'partner')} "
+                        f"{best.get('distance_um', float('nan')):.0f} um {best.get('direction', '')}, {kind}, "
+                        f"{'supported it' if best['score'] > 0 else 'argued against it'}")
+        else:
+            rest = "no partner cell counted"
+        return f"Called {pred}{ptxt} {why}; {rest}."
+    anchor = [a.partition(":")[0] for a in info.get("anchor_markers", []) if a != "nil"][:3]
+    if not anchor:
+        return f"Called {pred}{ptxt}; {NIL_MEANING.split(': ', 1)[1]}."
+    strongest = ", ".join(level_word(a, info) for a in anchor)
+    return f"Called {pred}{ptxt}; its strongest markers: {strongest} (which drove the call: see below)."
 
 
 class ExplanationPanel(QWidget):
@@ -138,12 +244,17 @@ class ExplanationPanel(QWidget):
         self.title.setFont(f)
         self.title.setWordWrap(True)
         lay.addWidget(self.title)
+        self.summary = QLabel("")  # one plain sentence: why this type
+        self.summary.setWordWrap(True)
+        self.summary.setStyleSheet("font-size:13px;padding:2px 0;")
+        lay.addWidget(self.summary)
         self.bars_box = QWidget()
         self.bars = QGridLayout(self.bars_box)
         self.bars.setContentsMargins(0, 0, 0, 0)
         self.bars.setVerticalSpacing(2)
         lay.addWidget(self.bars_box)
-        lay.addWidget(self._heading("Prompt (each sentence one line; red: drove the call, blue: against)"))
+        lay.addWidget(self._heading("What the model read (one cell a line, its measured level after each "
+                                    "marker; red: drove the call, blue: against it)"))
         self.prompt = QTextBrowser()
         self.prompt.setOpenLinks(False)
         # a whole prompt (anchor + 6 partner sentences, one a line) without scrolling the box
@@ -154,7 +265,7 @@ class ExplanationPanel(QWidget):
         self.note.setWordWrap(True)
         self.note.setStyleSheet("color:#c0c0c0;font-style:italic;")
         lay.addWidget(self.note)
-        lay.addWidget(self._heading("Top markers"))
+        lay.addWidget(self._heading("Markers that mattered most (level in this cell; attribution)"))
         self.markers = QLabel("")
         self.markers.setWordWrap(True)
         self.markers.setTextFormat(Qt.RichText)
@@ -194,6 +305,7 @@ class ExplanationPanel(QWidget):
         obj, pred, p = info["object"], info.get("predicted"), info.get("probability")
         ptxt = f" ({p:.2f})" if p is not None and np.isfinite(p) else ""
         self.title.setText(f"Cell {obj} of {info.get('image', '')}: {pred or 'unassigned'}{ptxt}")
+        self.summary.setText(plain_summary(info))
         while self.bars.count():
             w = self.bars.takeAt(0).widget()
             if w is not None:
@@ -206,26 +318,32 @@ class ExplanationPanel(QWidget):
             self.bars.addWidget(prob_bar(v, info.get("colors", {}).get(lab, "#808080")), r, 1)
         attr = info.get("attribution")
         names = info.get("display_names") or {}
-        self.prompt.setHtml(prompt_html(info.get("text", ""), attr.get("tokens") if attr else None, names))
+        self.prompt.setHtml(prompt_html(info.get("text", ""), attr.get("tokens") if attr else None, names,
+                                        info.get("levels")))
         self.note.setText(info.get("note", ""))
         self.note.setVisible(bool(info.get("note")))
         if attr and attr.get("markers"):
+            from spatial2sentence.aliases import canonical_marker
+
             ms = sorted(attr["markers"], key=lambda m: -abs(float(m.get("score", 0))))[:8]
             vmax = max(abs(float(m.get("score", 0))) for m in ms) or 1.0
             self.markers.setText(" ".join(
                 f"<span style='background:{shade(float(m['score']), vmax)};padding:2px;'>"
-                f"{html.escape(names.get(str(m['marker']), str(m['marker'])))} {float(m['score']):+.2f}</span>"
+                f"{html.escape(level_word(canonical_marker(str(m['marker'])), info))} "
+                f"{float(m['score']):+.2f}</span>"
                 for m in ms))
         else:
-            anchor = info.get("anchor_markers", [])
-            self.markers.setText("ranked by expression (no attributions): "
-                                 + html.escape(" > ".join(display_word(a, names) for a in anchor)))
+            anchor = [a.partition(":")[0] for a in info.get("anchor_markers", []) if a != "nil"]
+            self.markers.setText("strongest in this cell (attributions not computed yet): "
+                                 + html.escape(", ".join(level_word(a, info) for a in anchor)))
         self.partners.clear()
         for part in info.get("partners", []):
             role = part.get("role", "")
             sc = part.get("score")
-            sc_txt = f", score {sc:+.2f}" if sc is not None and np.isfinite(sc) else ""
-            text = (f"{'similar neighbour' if role == 'positive' else 'dissimilar distant cell'}: cell {part['Object']}, "
+            sc_txt = ""
+            if sc is not None and np.isfinite(sc):
+                sc_txt = f"; {'supported the call' if sc > 0 else 'argued against it'} ({sc:+.2f})"
+            text = (f"{ROLE_NAMES.get(role, role)}: cell {part['Object']}, "
                     f"{part.get('distance_um', float('nan')):.1f} um {part.get('direction', '')}, "
                     f"{part.get('cell_type') or 'unassigned'}{sc_txt}")
             item = QListWidgetItem(text)

@@ -205,8 +205,11 @@ def score_of(attribution: dict, what: str) -> float:
     if what == "partners":
         parts = attribution.get("partners", [])
         return float(sum(float(p.get("score", 0.0)) for p in parts)) if parts else float("nan")
+    from spatial2sentence.aliases import canonical_marker
+
+    want = canonical_marker(what)  # the user's name (CD45) or the model's (PTPRC): the same marker
     for m in attribution.get("markers", []):
-        if str(m.get("marker")) == what:
+        if str(m.get("marker")) == what or canonical_marker(str(m.get("marker"))) == want:
             return float(m.get("score", 0.0))
     return float("nan")
 

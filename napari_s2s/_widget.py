@@ -497,8 +497,9 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
             "colors": _layers.type_colors(ann.type_labels), "text": prompt["text"], "partners": partners,
             "attribution": None, "note": "", "anchor_markers": anchor,
             # the user's marker names for the model's canonical ones (shown in the prompt and markers)
-            "display_names": {canonical_marker(m): m for m in ann.markers},
+            "display_names": self.display_names(),
         }
+        info["levels"], info["percentiles"] = self._levels([obj] + [p["Object"] for p in partners])
         cached = self._attributions.get(str(obj))
         if cached is not None:
             self._apply_attribution(info, cached)
@@ -518,6 +519,27 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         if attributions == "async" and cached is None and info["note"] == "computing attributions…":
             self._start_cell_attribution(obj, info)
         return info
+
+    def _levels(self, objects) -> tuple[list[dict], dict]:
+        """The measured level of every marker (canonical name -> mean counts) of each of ``objects``, and
+        for the first one each marker's percentile among the image's cells (0-1)."""
+        ann = self.annotation
+        if getattr(self, "_cells_cache", (None,))[0] is not ann:
+            cols = {canonical_marker(m): m for m in ann.markers if m in ann.cells.columns}
+            values = ann.cells[list(cols.values())].to_numpy(dtype=float)
+            index = {str(o): i for i, o in enumerate(ann.cells["Object"].tolist())}
+            self._cells_cache = (ann, list(cols), values, np.sort(values, axis=0), index)
+        _, canon, values, ranked, index = self._cells_cache
+        levels = []
+        for o in objects:
+            i = index.get(str(o))
+            levels.append({} if i is None else dict(zip(canon, values[i].tolist())))
+        pct = {}
+        if levels and levels[0] and len(values):
+            row = values[index[str(objects[0])]]
+            below = [np.searchsorted(ranked[:, j], row[j], side="left") for j in range(len(canon))]
+            pct = {c: float(b) / len(values) for c, b in zip(canon, below)}
+        return levels, pct
 
     def _table_by_object(self):
         ann = self.annotation
@@ -625,12 +647,26 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
             return
         self.attr_combo.setEnabled(True)
         self.attr_button.setEnabled(True)
-        markers = list(ann.used_markers or ann.markers)
-        self.attr_combo.addItems(markers + ["partners"])
+        # the panel's own names (CD45, CDH), the model's canonical one (PTPRC, CDH1) in the tooltip
+        names = self.display_names()
+        used = {canonical_marker(m) for m in (ann.used_markers or ann.markers)}
+        markers = [m for m in ann.markers if canonical_marker(m) in used] or list(ann.markers)
+        for m in markers:
+            self.attr_combo.addItem(m)
+            canon = canonical_marker(m)
+            if canon != m:
+                self.attr_combo.setItemData(self.attr_combo.count() - 1, f"model's name: {canon}",
+                                            Qt.ToolTipRole)
+        self.attr_combo.addItem("partners")
         best = distinctive_marker(ann.cells, ann.table, markers)
         if best is not None:
-            self.attr_combo.setCurrentText(best)
+            self.attr_combo.setCurrentText(names.get(canonical_marker(best), best))
         self.attr_note.setText("")
+
+    def display_names(self) -> dict[str, str]:
+        """The model's canonical marker name -> the name the user gave (Markers field) for this run."""
+        ann = self.annotation
+        return {canonical_marker(m): m for m in ann.markers} if ann is not None else {}
 
     def show_attributions(self, what: str):
         """Colour every cell by how much ``what`` (a marker or ``"partners"``) drove its prediction.
@@ -648,6 +684,8 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
             self.attr_note.setText("attributions unavailable: spatial2sentence.explain is not installed")
             _notify("warning", "attributions unavailable: spatial2sentence.explain is not installed")
             return None
+        if what != "partners":  # the user's name of the marker, whichever name was asked for
+            what = self.display_names().get(canonical_marker(what), what)
         if self.attr_combo.findText(what) >= 0 and self.attr_combo.currentText() != what:
             self.attr_combo.blockSignals(True)
             self.attr_combo.setCurrentText(what)

@@ -245,14 +245,32 @@ def test_click_opens_explanation(annotated, MouseEvent):
     assert panel is not None and panel.current["object"] == obj
     prompt = widget.annotation.model.prompts_for(widget.annotation.cellset, [obj],
                                                  markers=widget.annotation.markers)[0]
-    shown = panel.prompt_text()
-    assert "cell :" in shown
-    from napari_s2s._explanation import display_word
+    shown = panel.prompt_text().replace("\u2009", " ")
+    assert shown.startswith("this cell :")
+    from napari_s2s._explanation import ROLE_WORDS, display_word, level_text
 
+    # what is shown: the prompt's words in the user's marker names, each marker followed by its
+    # measured level in that sentence's cell (the cell, then its partners), the openers in plain words
     words = prompt["text"].split()
     words = words[1:words.index("task")]  # no [BOS], no task line
     names = {canonical_marker(m): m for m in widget.annotation.markers}
-    assert " ".join(shown.split()) == " ".join(display_word(w, names) for w in words)
+    cells = widget.annotation.cells.set_index("Object")
+    sentence_cells = [obj] + [p["Object"] for p in prompt["partners"]]
+    expected, k, opener = [], 0, True
+    for w in words:
+        if opener:
+            expected.append({"cell": "this cell", **ROLE_WORDS}.get(w, w))
+            opener = w != ":"
+        elif w == ";":
+            expected.append(w)
+            k, opener = k + 1, True
+        else:
+            shown_name = display_word(w, names)
+            expected.append(f"{shown_name} {level_text(cells.loc[sentence_cells[k], shown_name])}")
+    assert " ".join(shown.split()) == " ".join(" ".join(expected).split())
+    assert "near" not in shown and "far" not in shown and "answer" not in shown
+    # the plain sentence first: the call and the cell's strongest markers with their levels
+    assert panel.summary.text().startswith(f"Called {panel.current['predicted']}")
     assert f"Cell {obj}" in panel.title.text()
     assert panel.partners.count() == len(prompt["partners"])
     # partners drawn: a circle + one line per partner, in the mask's coordinates
@@ -470,4 +488,5 @@ def test_prompt_shows_the_users_marker_names_and_no_template_words():
     html_text = prompt_html("[BOS] cell : CDH1:12 PTPRC ; near <10um north : nil ; task type answer", None, names)
     assert "CDH:12" in html_text and "CD45" in html_text and "CDH1" in html_text  # the model's name in the tooltip
     assert ">CDH1<" not in html_text and "answer" not in html_text
-    assert "no marker of the model" in html_text  # nil explained
+    assert "none of the model&#x27;s markers is measurably present" in html_text  # nil explained, visibly
+    assert "similar neighbour" in html_text and ">near<" not in html_text

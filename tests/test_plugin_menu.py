@@ -265,10 +265,54 @@ def test_marker_name_edits_survive_runs(make_napari_viewer, qtbot, tiny_model, n
         assert widget.markers_edit.text() == "H3, CD99, INS, CD8a, CDH", run
         # the user's name is what the attribution box offers
         names = [widget.attr_combo.itemText(i) for i in range(widget.attr_combo.count())]
-        assert "PIN" not in names, names
+        assert "PIN" not in names and "CDH1" not in names and "CD8A" not in names, names
+        assert {"INS", "CDH", "CD8a"} <= set(names), names
+        tip = widget.attr_combo.itemData(names.index("CDH"), Qt.ToolTipRole)
+        assert tip == "model's name: CDH1"
+    # the explanation speaks the same names: the prompt, the strongest markers, the plain sentence
+    obj = int(ann.table.sort_values("area")["Object"].iloc[-1])
+    info = widget.explain_cell(obj, attributions="none")
+    panel = widget.explanation
+    text = panel.prompt_text()
+    assert "CDH1" not in text and "CD8A" not in text and "PIN" not in text
+    assert any(m in text for m in ("INS", "CDH", "CD8a", "H3", "CD99"))
+    shown_markers = [a.partition(":")[0] for a in info["anchor_markers"] if a != "nil"]
+    for canon in shown_markers:
+        assert info["display_names"].get(canon, canon) in panel.markers.text()
+    assert "CDH1" not in panel.markers.text() and "CDH1" not in panel.summary.text()
     # another image chosen and back: still the typed names
     viewer.open_sample("napari-s2s", "damond_g01")
     widget.image_combo.setCurrentText("G01")
     assert "PIN" in widget.markers_edit.text()
     widget.image_combo.setCurrentText("E34")
     assert widget.markers_edit.text() == "H3, CD99, INS, CD8a, CDH"
+
+
+def test_plain_sentence_of_an_explanation():
+    """The explanation's first line, from a stand-in attribution: the two markers that drove the call
+    with their level words, the partner that mattered most, no model words."""
+    from napari_s2s._explanation import plain_summary
+
+    info = {
+        "predicted": "beta", "probability": 0.82, "display_names": {"INS": "INS", "SYP": "SYP", "PTPRC": "CD45"},
+        "levels": [{"INS": 12.34, "SYP": 8.1, "PTPRC": 0.2}], "percentiles": {"INS": 0.95, "SYP": 0.7, "PTPRC": 0.1},
+        "attribution": {"markers": [{"marker": "INS", "score": 0.31}, {"marker": "PTPRC", "score": -0.2},
+                                    {"marker": "SYP", "score": 0.12}]},
+        "partners": [{"Object": 5, "role": "positive", "distance_um": 8.2, "direction": "south-east",
+                      "cell_type": "beta", "score": 0.08},
+                     {"Object": 9, "role": "negative", "distance_um": 150.0, "direction": "north",
+                      "cell_type": "acinar", "score": -0.01}],
+    }
+    assert plain_summary(info) == ("Called beta (probability 0.82) mainly for high INS (12.3) and high SYP "
+                                   "(8.1); a similar neighbour 8 um south-east, also beta, supported it.")
+    info["partners"][0]["score"] = 0.001
+    info["partners"][1]["score"] = -0.002
+    assert plain_summary(info).endswith("its partner cells barely mattered.")
+    info["partners"][1]["score"] = -0.1
+    assert "a dissimilar distant cell 150 um north, an acinar cell, argued against it" in plain_summary(info)
+    # before the attributions: the strongest marker words, in the user's names
+    info.update(attribution=None, anchor_markers=["INS", "PTPRC"])
+    assert plain_summary(info) == ("Called beta (probability 0.82); its strongest markers: high INS (12.3), "
+                                   "low CD45 (0.2) (which drove the call: see below).")
+    info.update(anchor_markers=["nil"])
+    assert "none of the model's markers is measurably present" in plain_summary(info)
