@@ -49,8 +49,8 @@ def test_benchmark_any_table(renamed_table, tmp_path):
     assert r.exit_code == 0, r.output + repr(r.exception)
     res = json.loads((out / "accuracy.json").read_text())
     assert set(res) == {"cell_type", "_meta"}
-    expected = {"s2s", "c2s", "s2s_ranked", "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux",
-                "logreg", "logreg_neighbors", "hgb_neighbors"}
+    expected = {"s2s", "c2s", "s2s_ranked", "s2s_no_values", "s2s_no_neighbourhood", "s2s_no_tissue",
+                "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux", "logreg", "logreg_neighbors", "hgb_neighbors"}
     assert set(res["cell_type"]) == expected
     df = pd.read_csv(renamed_table)
     for m, v in res["cell_type"].items():

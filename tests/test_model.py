@@ -529,3 +529,51 @@ def test_values_carried_into_embeddings_train_save_load_and_matter(cells, tmp_pa
     assert not np.allclose(base, other, atol=1e-6)
     ex = explain_cells(m, sub, sub["Object"].iloc[:2].tolist(), n_steps=8)
     assert all(np.isfinite(e["completeness_error"]) for e in ex)
+
+
+def test_neighbourhood_line_and_tissue_prompts(cells, tmp_path):
+    """v2 context: the ``around`` line holds the mean of the k nearest cells' values (checked by hand
+    with a KD-tree), tissue prompts rank markers by the fraction of cells where they are high (checked
+    by hand) and the image's status comes from its tissue prompt."""
+    from scipy.spatial import cKDTree
+
+    from spatial2sentence.numeric import VALUE_MAX
+    from spatial2sentence.predict import tissue_status
+    from spatial2sentence.sentences import word_marker
+    from spatial2sentence.settings import PromptSettings, SentenceSettings
+    from spatial2sentence.tissue import POSITIVE, random_window, tissue_sentence
+
+    s = SentenceSettings(encoding="levels", n_levels=4, partner_words=2, values=True)
+    ps = PromptSettings(neighbourhood_k=5, neighbourhood_words=3, tissue=True)
+    small = ModelSettings(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=64)
+    ts = tiny_settings(steps=10, select_by="accuracy", task_mix={"type": 0.5, "status": 0.2, "tissue": 0.3})
+    train(cells, tmp_path / "v2", sentence=s, prompt=ps, model_settings=small, train_settings=ts,
+          progress_bar=False, log=lambda *a: None)
+    m = S2SModel.from_pretrained(tmp_path / "v2", device="cpu")
+    assert m.prompt.tissue and m.prompt.neighbourhood_k == 5
+    cs = m.prepare(cells)
+    i = 7
+    words, values = cs.context(i, m.sentence, m.prompt)
+    at = words.index("around")
+    line = words[at + 2:words.index(";", at)]
+    vals = values[at + 2:at + 2 + len(line)]
+    same = np.flatnonzero(cs.image == cs.image[i])
+    _, nb = cKDTree(cs.xy[same]).query(cs.xy[i], k=6)
+    mean = np.clip(cs.range_values(same[nb[1:]]), 0, VALUE_MAX).mean(0)
+    top = np.argsort(-mean, kind="stable")[:3]
+    assert [word_marker(w) for w in line] == [cs.markers[j] for j in top]
+    np.testing.assert_allclose(vals, mean[top], rtol=1e-5)
+    # tissue sentence of one image: fractions of cells above POSITIVE, highest first, carried as sqrt
+    img = np.flatnonzero(cs.image == cs.image[0])
+    tw, tv = tissue_sentence(cs, img)
+    frac = (cs.range_values(img) > POSITIVE).mean(0)
+    assert sorted(tw) == sorted(cs.markers)
+    np.testing.assert_allclose(tv, np.sqrt(np.sort(frac)[::-1]), rtol=1e-5)
+    win = random_window(cs, img, np.random.default_rng(0))
+    assert set(win) <= set(img) and min(len(img), 20) <= len(win) <= len(img)
+    pred = m.predict_cells(cells, threads=1)
+    ref = tissue_status(m, cs)
+    for _, row in pred.image_status.iterrows():
+        p = ref[row["image"]]
+        assert row["status"] == m.status_labels[int(np.argmax(p))]
+        assert row["status_probability"] == pytest.approx(float(p.max()), rel=1e-5)

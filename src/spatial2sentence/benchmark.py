@@ -14,9 +14,13 @@ Datasets are cells tables with standard columns (``image, Object, x, y``, marker
 A task is only benchmarked when every test fold's labels occur in its training folds (e.g. the three
 toy images have one stage each: clinical status cannot be learned by leaving one image out).
 
-Methods: the language models ``s2s`` (full Spatial2Sentence: anchor + positive and negative partners,
-cell type + clinical status + auxiliary pair task), ``c2s`` (single-cell prompts, same model, same budget,
-no pair task: it has no partners), ``s2s_no_negatives`` (``n_neg=0``), ``s2s_no_positives`` (``n_pos=0``),
+Methods: the language models ``s2s`` (v2 Spatial2Sentence: level words carrying their values, anchor +
+positive and negative partners + an ``around`` neighbourhood line, tissue prompts for the image's status,
+cell type + clinical status + auxiliary pair task + tissue task), ``c2s`` (single-cell prompts, same
+sentences, model and budget, no pair or tissue task, image status = the mean of its cells' calls), the
+ablations ``s2s_ranked`` (levels off: v1 ranked words, no values), ``s2s_no_values`` (level words without
+values), ``s2s_no_neighbourhood`` (no ``around`` line), ``s2s_no_tissue`` (image-level status off: the
+mean of the cells' calls), ``s2s_no_negatives`` (``n_neg=0``), ``s2s_no_positives`` (``n_pos=0``),
 ``s2s_no_aux`` (no pair task, its share of the steps goes to the other tasks), all trained with
 :func:`spatial2sentence.training.train` under one :class:`Budget`; and the classical baselines of
 :mod:`spatial2sentence.baselines`.
@@ -41,7 +45,8 @@ import pandas as pd
 
 from . import baselines as B
 
-LM_METHODS = ("s2s", "c2s", "s2s_ranked", "s2s_no_values", "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux")
+LM_METHODS = ("s2s", "c2s", "s2s_ranked", "s2s_no_values", "s2s_no_neighbourhood", "s2s_no_tissue",
+              "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux")
 CLASSICAL_METHODS = ("logreg", "logreg_neighbors", "hgb_neighbors")
 ALL_METHODS = LM_METHODS + CLASSICAL_METHODS + ("composition_logreg",)
 TASKS = ("cell_type", "clinical_status", "clinical_status_cells")
@@ -70,6 +75,8 @@ class Budget:
     partner_words: int = 8  # partner lines keep their 8 highest level words (the anchor all; see SentenceSettings)
     values: bool = True  # marker words carry their measured value into the embedding (spatial2sentence.numeric)
     select_by: str = "accuracy"  # early stopping and the kept state: validation accuracy of the main task
+    neighbourhood_k: int = 10  # s2s prompts end with an "around" line: the mean of the 10 nearest cells
+    tissue: bool = True  # s2s reads an image's clinical status from tissue prompts (spatial2sentence.tissue)
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
@@ -383,8 +390,12 @@ def lm_settings(method: str, budget: Budget, seed: int):
 
     pairs = PairSettings(seed=seed)
     mix = {"type": 0.6, "status": 0.3, "pair": 0.1}
-    prompt = PromptSettings(format="multi")
-    if method == "c2s":
+    prompt = PromptSettings(format="multi", neighbourhood_k=budget.neighbourhood_k, tissue=budget.tissue)
+    if method == "s2s_no_neighbourhood":
+        prompt.neighbourhood_k = 0
+    elif method == "s2s_no_tissue":
+        prompt.tissue = False
+    if method == "c2s":  # Cell2Sentence: one cell, no space, image status = the mean of its cells' calls
         prompt = PromptSettings(format="single")
         mix.pop("pair")
     elif method == "s2s_no_negatives":
@@ -393,10 +404,13 @@ def lm_settings(method: str, budget: Budget, seed: int):
         pairs.n_pos = 0
     elif method == "s2s_no_aux":
         mix.pop("pair")
-    elif method not in ("s2s", "s2s_ranked", "s2s_no_values"):
+    elif method not in ("s2s", "s2s_ranked", "s2s_no_values", "s2s_no_neighbourhood", "s2s_no_tissue"):
         raise ValueError(method)
+    if prompt.tissue:  # a fifth of the prompts are tissue prompts (dropped where no image has a status)
+        mix = {"type": 0.5, "status": 0.15, "pair": 0.15, "tissue": 0.2} if "pair" in mix else \
+            {"type": 0.55, "status": 0.2, "tissue": 0.25}
     sentence = bench_sentence(budget, ranked=method == "s2s_ranked")
-    if method == "s2s_no_values":
+    if method in ("s2s_no_values", "s2s_ranked"):
         sentence.values = False
     # max_positions is raised by training when the longest prompt needs more (levels sentences)
     ms = ModelSettings(architecture="llama", hidden_size=budget.hidden_size, num_layers=budget.num_layers,
@@ -473,6 +487,11 @@ def lm_predict(model, test_df: pd.DataFrame, idx: np.ndarray, tasks, batch_size:
                              model.device, [ctx[r][1] for r in rows] if model.sentence.values else None)
         for t in tasks:
             out[t][rows] = scored[t]
+    if "status" in tasks and model.prompt.tissue:  # every cell of an image: its tissue prompt's status
+        from .predict import tissue_status
+
+        tissue = tissue_status(model, cs)
+        out["status"] = np.stack([tissue[im] for im in cs.image[idx]]).astype(np.float32)
     return out
 
 

@@ -27,7 +27,8 @@ from .errors import ModelInputError
 from .normalize import Normalizer
 from .pairs import Pairs, build_pairs
 from .numeric import VALUE_MAX
-from .sentences import cell_sentences, level_sentences, phenotype_sentence, word_marker
+from .sentences import (NIL, cell_sentences, level_sentences, level_word, marker_levels, phenotype_sentence,
+                        type_token, word_marker)
 from .settings import PairSettings, PromptSettings, SentenceSettings
 
 IMAGE_COLS = ("image", "imageID", "image_id", "ImageNumber", "sample")
@@ -90,6 +91,8 @@ class CellSet:
     # (M x n_levels-1) level bin edges on the range scale, for SentenceSettings.encoding == "levels"
     level_edges: np.ndarray | None = None
     _marker_index: dict | None = field(default=None, repr=False)
+    _around_cache: dict | None = field(default=None, repr=False)
+    _phenotype_names: list = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
         return len(self.image)
@@ -218,7 +221,69 @@ class CellSet:
             lines.append(P.partner_words("near" if role == "positive" else "far", d, dx, dy, words,
                                          ps.distance_bins_um))
             values += [0.0] * 4 + self.word_values(j, words) + [0.0]
+        if ps.format == "multi" and ps.neighbourhood_k > 0:
+            words, vals = self.around_sentence(i, s, ps)
+            lines.append(["around", ":", *words, ";"])
+            values += [0.0, 0.0, *vals, 0.0]
         return P.context_words(sents[0], lines), values
+
+    def around_sentence(self, i: int, s: SentenceSettings, ps: PromptSettings) -> tuple[list[str], list[float]]:
+        """The ``around`` line of cell ``i``: the mean over its ``neighbourhood_k`` nearest cells (same image)
+        of their range values, as the ``neighbourhood_words`` highest markers (level words for a
+        ``levels`` model) each carrying the mean; for phenotype cells the neighbours' phenotypes, most
+        frequent first, each carrying its fraction. ``nil`` when the cell has no neighbour."""
+        mean = self._neighbourhood(ps.neighbourhood_k)
+        row = mean[i]
+        if not np.isfinite(row).any():
+            return [NIL], [0.0]
+        if self.is_phenotype[i]:
+            names = self._phenotype_names
+            order = [j for j in np.argsort(-row, kind="stable") if row[j] > 0][:ps.neighbourhood_words]
+            return [type_token(names[j]) for j in order], [float(row[j]) for j in order]
+        order = [j for j in np.argsort(-row, kind="stable") if row[j] > s.level_threshold][:ps.neighbourhood_words]
+        if not order:
+            return [NIL], [0.0]
+        if s.encoding == "levels":
+            lev = marker_levels(row[None, :], self.levels_for(s))[0]
+            words = [level_word(self.markers[j], lev[j]) for j in order]
+        else:
+            words = [self.markers[j] for j in order]
+        return words, [float(min(row[j], VALUE_MAX)) for j in order]
+
+    def _neighbourhood(self, k: int) -> np.ndarray:
+        """Per cell, the mean over its ``k`` nearest other cells of the same image (and kind) of their
+        clipped range values (expression cells) or phenotype indicators (phenotype cells); NaN rows for
+        cells alone in their image. Cached per ``k``."""
+        from scipy.spatial import cKDTree
+
+        cache = self._around_cache if self._around_cache is not None else {}
+        self._around_cache = cache
+        if k in cache:
+            return cache[k]
+        ph = self.is_phenotype
+        if ph.any():
+            names, codes = np.unique(self.phenotype[ph].astype(str), return_inverse=True)
+            self._phenotype_names = list(names)
+        width = max(len(self.markers), len(self._phenotype_names) if ph.any() else 0)
+        vec = np.zeros((len(self), width), np.float32)
+        if (~ph).any():
+            ex = np.flatnonzero(~ph)
+            u = np.clip(self.range_values(ex), 0.0, VALUE_MAX) if self.rank_bounds is not None else self.z[ex]
+            vec[ex, :len(self.markers)] = np.where(self.present[ex], u, 0.0)
+        if ph.any():
+            vec[np.flatnonzero(ph), codes] = 1.0
+        out = np.full(vec.shape, np.nan, np.float32)
+        for kind in (False, True):
+            for im in np.unique(self.image[ph == kind].astype(str)) if (ph == kind).any() else []:
+                sel = np.flatnonzero((self.image.astype(str) == im) & (ph == kind))
+                if sel.size < 2:
+                    continue
+                kk = min(k, sel.size - 1)
+                _, nb = cKDTree(self.xy[sel]).query(self.xy[sel], k=kk + 1)
+                nb = np.asarray(nb).reshape(sel.size, -1)[:, 1:]
+                out[sel] = vec[sel][nb].mean(1)
+        cache[k] = out
+        return out
 
     def word_values(self, i: int, words: list[str]) -> list[float]:
         """The value of each word of a sentence of cell ``i``: its marker's range value (clipped to

@@ -7,8 +7,9 @@ and given explicit position ids, so only the last position's logits are computed
 :func:`answer_logits`); the tasks of one cell share their context's forward pass (:func:`score_tasks`).
 CUDA runs in bf16 (model weights), CPU in float32; the softmax is float32.
 
-Image-level clinical status: the mean over the image's cells of the per-cell log-probabilities of each
-status, renormalised with a softmax; the per-cell probabilities are kept in the cell table.
+Image-level clinical status: for a model with tissue prompts (v2, :mod:`.tissue`), the status read from
+the image's tissue prompt; otherwise the mean over the image's cells of the per-cell log-probabilities of
+each status, renormalised with a softmax. The per-cell probabilities are kept in the cell table.
 """
 
 from __future__ import annotations
@@ -226,6 +227,28 @@ def score_tasks(lm, contexts: list[list[int]], suffixes: dict[str, list[int]], l
     return out
 
 
+def tissue_status(model, cs) -> dict:
+    """Clinical-status probabilities of every image of ``cs`` from its tissue prompt
+    (:mod:`.tissue`; models trained with ``PromptSettings.tissue``), temperature-scaled like the cells'."""
+    from .tissue import tissue_words
+
+    images = pd.unique(cs.image)
+    seqs, vals = [], []
+    suffix = task_words("status")
+    for im in images:
+        words, values = tissue_words(cs, np.flatnonzero(cs.image == im))
+        seqs.append(model.tokenizer.encode(words + suffix))
+        vals.append(values + [0.0] * len(suffix))
+    out = {}
+    for c0 in range(0, len(seqs), PREDICT_BATCH_SIZE):
+        p = score_prompts(model.lm, seqs[c0:c0 + PREDICT_BATCH_SIZE], model.label_ids("status"),
+                          model.tokenizer.pad_id, model.device,
+                          vals[c0:c0 + PREDICT_BATCH_SIZE] if model.sentence.values else None)
+        p = apply_temperature(p, float(getattr(model, "calibration", {}).get("tissue_temperature", 1.0)))
+        out.update(zip(images[c0:c0 + PREDICT_BATCH_SIZE], p))
+    return out
+
+
 def _col(prefix: str, label: str) -> str:
     return prefix + str(label).replace(" ", "_")
 
@@ -315,10 +338,16 @@ def predict_cellset(model, cs, batch_size: int = PREDICT_BATCH_SIZE, tasks=("typ
         table["status_probability"] = np.where(ok, p.max(1, initial=0), np.nan)
         for j, lab in enumerate(labels["status"]):
             table[_col("p_status_", lab)] = p[:, j]
+        tissue = tissue_status(model, cs) if getattr(model.prompt, "tissue", False) and not cancelled else {}
         for im in pd.unique(cs.image):
             sel = (cs.image == im) & ok
             row = {"image": im, "n_cells": int((cs.image == im).sum())}
-            if sel.any():
+            if im in tissue:  # read from the whole tissue (v2)
+                agg = tissue[im]
+                row.update(status=labels["status"][int(agg.argmax())], status_probability=float(agg.max()),
+                           status_confident=status_is_confident(float(agg.max()), len(agg)))
+                row.update({_col("p_status_", lab): float(v) for lab, v in zip(labels["status"], agg)})
+            elif sel.any():
                 mlp = np.log(np.clip(p[sel], 1e-12, 1)).mean(0)
                 agg = np.exp(mlp - mlp.max())
                 agg /= agg.sum()

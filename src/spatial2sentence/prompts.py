@@ -11,7 +11,11 @@ A multi-sentence prompt, as words (one token each)::
 * ``task type`` asks for the anchor's cell type, ``task status`` for the clinical status of its image.
 * The auxiliary pair task shows the anchor and ONE partner without position and asks whether they form a
   similar (positive) or dissimilar (negative) pair: ``... ; partner : ... ; task pair answer similar``.
+* ``around : ...`` (v2, ``PromptSettings.neighbourhood_k`` > 0): what the anchor's ``k`` nearest cells
+  express on average (their highest markers, each carrying the mean value), after the partner lines.
 * ``format="single"``: ``[BOS] cell : ... ; task type answer ...`` (no spatial context).
+* Tissue prompts (``[BOS] tissue : ... ; task status answer``) ask for an image's clinical status from
+  the whole tissue: :mod:`spatial2sentence.tissue`.
 
 Training puts the loss on the answer token only; prediction reads the logits at the ``answer`` position.
 """
@@ -27,7 +31,10 @@ SPECIALS = [PAD, UNK, BOS, EOS]
 TASKS = ("type", "status", "pair")
 PAIR_ANSWERS = ("similar", "dissimilar")
 DIRECTIONS = ("east", "north-east", "north", "north-west", "west", "south-west", "south", "south-east")
-TEMPLATE = ["cell", ":", ";", "near", "far", "partner", "task", "answer", "here", *TASKS, *PAIR_ANSWERS]
+# "around" (neighbourhood line) and "tissue" (tissue prompts, spatial2sentence.tissue) came with v2;
+# they are last so that v1 vocabularies keep their ids
+TEMPLATE = ["cell", ":", ";", "near", "far", "partner", "task", "answer", "here", *TASKS, *PAIR_ANSWERS,
+            "around", "tissue"]
 
 
 def distance_words(bins) -> list[str]:

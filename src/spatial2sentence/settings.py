@@ -100,6 +100,13 @@ class PromptSettings(_Base):
     """How prompts are written."""
 
     format: str = "multi"  # "multi": anchor + partners (Spatial2Sentence); "single": one cell (Cell2Sentence)
+    # v2: an "around" line after the partners with the mean of the anchor's k nearest cells (0: none),
+    # keeping its highest neighbourhood_words markers
+    neighbourhood_k: int = 0
+    neighbourhood_words: int = 8
+    # v2: the image's clinical status from a tissue prompt (spatial2sentence.tissue) rather than the mean
+    # of its cells' calls; trained as task "tissue"
+    tissue: bool = False
     distance_bins_um: tuple = (5, 10, 15, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480)
 
 

@@ -37,6 +37,7 @@ from .prompts import PAIR_ANSWERS, pair_prompt, task_words
 from .sentences import status_token, type_token
 from .settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings, TrainSettings
 from .threads import torch_threads
+from .tissue import TISSUE, random_window, tissue_words
 
 
 @dataclass
@@ -125,12 +126,23 @@ class PromptSampler:
         self.status_cdf = np.cumsum(self._weights(st[self.status_cells], 1.0))
         has = (cs.pairs.pos_idx[cells] >= 0).any(1) | (cs.pairs.neg_idx[cells] >= 0).any(1)
         self.pair_cells = cells[has]
+        # tissue task: the status-labelled images (each one status), their cells, drawn evenly by status
+        self.tissue_images: list[np.ndarray] = []
+        tissue_status = []
+        if model.prompt.tissue and len(self.status_cells):
+            for im in pd.unique(cs.image[self.status_cells]):
+                members = self.status_cells[cs.image[self.status_cells] == im]
+                if len(members) >= 2:
+                    self.tissue_images.append(members)
+                    tissue_status.append(str(st[members[0]]))
+        self.tissue_cdf = np.cumsum(self._weights(np.asarray(tissue_status, dtype=object), 1.0))
         self.full_cache = dict(zip(range(len(cs)), cs.sentences(np.arange(len(cs)), model.sentence)))
         mix = {k: float(v) for k, v in ts.task_mix.items() if v > 0}
         for k in mix:
-            if k not in ("type", "status", "pair"):
-                raise ModelInputError("task_mix", f"unknown task {k!r} (type, status, pair)")
-        avail = {"type": len(self.type_cells), "status": len(self.status_cells), "pair": len(self.pair_cells)}
+            if k not in ("type", "status", "pair", "tissue"):
+                raise ModelInputError("task_mix", f"unknown task {k!r} (type, status, pair, tissue)")
+        avail = {"type": len(self.type_cells), "status": len(self.status_cells), "pair": len(self.pair_cells),
+                 "tissue": len(self.tissue_images)}
         mix = {k: v for k, v in mix.items() if avail[k] > 0}
         if not mix:
             raise ModelInputError("training data", "no cell carries a label usable by any task")
@@ -165,6 +177,13 @@ class PromptSampler:
         answer word."""
         task = self.tasks[min(int(np.searchsorted(np.cumsum(self.task_p), rng.random())), len(self.tasks) - 1)]
         m, cs = self.model, self.cs
+        if task == "tissue":
+            k = min(int(np.searchsorted(self.tissue_cdf, rng.random() * self.tissue_cdf[-1])),
+                    len(self.tissue_images) - 1)
+            members = self.tissue_images[k]
+            words, values = tissue_words(cs, random_window(cs, members, rng))
+            tw = task_words("status")
+            return words + tw, values + [0.0] * len(tw), status_token(cs.status[members[0]])
         present = self._subset(rng)
         cache = self.full_cache if present is None else None
         if task == "pair":
@@ -200,7 +219,7 @@ class PromptSampler:
             words, vals, ans = self.draw_valued(rng)
             seqs.append(tok.encode(words))
             answers.append(tok.vocab[ans])
-            tasks.append(words[-2])
+            tasks.append("tissue" if words[1] == TISSUE else words[-2])
             values.append(vals)
         return seqs, answers, tasks, (values if self.model.sentence.values else None)
 
@@ -263,21 +282,27 @@ def load_checkpoint(path: Path) -> dict:
     return st
 
 
-def prompt_length(sentence: SentenceSettings, pairs: PairSettings, prompt: PromptSettings, n_markers: int) -> int:
+def prompt_length(sentence: SentenceSettings, pairs: PairSettings, prompt: PromptSettings, n_markers: int,
+                  n_labels: int = 0) -> int:
     """The longest prompt (tokens, answer and [EOS] included) these settings can write for a panel."""
     w, wp = sentence.words_per_sentence(n_markers), sentence.words_per_partner(n_markers)
     partners = pairs.n_pos + pairs.n_neg if prompt.format == "multi" else 0
     multi = 4 + w + partners * (5 + wp) + 5  # [BOS] cell : <w> ; + partner lines + task t answer X [EOS]
+    if partners and prompt.neighbourhood_k > 0:
+        multi += 3 + prompt.neighbourhood_words  # around : <words> ;
     pair = w + wp + 11 if partners else 0  # [BOS] cell : <w> ; partner : <wp> ; task pair answer X [EOS]
-    return max(multi, pair)
+    # [BOS] tissue : <markers or phenotypes> ; task status answer X [EOS]
+    tissue = 4 + max(n_markers, n_labels) + 6 if prompt.tissue else 0
+    return max(multi, pair, tissue)
 
 
-def fit_positions(ms: ModelSettings, sentence, pairs, prompt, n_markers: int, log=print) -> ModelSettings:
+def fit_positions(ms: ModelSettings, sentence, pairs, prompt, n_markers: int, log=print,
+                  n_labels: int = 0) -> ModelSettings:
     """``ms`` with ``max_positions`` raised (to a multiple of 32) when the longest prompt would not fit:
     levels sentences carry every present marker, so a 37-marker panel with 3 partners needs 172 tokens."""
     from dataclasses import replace
 
-    need = prompt_length(sentence, pairs, prompt, n_markers)
+    need = prompt_length(sentence, pairs, prompt, n_markers, n_labels)
     if need <= ms.max_positions:
         return ms
     new = -(-need // 32) * 32
@@ -304,7 +329,8 @@ def selection_score(ev: dict, select_by: str) -> float:
     """How good a validation result is (higher is better) for early stopping and the kept state.
 
     ``"loss"``: minus the mean answer loss over tasks. ``"accuracy"``: the accuracy of the main task (cell
-    type where the validation set asks for it, else clinical status), the loss only breaking ties. Why
+    type where the validation set asks for it, else the tissue prompts' clinical status, else the cells'
+    status), the loss only breaking ties. Why
     accuracy: the loss rises from over-confident wrong answers long before accuracy stops improving; the
     v2 benchmark rule stopped on the loss at step ~280 and lost 5-7 points of held-out accuracy
     (benchmarks/learning_curve.py)."""
@@ -314,7 +340,7 @@ def selection_score(ev: dict, select_by: str) -> float:
         return -float(ev["loss"])
     if select_by != "accuracy":
         raise ModelInputError("train settings", f"unknown select_by {select_by!r} ({', '.join(SELECT_BY)})")
-    acc = ev.get("type_acc", ev.get("status_acc"))
+    acc = ev.get("type_acc", ev.get("tissue_acc", ev.get("status_acc")))
     return (float(acc) if acc is not None else 0.0) - 1e-3 * float(ev["loss"])
 
 
@@ -339,7 +365,7 @@ def evaluate(model, val_set, batch_size: int = 256) -> dict:
             lg = logits[rows, cols]
             for task in set(t):
                 sel = torch.as_tensor([x == task for x in t])
-                lid = torch.as_tensor(model.label_ids(task))
+                lid = torch.as_tensor(model.label_ids("status" if task == "tissue" else task))
                 sub = lg[sel][:, lid]
                 y = torch.as_tensor([lid.tolist().index(v) for v in tgt[rows, cols][sel].tolist()])
                 lp = torch.log_softmax(sub, -1)
@@ -453,7 +479,7 @@ def _train(tables, out, sentence, pairs, prompt, model_settings, ts, type_labels
     from .model import S2SModel
 
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    model_settings = fit_positions(model_settings, sentence, pairs, prompt, len(panel), log)
+    model_settings = fit_positions(model_settings, sentence, pairs, prompt, len(panel), log, len(types))
     model = S2SModel.create(panel, types, stats, norm, sentence, pairs, prompt, model_settings, seed=ts.seed,
                             device=dev)
     if sentence.encoding == "levels":
