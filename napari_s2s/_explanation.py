@@ -12,7 +12,7 @@ import numpy as np
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QColor, QFont
 from qtpy.QtWidgets import (
-    QGridLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar, QSizePolicy, QTextBrowser,
+    QGridLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar, QSizePolicy, QTextBrowser,
     QWidget,
 )
 
@@ -22,21 +22,29 @@ from ._layers import NEGATIVE_COLOR, POSITIVE_COLOR
 STRUCTURE_WORDS = {"cell", ":", ";", "near", "far", "task", "answer", "type", "status", "[BOS]", "[EOS]"}
 
 
-def prob_bar(value: float, color: str, text: str | None = None) -> QProgressBar:
+def prob_bar(value: float, color: str, text: str | None = None) -> QWidget:
+    """A probability bar in ``color`` with its value written beside it (not on it: white or black text
+    over a bar that is half light, half dark is unreadable on one half)."""
+    box = QWidget()
+    row = QHBoxLayout(box)
+    row.setContentsMargins(0, 0, 0, 0)
+    row.setSpacing(6)
     bar = QProgressBar()
     bar.setRange(0, 1000)
     v = 0.0 if value is None or not np.isfinite(value) else float(value)
     bar.setValue(int(round(v * 1000)))
-    bar.setTextVisible(True)
-    bar.setFormat(text if text is not None else f"{v:.2f}")
-    bar.setMinimumHeight(18)
-    bar.setMaximumHeight(20)
-    fg = "#000000" if QColor(color).lightness() > 140 else "#ffffff"
-    bar.setStyleSheet(
-        "QProgressBar{border:1px solid #555; border-radius:3px; background:#262930; text-align:center;"
-        f"color:#ffffff;}} QProgressBar::chunk{{background:{color}; color:{fg};}}"
-    )
-    return bar
+    bar.setTextVisible(False)
+    bar.setMinimumHeight(14)
+    bar.setMaximumHeight(16)
+    bar.setStyleSheet("QProgressBar{border:1px solid #555; border-radius:3px; background:#262930;}"
+                      f"QProgressBar::chunk{{background:{color};}}")
+    label = QLabel(text if text is not None else f"{v:.2f}")
+    label.setMinimumWidth(label.fontMetrics().horizontalAdvance("0.000"))
+    label.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
+    row.addWidget(bar, 1)
+    row.addWidget(label)
+    box.bar, box.label = bar, label
+    return box
 
 
 def shade(score: float, vmax: float) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from spatial2sentence.palette import UNASSIGNED, hex_to_rgba, label_colors
+from spatial2sentence.palette import LOW_CONFIDENCE, UNASSIGNED, hex_to_rgba, label_colors
 
 # additive colormaps for channels, cycled; the first ones are the most distinguishable
 CHANNEL_COLORMAPS = ("green", "magenta", "cyan", "yellow", "red", "blue", "bop orange", "bop purple")
@@ -22,10 +22,10 @@ CHANNEL_COLORMAPS = ("green", "magenta", "cyan", "yellow", "red", "blue", "bop o
 PREFERRED_VISIBLE = ("PIN", "INS", "GCG", "H3", "DNA1", "CDH", "SST", "CD99", "KRT19", "CD45", "CD3e")
 MAX_VISIBLE = 4
 TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
-LOW_CONFIDENCE_COLOR = (1.0, 1.0, 0.0, 1.0)
+LOW_CONFIDENCE_COLOR = hex_to_rgba(LOW_CONFIDENCE)  # white: no type, channel or partner colour is
 POSITIVE_COLOR = "#00e676"  # positive partner lines
 NEGATIVE_COLOR = "#ff4081"  # negative partner lines
-ANCHOR_COLOR = "#ffffff"
+ANCHOR_COLOR = "#000000"  # the explained cell's circle (white is the low-confidence outline)
 
 
 def s2s_meta(role: str, image: str, **extra) -> dict:
@@ -161,8 +161,19 @@ def counts_per_type(cell_types, type_labels: list[str]) -> list[tuple[str, int, 
     return rows
 
 
+def percent_text(count: int, total: int) -> str:
+    """A share for the legend: whole percent from 1% up, one decimal below (a type with 1 of 600 cells
+    reads 0.2, not 0), '<0.1' for a share that would round to 0.0."""
+    if total <= 0:
+        return ""
+    pct = 100.0 * count / total
+    if pct >= 1 or count == 0:
+        return f"{pct:.0f}"
+    return f"{pct:.1f}" if pct >= 0.05 else "<0.1"
+
+
 def low_confidence_colormap(objects, probabilities, threshold: float):
-    """Only the cells whose predicted-type probability is below ``threshold`` (outlined in yellow)."""
+    """Only the cells whose predicted-type probability is below ``threshold`` (outlined in white)."""
     from napari.utils.colormaps import DirectLabelColormap
 
     cdict = {None: TRANSPARENT, 0: TRANSPARENT}
@@ -222,7 +233,7 @@ def partner_shapes(anchor_xy_px, partners_xy_px, roles, scores=None, radius_px: 
     partner's attribution score when known."""
     ax, ay = anchor_xy_px
     data = [np.array([[ay, ax], [radius_px, radius_px]])]  # ellipse as (centre, radii)
-    types, colors, widths = ["ellipse"], [ANCHOR_COLOR], [0.6]
+    types, colors, widths = ["ellipse"], [ANCHOR_COLOR], [1.0]
     s = np.abs(np.asarray(scores if scores is not None else [np.nan] * len(roles), dtype=float))
     smax = float(np.nanmax(s)) if np.isfinite(s).any() and np.nanmax(s) > 0 else 0.0
     for (px, py), role, sc in zip(partners_xy_px, roles, s):

@@ -137,8 +137,15 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         hh.setSectionResizeMode(2, QHeaderView.ResizeToContents)
         self.legend.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
         rl.addWidget(self.legend)
+        self.opaque_check = QCheckBox("Opaque cell types (channels hidden)")
+        self.opaque_check.setToolTip(
+            "Draw every cell in its type's colour exactly as in the legend: the mask fully opaque and this "
+            "image's channel layers hidden (untick to bring them back). Translucent over additive "
+            "channels, a type's colour mixes with the channel colours under it.")
+        self.opaque_check.toggled.connect(self.set_opaque_types)
+        rl.addWidget(self.opaque_check)
         conf_row = QHBoxLayout()
-        conf_lab = QLabel("Outline cells (yellow) with p below")
+        conf_lab = QLabel("Outline cells (white) with p below")
         conf_lab.setToolTip("Cells whose predicted type has a probability below this value are outlined in "
                             "the 'low confidence' layer")
         conf_row.addWidget(conf_lab, 1)
@@ -208,6 +215,7 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
             return None
         self._cancel = threading.Event()
         self._pending = (mask_layer, t_start)
+        self._run_channels = list(self._groups.get(self.image_combo.currentText(), []))
         worker = create_worker(
             annotate_steps, data, markers, np.asarray(mask_layer.data), image=image, pixel_size_um=ps,
             model_path=model_path, device=device, cancel=self._cancel,
@@ -316,6 +324,8 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         self._add_click_callback(mask_layer)
         self.viewer.layers.selection.active = mask_layer
         self._fill_legend(ann)
+        if self.opaque_check.isChecked():
+            self.set_opaque_types(True)
         self._fill_status(ann)
         self._fill_attr_combo(ann)
         self.results.setEnabled(True)
@@ -341,12 +351,38 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
             c = QTableWidgetItem(str(cnt))
             c.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
             self.legend.setItem(i, 1, c)
-            pc = QTableWidgetItem(f"{100 * cnt / total:.0f}")
+            pc = QTableWidgetItem(_layers.percent_text(cnt, total))
             pc.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
             self.legend.setItem(i, 2, pc)
         self.legend.resizeRowsToContents()
         h = self.legend.horizontalHeader().height() + sum(self.legend.rowHeight(i) for i in range(len(rows))) + 4
         self.legend.setFixedHeight(min(h, 300))
+
+    def set_opaque_types(self, flag: bool = True) -> None:
+        """Cell types exactly in their legend colours (mask opaque, the image's channels hidden), or
+        back to the translucent mask over the channels as they were."""
+        ml = self.mask_layer
+        if self.opaque_check.isChecked() != bool(flag):
+            self.opaque_check.setChecked(bool(flag))  # emits toggled -> here again
+            return
+        if ml is None or self.annotation is None:
+            return
+        channels = [lay for lay in getattr(self, "_run_channels", []) if lay in self.viewer.layers]
+        if flag:
+            if not getattr(self, "_opaque_on", False):  # a second run while opaque keeps the first state
+                self._shown_before = {id(lay): lay.visible for lay in channels}
+            self._opaque_on = True
+            for lay in channels:
+                lay.visible = False
+            ml.opacity = 1.0
+            ml.blending = "translucent"
+        else:
+            before = getattr(self, "_shown_before", {})
+            for lay in channels:
+                lay.visible = before.get(id(lay), lay.visible)
+            self._opaque_on = False
+            ml.opacity = 0.6
+        ml.visible = True
 
     def legend_rows(self) -> list[tuple[str, int]]:
         return [(self.legend.item(i, 0).text(), int(self.legend.item(i, 1).text()))
@@ -387,7 +423,7 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         lay.colormap = _layers.low_confidence_colormap(ann.table["Object"].to_numpy(), p, thr)
         lay.name = f"{ann.image} low confidence (p < {thr:.2f})"
         n = int(np.sum(~(p >= thr)))
-        self.threshold_spin.setToolTip(f"{n} cells below {thr:.2f}, outlined in yellow")
+        self.threshold_spin.setToolTip(f"{n} cells below {thr:.2f}, outlined in white")
 
     # ------------------------------------------------------------------------------ explanations
     def _add_click_callback(self, layer):

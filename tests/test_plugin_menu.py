@@ -316,3 +316,46 @@ def test_plain_sentence_of_an_explanation():
                                    "low CD45 (0.2) (which drove the call: see below).")
     info.update(anchor_markers=["nil"])
     assert "none of the model's markers is measurably present" in plain_summary(info)
+
+
+def test_opaque_types_match_the_legend(menu_viewer, qtbot):
+    """The 'Opaque cell types' toggle hides the image's channels and draws the mask opaque: the canvas
+    colour at a cell is its legend colour. Untoggled, the channels come back as they were. The
+    low-confidence outline is white, a colour no type has."""
+    from napari_s2s import _layers
+    from spatial2sentence.palette import LOW_CONFIDENCE, label_colors
+
+    viewer, docks = menu_viewer
+    dock, widget = docks["Annotate cells"]
+    ann = widget.annotation
+    channels = [lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "channel"]
+    before = [lay.visible for lay in channels]
+    assert any(before)
+    widget.opaque_check.setChecked(True)
+    assert not any(lay.visible for lay in channels) and widget.mask_layer.opacity == 1.0
+    for lay in viewer.layers:  # only the mask on the canvas (the outline layer is drawn on top)
+        if lay is not widget.mask_layer:
+            lay.visible = False
+    mask = np.asarray(widget.mask_layer.data)
+    t = ann.table.assign(d=np.hypot(ann.table["x"] - 50, ann.table["y"] - 50)).sort_values("d")
+    row = next(r for _, r in t.iterrows() if mask[int(round(r["y"])), int(round(r["x"]))] == r["Object"])
+    viewer.camera.center = (row["y"], row["x"])
+    viewer.camera.zoom = 40
+    settle(qtbot, 100)
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    px = shot[shot.shape[0] // 2, shot.shape[1] // 2, :3].astype(int)
+    want = np.round(np.array(_layers.hex_to_rgba(label_colors(ann.type_labels)[row["cell_type"]])[:3]) * 255)
+    assert np.abs(px - want).max() <= 3, (px, want)
+    widget.opaque_check.setChecked(False)
+    assert [lay.visible for lay in channels] == before and widget.mask_layer.opacity == pytest.approx(0.6)
+    for lay in channels:  # whatever the user had shown: hidden by the toggle, then restored as it was
+        lay.visible = True
+    channels[0].visible = False
+    widget.opaque_check.setChecked(True)
+    assert not any(lay.visible for lay in channels)
+    widget.opaque_check.setChecked(False)
+    assert [lay.visible for lay in channels] == [False] + [True] * (len(channels) - 1)
+    low = next(lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "low_confidence")
+    colours = {tuple(np.round(c, 3)) for k, c in low.colormap.color_dict.items() if k and c[3] > 0}
+    assert colours == {tuple(np.round(_layers.hex_to_rgba(LOW_CONFIDENCE), 3))}
+    assert LOW_CONFIDENCE not in label_colors(ann.type_labels).values()

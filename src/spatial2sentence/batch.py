@@ -317,14 +317,49 @@ def _grey_composite(image) -> np.ndarray:
     return acc / max(used, 1)
 
 
+def _overlay_font(size: int):
+    """An antialiased (FreeType) font of ``size`` px: Pillow's bundled one (Pillow >= 10.1), else DejaVu
+    Sans where installed, else Pillow's bitmap font."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):
+        pass
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        return ImageFont.load_default()
+
+
+OVERLAY_MIN_SIDE = 800  # px: smaller images are enlarged (whole pixels) so cells and text are readable
+OVERLAY_MAX_ZOOM = 8
+
+
+def overlay_zoom(shape) -> int:
+    """Whole-number enlargement of an overlay: the image's shorter side to at least
+    :data:`OVERLAY_MIN_SIDE` px, at most :data:`OVERLAY_MAX_ZOOM` x (a 100 x 100 px crop: 8 x)."""
+    side = max(1, min(int(shape[0]), int(shape[1])))
+    return int(min(OVERLAY_MAX_ZOOM, max(1, -(-OVERLAY_MIN_SIDE // side))))
+
+
 def render_overlay(image, mask: np.ndarray, type_ids: np.ndarray, type_labels: Sequence[str],
-                   colors: dict[str, str], alpha: float = 0.55):
-    """RGB ``PIL.Image``: type colours blended over a grey composite, darker borders, and a legend."""
-    from PIL import Image, ImageDraw, ImageFont
+                   colors: dict[str, str], alpha: float = 0.65):
+    """RGB ``PIL.Image``: type colours blended over a grey composite, darker cell borders, and a legend
+    (antialiased text). Images whose shorter side is under 800 px are enlarged by a whole factor
+    (:func:`overlay_zoom`, nearest neighbour: every image pixel a square block), so a 100 px crop is not
+    a 100 px thumbnail."""
+    from PIL import Image, ImageDraw
 
     from .palette import hex_to_rgba
 
-    grey = 0.9 * _grey_composite(image)
+    zoom = overlay_zoom(mask.shape)
+
+    def up(a):
+        return np.repeat(np.repeat(a, zoom, axis=0), zoom, axis=1) if zoom > 1 else a
+
+    grey = up(0.9 * _grey_composite(image))
+    mask, type_ids = up(np.asarray(mask)), up(np.asarray(type_ids))
     rgb = np.repeat(grey[..., None], 3, axis=2)
     lut = np.zeros((len(type_labels) + 1, 3))
     for k, t in enumerate(type_labels):
@@ -346,9 +381,11 @@ def render_overlay(image, mask: np.ndarray, type_ids: np.ndarray, type_labels: S
     present = [t for k, t in enumerate(type_labels) if np.any(type_ids == k + 1)]
     if not present:
         return img
-    font = ImageFont.load_default()
-    row, pad = 14, 4
-    width = pad * 3 + 10 + max(int(ImageDraw.Draw(img).textlength(t, font=font)) for t in present)
+    size = int(np.clip(round(min(img.height, img.width) / 45), 14, 28))
+    font = _overlay_font(size)
+    row, pad, box = int(round(size * 1.5)), size // 2, size
+    probe = ImageDraw.Draw(img)
+    width = pad * 3 + box + max(int(np.ceil(probe.textlength(t, font=font))) for t in present)
     h = max(img.height, pad * 2 + row * len(present))
     canvas = Image.new("RGB", (img.width + width, h), (255, 255, 255))
     canvas.paste(img, (0, 0))
@@ -356,8 +393,9 @@ def render_overlay(image, mask: np.ndarray, type_ids: np.ndarray, type_labels: S
     for i, t in enumerate(present):
         y = pad + i * row
         x = img.width + pad
-        draw.rectangle([x, y + 1, x + 9, y + 10], fill=colors[t], outline=(0, 0, 0))
-        draw.text((x + 10 + pad, y), t, fill=(0, 0, 0), font=font)
+        draw.rectangle([x, y + (row - box) // 2, x + box, y + (row - box) // 2 + box], fill=colors[t],
+                       outline=(0, 0, 0))
+        draw.text((x + box + pad, y + row // 2), t, fill=(0, 0, 0), font=font, anchor="lm")
     return canvas
 
 
