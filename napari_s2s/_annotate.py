@@ -204,19 +204,48 @@ def annotate(data, channels, mask, **kwargs) -> Annotation:
         return stop.value
 
 
-def explain_all_steps(model, cellset, object_ids, markers=None, cancel: threading.Event | None = None):
-    """Generator: attributions of every cell (``{str(object): attribution}``), with progress."""
+def explain_all_steps(model, cellset, object_ids, markers=None, cancel: threading.Event | None = None,
+                      chunk: int = 32):
+    """Generator: attributions of every cell (returns ``{str(object): attribution}``), in chunks of
+    ``chunk`` cells in the order given (callers put the cells in view first).
+
+    Yields ``("progress", done, total)`` as cells finish and ``("partial", {str(object): attribution})``
+    after each chunk, so the overlay fills in while the rest is computed; ``cancel`` stops between
+    cells (the explainer's progress callback returns False) and the cells done so far are returned."""
     from . import _explain
 
     cancel = cancel or threading.Event()
-    yield ("stage", f"attributions of {len(object_ids)} cells")
-    gen = in_thread(lambda cb: _explain.explain_cells(model, cellset, object_ids, markers=markers, progress=cb),
-                    cancel)
-    try:
-        while True:
-            yield next(gen)
-    except StopIteration as stop:
-        return stop.value
+    object_ids = list(object_ids)
+    total = len(object_ids)
+    yield ("stage", f"attributions of {total} cells")
+    out: dict = {}
+    for start in range(0, total, max(1, int(chunk))):
+        if cancel.is_set():
+            break
+        ids = object_ids[start:start + chunk]
+
+        def work(cb, ids=ids, start=start):
+            return _explain.explain_cells(model, cellset, ids, markers=markers,
+                                          progress=lambda d, t: cb(start + d, total))
+
+        gen = in_thread(work, cancel)
+        try:
+            while True:
+                yield next(gen)
+        except StopIteration as stop:
+            part = stop.value or {}
+        out.update(part)
+        yield ("progress", min(start + len(ids), total), total)
+        yield ("partial", part)
+    return out
+
+
+def order_from(objects, xy, centre) -> list:
+    """``objects`` nearest first to ``centre`` (x, y in the same units as ``xy``): the cells in view
+    first when ``centre`` is the middle of the canvas."""
+    xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+    d = np.hypot(xy[:, 0] - float(centre[0]), xy[:, 1] - float(centre[1]))
+    return [objects[i] for i in np.argsort(d, kind="stable")]
 
 
 def distinctive_marker(cells: pd.DataFrame, table: pd.DataFrame, markers: list[str],

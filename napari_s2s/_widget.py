@@ -22,7 +22,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
     QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView,
-    QLabel, QLineEdit, QPushButton, QSizePolicy, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QLabel, QLineEdit, QProgressBar, QPushButton, QSizePolicy, QTableWidget, QTableWidgetItem, QVBoxLayout,
+    QWidget,
 )
 
 from spatial2sentence.aliases import canonical_marker
@@ -31,7 +32,7 @@ from spatial2sentence.errors import S2SInputError
 from . import _explain, _layers
 from ._annotate import Annotation, annotate_steps, distinctive_marker
 from ._explanation import ExplanationPanel, prob_bar
-from ._controls import DEVICES, RunControls, fit_width, one_line, scroll_body
+from ._controls import DEVICES, RunControls, eta_text, fit_width, is_deleted, one_line, scroll_body
 from ._inputs import LayerInputs, meta as _meta
 from ._controls import notify as _notify
 
@@ -71,7 +72,12 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         self.explanation: ExplanationPanel | None = None
         self._explanation_dock = None
         self.last_run_seconds: float | None = None
+        self._attr_cancel: threading.Event | None = None
         self._build_ui()
+        # the viewer closed while a worker runs: stop the workers (their callbacks then find the widgets
+        # deleted and return) instead of letting them emit into deleted Qt objects
+        jobs = self._jobs = []
+        self.destroyed.connect(lambda *_: [e.set() for e in jobs])
         ev = self.viewer.layers.events
         for name in ("inserted", "removed", "reordered"):
             getattr(ev, name).connect(self._refresh_layers)
@@ -168,6 +174,23 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
             lambda t: self._all_attributions and self.annotation is not None and self._paint_attributions(t))
         attr_row.addWidget(self.attr_button)
         rl.addLayout(attr_row)
+        # whole-image attributions: cells done / total, time left, Cancel (hidden when idle)
+        self.attr_progress_box = QWidget()
+        prow = QHBoxLayout(self.attr_progress_box)
+        prow.setContentsMargins(0, 0, 0, 0)
+        self.attr_progress = QProgressBar()
+        self.attr_progress.setFormat("%v / %m cells")
+        self.attr_cancel_button = QPushButton("Cancel")
+        self.attr_cancel_button.setToolTip("Stop computing attributions; the cells done so far stay coloured "
+                                           "and Show goes on with the others")
+        self.attr_cancel_button.clicked.connect(self.cancel_attributions)
+        prow.addWidget(self.attr_progress, 1)
+        prow.addWidget(self.attr_cancel_button)
+        self.attr_progress_box.setVisible(False)
+        rl.addWidget(self.attr_progress_box)
+        self.attr_eta = QLabel("")
+        self.attr_eta.setVisible(False)
+        rl.addWidget(self.attr_eta)
         self.attr_note = QLabel("")
         self.attr_note.setWordWrap(True)
         self.attr_note.setStyleSheet("color:#c0c0c0;font-style:italic;")
@@ -214,6 +237,7 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
             _notify("error", _one_line(err))
             return None
         self._cancel = threading.Event()
+        self._jobs.append(self._cancel)
         self._pending = (mask_layer, t_start)
         self._run_channels = list(self._groups.get(self.image_combo.currentText(), []))
         worker = create_worker(
@@ -234,6 +258,8 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
             self.worker.quit()
 
     def _on_yielded(self, msg):
+        if is_deleted(self.status_label):  # the viewer was closed during the run
+            return
         if not msg:
             return
         if msg[0] == "stage":
@@ -242,6 +268,8 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
             self.controls.progress(msg[1], msg[2])
 
     def _on_returned(self, ann: Annotation):
+        if is_deleted(self.status_label):  # the viewer was closed during the run
+            return
         if ann is None:
             return
         if ann.cancelled or (self._cancel is not None and self._cancel.is_set()):
@@ -257,15 +285,21 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         self.last_run_seconds = time.perf_counter() - t0
 
     def _on_errored(self, err):
+        if is_deleted(self.status_label):  # the viewer was closed during the run
+            return
         self.status_label.setText(_one_line(err))
         _notify("error", _one_line(err))
 
     def _on_aborted(self):
+        if is_deleted(self.status_label):  # the viewer was closed during the run
+            return
         if self._cancel is not None:
             self._cancel.set()
         self.status_label.setText("Cancelled")
 
     def _on_finished(self):
+        if is_deleted(self.status_label):  # the viewer was closed during the run
+            return
         self.worker = None
         self.controls.running(False)
 
@@ -614,8 +648,10 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
 
         def current() -> bool:
             # the result belongs to this annotation and this cell only: a new run or a new click since
-            # the worker started makes it stale
+            # the worker started makes it stale; a closed viewer has deleted the panel
             panel = self.explanation
+            if panel is None or is_deleted(panel):
+                return False
             return (self.annotation is ann and panel is not None and panel.current is not None
                     and panel.current.get("object") == obj)
 
@@ -637,6 +673,9 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
             if self.attribution_worker is worker:
                 self.attribution_worker = None
 
+        cancel = threading.Event()  # set when the widget is destroyed; the worker's result is then dropped
+        self._jobs.append(cancel)
+        worker.finished.connect(lambda: cancel in self._jobs and self._jobs.remove(cancel))
         worker.returned.connect(done)
         worker.errored.connect(failed)
         worker.finished.connect(finished)
@@ -704,11 +743,28 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         ann = self.annotation
         return {canonical_marker(m): m for m in ann.markers} if ann is not None else {}
 
+    def _cells_in_view_first(self, objects) -> list:
+        """The annotation's cells, nearest first to the middle of the canvas (so the part of the image
+        the user looks at is coloured first)."""
+        from ._annotate import order_from
+
+        ann, ml = self.annotation, self.mask_layer
+        t = ann.table.set_index(ann.table["Object"].astype(str))
+        xy = t.loc[[str(o) for o in objects], ["x", "y"]].to_numpy(float)
+        scene = getattr(self.viewer, "scene", None)  # napari >= 0.9: viewer.scene.camera
+        camera = scene.camera if scene is not None else self.viewer.camera
+        centre = np.asarray(camera.center, dtype=float)[-2:]  # world (y, x)
+        translate = np.asarray(ml.translate, dtype=float)[-2:]
+        y, x = centre - translate  # world units are um (layers are scaled by the pixel size)
+        return order_from(list(objects), xy, (x, y))
+
     def show_attributions(self, what: str):
         """Colour every cell by how much ``what`` (a marker or ``"partners"``) drove its prediction.
 
-        The attributions of all cells are computed once, in a worker with a progress bar (returned, so
-        callers can wait on it); later calls repaint at once (and return the layer)."""
+        The attributions of all cells are computed once, in a worker: the cells in view first, in chunks
+        painted as they finish, with a progress bar (cells done / total), the time left and Cancel
+        (returns the worker, so callers can wait on it). Cancelled, the cells done stay and the next
+        Show computes only the others. Once all are there, a call repaints at once (returns the layer)."""
         from napari.qt.threading import create_worker
 
         from ._annotate import explain_all_steps
@@ -728,47 +784,101 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
             self.attr_combo.blockSignals(False)
         if self._all_attributions:
             return self._paint_attributions(what)
-        if self.attribution_worker is not None:
+        if self.attribution_worker is not None and getattr(self, "_attr_all_running", False):
             return self.attribution_worker
-        worker = create_worker(explain_all_steps, ann.model, self._cellset(), ann.table["Object"].tolist(),
-                               markers=ann.markers, _ignore_errors=True, _start_thread=False)
+        objects = ann.table["Object"].tolist()
+        todo = [o for o in self._cells_in_view_first(objects) if str(o) not in self._attributions]
+        if not todo:
+            self._all_attributions = True
+            return self._paint_attributions(what)
+        cancel = self._attr_cancel = threading.Event()
+        self._jobs.append(cancel)
+        worker = create_worker(explain_all_steps, ann.model, self._cellset(), todo, markers=ann.markers,
+                               cancel=cancel, _ignore_errors=True, _start_thread=False)
+        total, t0 = len(todo), time.perf_counter()
+        painted = [0.0]
 
-        def step(msg):  # a count in the note, not napari's progress bar (see RunControls)
-            if msg and msg[0] == "progress" and self.annotation is ann:
-                self.attr_note.setText(f"computing the attributions of {msg[2]} cells (integrated gradients): "
-                                       f"{msg[1]} done…")
+        def alive() -> bool:
+            return not is_deleted(self.attr_note) and self.annotation is ann
+
+        def step(msg):
+            if not msg or not alive():
+                return
+            if msg[0] == "progress":
+                done = int(msg[1])
+                self.attr_progress.setRange(0, total)
+                self.attr_progress.setValue(min(done, total))
+                self.attr_eta.setText(eta_text(done, total, time.perf_counter() - t0)
+                                      + " (integrated gradients; the cells in view first)")
+            elif msg[0] == "partial":
+                self._attributions.update(msg[1])
+                now = time.perf_counter()
+                if now - painted[0] > 1.0:  # repaint what is done, at most once a second
+                    painted[0] = now
+                    self._paint_attributions(self.attr_combo.currentText() or what, partial=True)
 
         def done(res):
-            if self.annotation is not ann:
+            if not alive():
                 return
-            self._attributions.update(res)
-            self._all_attributions = True
-            self._paint_attributions(what)
+            self._attributions.update(res or {})
+            self._all_attributions = all(str(o) in self._attributions for o in objects)
+            self._paint_attributions(self.attr_combo.currentText() or what, partial=not self._all_attributions)
 
         def failed(err):
+            if not alive():
+                return
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
             self.attr_note.setText(f"attributions failed: {msg}")
             _notify("error", f"attributions failed: {msg}")
 
         def finished():
-            self.attribution_worker = None
+            if cancel in self._jobs:
+                self._jobs.remove(cancel)
+            if is_deleted(self.attr_note):
+                return
+            if self.attribution_worker is worker:
+                self.attribution_worker = None
+                self._attr_all_running = False
+            self.attr_progress_box.setVisible(False)
+            self.attr_eta.setVisible(False)
+            self.attr_button.setEnabled(True)
 
         worker.yielded.connect(step)
         worker.returned.connect(done)
         worker.errored.connect(failed)
         worker.finished.connect(finished)
         self.attribution_worker = worker
-        self.attr_note.setText(f"computing the attributions of {len(ann.table)} cells (integrated gradients)…")
+        self._attr_all_running = True
+        self.attr_progress.setRange(0, total)
+        self.attr_progress.setValue(0)
+        self.attr_progress_box.setVisible(True)
+        self.attr_eta.setText(f"0 / {total} cells (integrated gradients; the cells in view first)")
+        self.attr_eta.setVisible(True)
+        self.attr_button.setEnabled(False)
+        self.attr_note.setText("")
         worker.start()
         return worker
 
-    def _paint_attributions(self, what: str):
+    def cancel_attributions(self):
+        """Stop the whole-image attributions; the cells done so far stay coloured."""
+        if self._attr_cancel is not None:
+            self._attr_cancel.set()
+        if self.attribution_worker is not None and getattr(self, "_attr_all_running", False):
+            self.attr_eta.setText("Cancelling…")
+
+    def _paint_attributions(self, what: str, partial: bool = False):
         ann = self.annotation
         attrs = self._attributions
         objects = ann.table["Object"].to_numpy()
         scores = np.array([_layers.score_of(attrs[str(o)], what) if str(o) in attrs else np.nan
                            for o in objects], dtype=float)
         cmap, vmax = _layers.attribution_colormap(objects, scores)
+        n_done = sum(str(o) in attrs for o in objects)
+        if partial:  # cells not computed yet: left clear (grey means "not in the cell's prompt")
+            for o in objects:
+                if str(o) not in attrs:
+                    cmap.color_dict[int(o)] = _layers.TRANSPARENT
+            cmap = type(cmap)(color_dict=dict(cmap.color_dict), background_value=0)
         lay = self._put_labels("attribution", ann.image, np.asarray(self.mask_layer.data),
                                f"{ann.image} attribution", self.mask_layer)
         lay.colormap = cmap
@@ -777,7 +887,9 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         lay.metadata = _layers.s2s_meta("attribution", ann.image, what=what, vmax=vmax)
         self.attr_note.setText(f"Cells coloured by the attribution of {what} to their predicted type: "
                                f"red = drove it, blue = against it, white = no effect, grey = not in the cell's prompt "
-                               f"(max |score| {vmax:.2g})")
+                               f"(max |score| {vmax:.2g})"
+                               + (f"; {n_done} of {len(objects)} cells so far, the others left clear"
+                                  if partial else ""))
         self.viewer.layers.selection.active = self.mask_layer
         return lay
 

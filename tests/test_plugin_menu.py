@@ -339,8 +339,9 @@ def test_opaque_types_match_the_legend(menu_viewer, qtbot):
     mask = np.asarray(widget.mask_layer.data)
     t = ann.table.assign(d=np.hypot(ann.table["x"] - 50, ann.table["y"] - 50)).sort_values("d")
     row = next(r for _, r in t.iterrows() if mask[int(round(r["y"])), int(round(r["x"]))] == r["Object"])
-    viewer.camera.center = (row["y"], row["x"])
-    viewer.camera.zoom = 40
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.center = (row["y"], row["x"])
+    camera.zoom = 40
     settle(qtbot, 100)
     shot = viewer.screenshot(canvas_only=True, flash=False)
     px = shot[shot.shape[0] // 2, shot.shape[1] // 2, :3].astype(int)
@@ -359,3 +360,104 @@ def test_opaque_types_match_the_legend(menu_viewer, qtbot):
     colours = {tuple(np.round(c, 3)) for k, c in low.colormap.color_dict.items() if k and c[3] > 0}
     assert colours == {tuple(np.round(_layers.hex_to_rgba(LOW_CONFIDENCE), 3))}
     assert LOW_CONFIDENCE not in label_colors(ann.type_labels).values()
+
+
+def _slow_explainer(seen, delay=0.02):
+    """A stand-in for the integrated-gradients explainer: ``delay`` s a cell, every marker +0.1, stops
+    when its progress callback says so (Cancel); records the object ids asked for in ``seen``."""
+    import time
+
+    def explain(model, cells, object_ids, markers=None, progress=None):
+        out = []
+        for i, o in enumerate(object_ids):
+            time.sleep(delay)
+            seen.append(o)
+            out.append({"object": o, "tokens": [], "partners": [],
+                        "markers": [{"marker": m, "score": 0.1} for m in (markers or [])]})
+            if progress is not None and progress(i + 1, len(object_ids)) is False:
+                break
+        return out
+
+    return explain
+
+
+def test_whole_image_attributions_progress_eta_cancel(menu_viewer, qtbot, monkeypatch):
+    """Show: a progress bar of cells done / total, the time left, the cells in view first, the overlay
+    filling in; Cancel keeps the cells done; Show again computes only the others."""
+    from napari_s2s import _explain
+
+    viewer, docks = menu_viewer
+    dock, widget = docks["Annotate cells"]
+    widget.show_controls()
+    seen = []
+    monkeypatch.setattr(_explain, "OVERRIDE", _slow_explainer(seen, 0.03))
+    ann = widget.annotation
+    total = len(ann.table)
+    # look at the bottom-right corner of the image: its cells come first
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.center = (float(ann.table["y"].max()), float(ann.table["x"].max()))
+    worker = widget.show_attributions("CDH")
+    assert worker is not None and widget.attr_progress_box.isVisible()
+    assert widget.attr_progress.maximum() == total
+    qtbot.waitUntil(lambda: widget.attr_progress.value() >= 40, timeout=60_000)
+    assert "left" in widget.attr_eta.text() and f"/ {total} cells" in widget.attr_eta.text()
+    # the first cells computed are the ones nearest the canvas centre
+    t = ann.table.set_index("Object")
+    d = np.hypot(t["x"] - t["x"].max(), t["y"] - t["y"].max())
+    first = d.loc[seen[:20]].to_numpy()
+    assert first.max() <= np.sort(d.to_numpy())[40], first
+    # the overlay fills in while the rest is computed: done cells coloured, the others clear
+    qtbot.waitUntil(lambda: any(lay.metadata.get("s2s", {}).get("role") == "attribution" for lay in viewer.layers),
+                    timeout=10_000)
+    widget.cancel_attributions()
+    qtbot.waitUntil(lambda: widget.attribution_worker is None, timeout=30_000)
+    assert not widget.attr_progress_box.isVisible()
+    n_done = len(widget._attributions)
+    assert 0 < n_done < total and not widget._all_attributions
+    lay = next(lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "attribution")
+    cd = lay.colormap.color_dict
+    clear = [o for o in ann.table["Object"] if str(o) not in widget._attributions]
+    assert all(cd[int(o)][3] == 0 for o in clear)
+    assert all(cd[int(o)][3] > 0 for o in ann.table["Object"] if str(o) in widget._attributions)
+    assert "so far" in widget.attr_note.text()
+    # Show again: only the cells not done
+    seen.clear()
+    widget.show_attributions("CDH")
+    qtbot.waitUntil(lambda: widget.attribution_worker is None, timeout=60_000)
+    assert sorted(seen) == sorted(int(o) for o in clear)
+    assert widget._all_attributions and len(widget._attributions) == total
+    lay = next(lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "attribution")
+    assert all(lay.colormap.color_dict[int(o)][3] > 0 for o in ann.table["Object"])
+
+
+def test_closing_the_viewer_while_attributions_run(make_napari_viewer, qtbot, tiny_model, notes, monkeypatch):
+    """Closing napari while a worker runs stops the worker, and nothing raises (it used to print
+    'RuntimeError: wrapped C/C++ object ... has been deleted' from the worker's callbacks)."""
+    import sys
+    import time
+
+    from napari_s2s import _explain
+
+    errors = []
+    monkeypatch.setattr(sys, "excepthook", lambda *exc: errors.append(exc))
+    seen = []
+    monkeypatch.setattr(_explain, "OVERRIDE", _slow_explainer(seen, 0.05))
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-s2s", "damond_e34")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-s2s", "Annotate cells")
+    widget.model_edit.setText(str(tiny_model))
+    widget.device_combo.setCurrentText("CPU")
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    worker = widget.show_attributions("CDH")
+    qtbot.waitUntil(lambda: len(seen) >= 5, timeout=30_000)
+    finished = []
+    worker.finished.connect(lambda: finished.append(True))
+    viewer.close()
+    t0 = time.time()
+    while not finished and time.time() - t0 < 20:
+        qtbot.wait(50)
+    assert finished, "the worker went on after the viewer closed"
+    assert len(seen) < len(widget.annotation.table)  # stopped early, not after every cell
+    qtbot.wait(300)
+    assert not errors, errors
