@@ -207,6 +207,10 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         self.results.setEnabled(False)
         root.addStretch(1)
         fit_width(self, 360)
+        for signal in (self.image_combo.currentIndexChanged, self.mask_combo.currentIndexChanged,
+                       self.markers_edit.textEdited, self.model_edit.textChanged,
+                       self.device_combo.currentIndexChanged, self.partial_check.toggled):
+            signal.connect(self._clear_error)
 
     def _browse_model(self):
         d = QFileDialog.getExistingDirectory(self, "spatial2sentence model folder")
@@ -222,19 +226,18 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         if self.worker is not None:
             _notify("warning", "An annotation is already running; cancel it first")
             return None
-        try:
-            image, data, markers, mask_layer, ps = self.current_inputs()
-        except S2SInputError as err:
-            _notify("error", _one_line(err))
-            return None
         model_path = self.model_edit.text().strip() or None
         device = DEVICES[self.device_combo.currentText()]
         try:
-            from spatial2sentence.model import resolve_device
+            image, data, markers, mask_layer, ps = self.current_inputs()
+            from spatial2sentence.model import check_model_dir, resolve_device
 
+            if model_path is not None:  # "model folder not found", before any work
+                check_model_dir(Path(model_path).expanduser())
+                model_path = str(Path(model_path).expanduser())
             resolve_device(device)  # the core's one device check
         except S2SInputError as err:
-            _notify("error", _one_line(err))
+            self._error(_one_line(err))
             return None
         self._cancel = threading.Event()
         self._jobs.append(self._cancel)
@@ -246,6 +249,7 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
             allow_partial_panel=self.partial_check.isChecked(), _ignore_errors=True, _start_thread=False,
         )
         self.worker = worker
+        self._clear_error()
         self.controls.start(worker, f"Annotating {image}…", yielded=self._on_yielded,
                             returned=self._on_returned, errored=self._on_errored,
                             aborted=self._on_aborted, finished=self._on_finished)
@@ -287,8 +291,21 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
     def _on_errored(self, err):
         if is_deleted(self.status_label):  # the viewer was closed during the run
             return
-        self.status_label.setText(_one_line(err))
-        _notify("error", _one_line(err))
+        self._error(_one_line(err))
+
+    def _error(self, message: str) -> None:
+        """An error in the status line (red) and as a notification; it goes away as soon as the inputs
+        change or a run starts, so the line never shows an error that no longer holds."""
+        self.status_label.setText(message)
+        self.status_label.setStyleSheet("color:#ff6b6b;")
+        self._status_is_error = True
+        _notify("error", message)
+
+    def _clear_error(self, *_):
+        if getattr(self, "_status_is_error", False) and not is_deleted(self.status_label):
+            self.status_label.setText("")
+            self.status_label.setStyleSheet("")
+            self._status_is_error = False
 
     def _on_aborted(self):
         if is_deleted(self.status_label):  # the viewer was closed during the run

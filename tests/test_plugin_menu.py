@@ -461,3 +461,50 @@ def test_closing_the_viewer_while_attributions_run(make_napari_viewer, qtbot, ti
     assert len(seen) < len(widget.annotation.table)  # stopped early, not after every cell
     qtbot.wait(300)
     assert not errors, errors
+
+
+def test_status_line_errors_are_current(make_napari_viewer, qtbot, tiny_model, notes):
+    """A missing model folder says 'model folder not found' at once; an error leaves the status line as
+    soon as the inputs change (it used to stay there over later work)."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-s2s", "damond_e34")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-s2s", "Annotate cells")
+    widget.device_combo.setCurrentText("CPU")
+    widget.model_edit.setText("/nonexistent/model")
+    assert widget.run() is None
+    assert notes[-1][0] == "error" and notes[-1][1] == "/nonexistent/model: model folder not found"
+    assert widget.status_label.text() == notes[-1][1]
+    widget.model_edit.setText(str(tiny_model))  # the input changed: the old error goes
+    assert widget.status_label.text() == ""
+    # no mask: an error; a mask added: gone
+    mask = next(lay for lay in viewer.layers if lay.__class__.__name__ == "Labels")
+    data = np.asarray(mask.data)
+    viewer.layers.remove(mask)
+    assert widget.run() is None and "no mask" in widget.status_label.text()
+    viewer.add_labels(data, name="E34 mask again")
+    assert widget.status_label.text() == ""
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert "113 cells of E34 annotated" in widget.status_label.text()
+
+
+def test_batch_table_error_column_is_readable(make_napari_viewer, qtbot):
+    """An error in the batch table wraps over as many lines as it needs instead of being cut to a few
+    characters."""
+    viewer = make_napari_viewer(show=True)
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-s2s", "Batch annotate folder")
+    reason = "mask shape (50, 60) differs from the image's (100, 100); segment the image again or fix the pairing"
+    widget.add_record({"image": "BAD", "file": "/data/run/img/BAD.tiff", "state": "error", "reason": reason})
+    widget.add_record({"image": "E34", "file": "/data/run/img/E34.tiff", "state": "done", "cells": 113,
+                       "status": "Onset", "status_probability": 0.5})
+    settle(qtbot, 200)
+    table = widget.table
+    item = table.item(0, 3)
+    assert item.text() == f"BAD.tiff: {reason}"
+    width = table.columnWidth(3)
+    fm = table.fontMetrics()
+    lines_needed = -(-fm.horizontalAdvance(item.text()) // max(1, width - 8))
+    assert lines_needed > 1  # the test means something: the text does not fit on one line
+    assert table.rowHeight(0) >= lines_needed * fm.lineSpacing(), (table.rowHeight(0), lines_needed)
+    assert table.rowHeight(1) < table.rowHeight(0)
+    assert width >= 120

@@ -51,7 +51,8 @@ def sentences(cells_or_image, mask, model_dir, panel, objects, n, task, image_na
         df = df[df["image"].astype(str) == image_name]
     if len(df) == 0:
         raise S2SInputError(cells_or_image, "no cells")
-    ids = objects.split(",") if objects else list(df["Object"].head(n)) if "Object" in df.columns else None
+    ids = _chosen_ids(objects, df, cells_or_image) if objects else \
+        list(df["Object"].head(n)) if "Object" in df.columns else None
     prompts = model.prompts_for(df, ids, task=task, markers=markers)
     for p in prompts:
         if as_json:
@@ -61,3 +62,31 @@ def sentences(cells_or_image, mask, model_dir, panel, objects, n, task, image_na
             click.echo(p["text"])
             for q in p["partners"]:
                 click.echo(f"    {q['role']}: Object {q['Object']}, {q['distance_um']} um {q['direction']}")
+
+
+def _chosen_ids(objects: str, df, source) -> list:
+    """The ``--cells`` ids, as the table's Object values; ids that are not there stop with one line
+    naming the input and the ids that exist (a sample's ids need not start at 1: E34's run 824-1312)."""
+    from ..errors import S2SInputError
+
+    if "Object" not in df.columns:
+        raise S2SInputError(source, "no Object column: --cells needs cell ids")
+    have = df["Object"].tolist()
+    numeric = all(isinstance(v, (int, float)) for v in have[:100])
+    wanted, unknown = [], []
+    for part in (p.strip() for p in objects.split(",")):
+        if not part:
+            continue
+        try:
+            value = int(part) if numeric else part
+        except ValueError:
+            unknown.append(part)
+            continue
+        (wanted if value in set(have) else unknown).append(value)
+    if unknown or not wanted:
+        lo, hi = (min(have), max(have)) if numeric and have else (have[0], have[-1]) if have else ("", "")
+        first = ", ".join(str(v) for v in have[:5])
+        asked = ", ".join(map(str, unknown)) or objects
+        raise S2SInputError(source, f"no cell with Object {asked}: its "
+                                    f"{len(have)} cells have Object ids {lo} to {hi} (the first: {first})")
+    return wanted
