@@ -12,6 +12,7 @@ type overlay in the viewer.
 from __future__ import annotations
 
 import queue
+import re
 import threading
 from functools import partial
 from pathlib import Path
@@ -209,7 +210,10 @@ class BatchAnnotateWidget(QWidget):
             p = rec.get("status_probability")
             status = rec["status"] + (f" ({p:.2f})" if p is not None else "")
         error = f"{Path(rec['file']).name}: {rec['reason']}" if rec["state"] == "error" else ""
-        values = [name, "" if rec.get("cells") is None else str(rec["cells"]), status, error]
+        # the table shows the problem; the details in parentheses (long marker lists) in the tooltip
+        detail = re.match(r"^(.*?) \((.{40,})\)$", error, flags=re.S)
+        error_shown = f"{detail.group(1)} (…)" if detail else error
+        values = [name, "" if rec.get("cells") is None else str(rec["cells"]), status, error_shown]
         tip = {"skipped": "already done: outputs kept from an earlier run", "done": "annotated",
                "error": f"{rec.get('file')}: {rec.get('reason')}", "cancelled": "cancelled"}.get(rec["state"], "")
         for col, value in enumerate(values):

@@ -123,6 +123,7 @@ class LayerInputs:
         layers = self._groups.get(name, [])
         typed = self._marker_edits().get(name)
         self.markers_edit.setText(typed if typed is not None else ", ".join(self.marker_names(layers)))
+        self.markers_edit.setCursorPosition(0)  # the first names in view, not the end of a long panel
         if layers and not keep_mask:
             image = meta(layers[0]).get("image")
             shape = tuple(layers[0].data.shape[-2:])

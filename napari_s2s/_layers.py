@@ -25,7 +25,9 @@ TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
 LOW_CONFIDENCE_COLOR = hex_to_rgba(LOW_CONFIDENCE)  # white: no type, channel or partner colour is
 POSITIVE_COLOR = "#00e676"  # positive partner lines
 NEGATIVE_COLOR = "#ff4081"  # negative partner lines
-ANCHOR_COLOR = "#000000"  # the explained cell's circle (white is the low-confidence outline)
+# the explained cell's ring: amber, thick (white is the low-confidence outline; black vanishes on the
+# dark canvas); no cell type has it
+ANCHOR_COLOR = "#ffc400"
 
 
 def s2s_meta(role: str, image: str, **extra) -> dict:
@@ -233,7 +235,7 @@ def partner_shapes(anchor_xy_px, partners_xy_px, roles, scores=None, radius_px: 
     partner's attribution score when known."""
     ax, ay = anchor_xy_px
     data = [np.array([[ay, ax], [radius_px, radius_px]])]  # ellipse as (centre, radii)
-    types, colors, widths = ["ellipse"], [ANCHOR_COLOR], [1.0]
+    types, colors, widths = ["ellipse"], [ANCHOR_COLOR], [1.5]
     s = np.abs(np.asarray(scores if scores is not None else [np.nan] * len(roles), dtype=float))
     smax = float(np.nanmax(s)) if np.isfinite(s).any() and np.nanmax(s) > 0 else 0.0
     for (px, py), role, sc in zip(partners_xy_px, roles, s):

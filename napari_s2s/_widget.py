@@ -189,6 +189,7 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         self.attr_progress_box.setVisible(False)
         rl.addWidget(self.attr_progress_box)
         self.attr_eta = QLabel("")
+        self.attr_eta.setWordWrap(True)
         self.attr_eta.setVisible(False)
         rl.addWidget(self.attr_eta)
         self.attr_note = QLabel("")

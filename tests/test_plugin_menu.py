@@ -72,6 +72,13 @@ def overlapping_widgets(root) -> list[str]:
         for a, b in combinations(kids, 2):
             if a.geometry().intersects(b.geometry()):
                 problems.append(f"{_name(a)} {a.geometry()} overlaps {_name(b)} {b.geometry()}")
+    from qtpy.QtWidgets import QScrollArea
+
+    for area in [root, *root.findChildren(QScrollArea)]:
+        if isinstance(area, QScrollArea) and area.isVisible() and area.widget() is not None:
+            if area.widget().width() > area.viewport().width():
+                problems.append(f"{_name(area.widget())} {area.widget().width()} px wide is cut off by its "
+                                f"scroll area's {area.viewport().width()} px")
     return problems
 
 
@@ -401,6 +408,8 @@ def test_whole_image_attributions_progress_eta_cancel(menu_viewer, qtbot, monkey
     assert widget.attr_progress.maximum() == total
     qtbot.waitUntil(lambda: widget.attr_progress.value() >= 40, timeout=60_000)
     assert "left" in widget.attr_eta.text() and f"/ {total} cells" in widget.attr_eta.text()
+    settle(qtbot, 100)
+    assert not overlapping_widgets(widget)  # the progress row and the time left fit the dock
     # the first cells computed are the ones nearest the canvas centre
     t = ann.table.set_index("Object")
     d = np.hypot(t["x"] - t["x"].max(), t["y"] - t["y"].max())
@@ -501,6 +510,12 @@ def test_batch_table_error_column_is_readable(make_napari_viewer, qtbot):
     table = widget.table
     item = table.item(0, 3)
     assert item.text() == f"BAD.tiff: {reason}"
+    # a long parenthetical (a marker list) goes to the tooltip
+    widget.add_record({"image": "E35", "file": "/data/run/img/E35.tiff", "state": "error",
+                       "reason": "the panel shares no marker with the model (table markers: " + ", ".join(
+                           f"channel_{i}" for i in range(5)) + "; model markers: H3, SMA, INS, CD38 ...)"})
+    assert widget.table.item(2, 3).text() == "E35.tiff: the panel shares no marker with the model (…)"
+    assert "channel_4" in widget.table.item(2, 3).toolTip()
     width = table.columnWidth(3)
     fm = table.fontMetrics()
     lines_needed = -(-fm.horizontalAdvance(item.text()) // max(1, width - 8))
