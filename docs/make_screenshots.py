@@ -1,24 +1,33 @@
-"""Screenshots of the napari plugin for the docs, taken headlessly.
+"""Screenshots of the napari plugin for the docs, taken headlessly the way a user gets there.
 
     QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1200x24" python docs/make_screenshots.py [--model DIR]
 
-Writes ``docs/plugin_annotated.png`` (the semi-synthetic islet annotated: mask coloured by predicted type,
-legend, clinical status), ``docs/plugin_explanation.png`` (a clicked beta-predicted cell: explanation
-panel with probability bars, shaded prompt, top markers, partners drawn on the canvas) and
-``docs/plugin_attributions.png`` (every cell coloured by the attribution of one marker). Whole window,
-dock widgets included. Model: ``--model`` or the embedded default model (else a tiny untrained one, and
-the window title says so).
+Everything goes through napari's own menu paths: the sample from *File > Open Sample*
+(``viewer.open_sample``), the widgets from the *Plugins* menu (``viewer.window.add_plugin_dock_widget``,
+so the widgets get napari's ``PublicOnlyProxy`` viewer, as a user's do), the window at 1600 x 1000.
+
+Writes ``docs/plugin_annotated.png`` (the semi-synthetic islet annotated, cell types opaque as in the
+legend), ``docs/plugin_explanation.png`` (a clicked beta-predicted cell: the Cell explanation tab with
+its plain sentence, probabilities, the prompt with levels and word shading, partners drawn),
+``docs/plugin_attributions.png`` (Attribution of INS computing: the cells in view first, progress bar,
+time left, Cancel) and ``docs/plugin_batch.png`` (Batch annotate folder on a folder with the islet, a
+5-marker crop and a broken file: the table with its errors, the islet's overlay opened). Model:
+``--model`` or the embedded default model (else a tiny untrained one, and the window title says so).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 DOCS = Path(__file__).resolve().parent
+REPO = DOCS.parent
+W, H = 1600, 1000
 
 
 def close_toasts(viewer):
@@ -30,7 +39,7 @@ def close_toasts(viewer):
             w.close()
 
 
-def wait(cond, timeout=900):
+def wait(cond, timeout=900, settle=10):
     from qtpy.QtWidgets import QApplication
 
     t0 = time.time()
@@ -39,91 +48,122 @@ def wait(cond, timeout=900):
         time.sleep(0.05)
         if time.time() - t0 > timeout:
             raise TimeoutError("worker did not finish")
-    for _ in range(10):
+    for _ in range(settle):
         QApplication.processEvents()
         time.sleep(0.02)
+
+
+def shot(viewer, name):
+    close_toasts(viewer)
+    wait(lambda: True)
+    viewer.screenshot(str(DOCS / name), canvas_only=False, flash=False)
+    print("wrote", DOCS / name)
+
+
+def batch_folder(root: Path) -> Path:
+    """A folder as a lab has one: the islet (full panel), a real 5-marker crop (the default model
+    refuses it: too few of its markers) and a file that is not a TIFF."""
+    src = REPO / "sample_data"
+    (root / "masks").mkdir(parents=True)
+    shutil.copy(src / "simulated_islet" / "ome" / "R13_islet.ome.tiff", root / "R13_islet.ome.tiff")
+    shutil.copy(src / "simulated_islet" / "masks" / "R13_islet.tiff", root / "masks" / "R13_islet.tiff")
+    shutil.copy(src / "damond_pancreas_toy" / "img" / "E34.tiff", root / "E34.tiff")
+    shutil.copy(src / "damond_pancreas_toy" / "masks" / "E34.tiff", root / "masks" / "E34.tiff")
+    (root / "broken.tiff").write_bytes(b"II*\x00not really a tiff")
+    shutil.copy(src / "damond_pancreas_toy" / "masks" / "E34.tiff", root / "masks" / "broken.tiff")
+    return root
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
-    ap.add_argument("--sample", default="simulated", choices=["simulated", "E34", "G01", "J02"])
-    ap.add_argument("--marker", default=None, help="marker of the attribution overlay (default: INS or PIN)")
+    ap.add_argument("--marker", default="INS", help="marker of the attribution overlay")
+    ap.add_argument("--only", default=None, help="annotated, explanation, attributions or batch")
     args = ap.parse_args(argv)
 
     import napari
-    from napari.layers import Layer
 
-    from napari_s2s import _sample_data
     from napari_s2s._testing import default_model_available, make_tiny_model
-    from napari_s2s._widget import AnnotateCellsWidget
 
     model = args.model
-    title = "napari-s2s"
+    title = "napari-s2s - semi-synthetic islet (real Damond R13 layout)"
     if model is None and not default_model_available():
         model = str(make_tiny_model("/tmp/napari_s2s_tiny_model"))
         title += " (tiny UNTRAINED model: predictions meaningless)"
-    layers = _sample_data.simulated_islet() if args.sample == "simulated" else _sample_data._damond(args.sample)
-    title += " - semi-synthetic islet (real Damond R13 layout)" if args.sample == "simulated" else \
-        f" - Damond 2019 {args.sample} (real IMC)"
     viewer = napari.Viewer(title=title, show=True)
-    viewer.window._qt_window.resize(1600, 1100)
-    for data, kwargs, kind in layers:
-        viewer.add_layer(Layer.create(data, kwargs, kind))
-    widget = AnnotateCellsWidget(viewer)
+    main_window = viewer.window._qt_window
+    main_window.resize(W, H)
+    viewer.open_sample("napari-s2s", "simulated_islet")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-s2s", "Annotate cells")
     if model:
         widget.model_edit.setText(model)
-    viewer.window.add_dock_widget(widget, name="Annotate cells", area="right")
     wait(lambda: True)
     widget.run()
     wait(lambda: widget.worker is None)
     ann = widget.annotation
     assert ann is not None, widget.status_label.text()
+    widget.opaque_check.setChecked(True)  # the canvas in exactly the legend's colours
     viewer.reset_view()
-    mask = widget.mask_layer
-    mask.opacity = 0.75
-    wait(lambda: True)
-    close_toasts(viewer)
-    wait(lambda: True)
-    viewer.screenshot(str(DOCS / "plugin_annotated.png"), canvas_only=False, flash=False)
+    main_window.resize(W, H)
+    if args.only in (None, "annotated"):
+        shot(viewer, "plugin_annotated.png")
 
     # explanation: the most confident beta-predicted cell near the image centre (else any central cell)
     t = ann.table.copy()
+    mask = widget.mask_layer
     h, w = np.asarray(mask.data).shape
     t["d"] = np.hypot(t["x"] - w / 2, t["y"] - h / 2)
     central = t[t["d"] < 0.3 * min(h, w)]
     pick = central[central["cell_type"] == "beta"]
     pick = (pick if len(pick) else central).sort_values("cell_type_probability", ascending=False)
     obj = int(pick["Object"].iloc[0])
+    widget.opaque_check.setChecked(False)
+    mask.opacity = 0.5
     info = widget.explain_cell(obj, attributions="sync")
-    pts = [(info and t.set_index("Object").loc[obj, ["y", "x"]].to_numpy(float))]
-    for p in info["partners"]:
-        pts.append(t.set_index("Object").loc[p["Object"], ["y", "x"]].to_numpy(float))
-    pts = np.array(pts)
+    by_id = t.set_index("Object")
+    pts = np.array([by_id.loc[obj, ["y", "x"]].to_numpy(float)]
+                   + [by_id.loc[p["Object"], ["y", "x"]].to_numpy(float) for p in info["partners"]])
     cam = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     cam.center = tuple((pts.min(0) + pts.max(0)) / 2)
     span = float(np.max(pts.max(0) - pts.min(0))) + 40
-    canvas = viewer.window._qt_viewer.canvas.size
-    cam.zoom = 0.8 * min(canvas) / span
-    wait(lambda: True)
-    close_toasts(viewer)
-    viewer.screenshot(str(DOCS / "plugin_explanation.png"), canvas_only=False, flash=False)
+    cam.zoom = 0.8 * min(main_window.centralWidget().width(), main_window.centralWidget().height()) / span
+    if args.only in (None, "explanation"):
+        shot(viewer, "plugin_explanation.png")
 
-    # attribution overlay
-    markers = list(widget.attr_combo.itemText(i) for i in range(widget.attr_combo.count()))
-    what = args.marker or next((m for m in ("INS", "PIN", "GCG") if m in markers), markers[0] if markers else "")
-    if widget.attr_combo.isEnabled():
-        widget.show_attributions(what)
-        wait(lambda: widget.attribution_worker is None)
+    # attribution overlay while it is computed: the cells in view first, progress, time left, Cancel
     widget.show_controls()
     for lay in viewer.layers:
         if lay.metadata.get("s2s", {}).get("role") in ("partners", "low_confidence"):
             lay.visible = False
-    viewer.reset_view()
-    close_toasts(viewer)
-    wait(lambda: True)
-    viewer.screenshot(str(DOCS / "plugin_attributions.png"), canvas_only=False, flash=False)
-    print(f"wrote docs/plugin_*.png (cell {obj}, attribution of {what}); {len(t)} cells")
+    cam.center = (h * 0.45, w * 0.5)
+    canvas = main_window.centralWidget()
+    cam.zoom = min(canvas.width(), canvas.height()) / (0.45 * min(h, w))  # a part of the islet in view
+    if args.only in (None, "attributions") and widget.attr_combo.isEnabled():
+        worker = widget.show_attributions(args.marker)
+        wait(lambda: widget.attr_progress.value() >= 96 or widget.attribution_worker is None, settle=20)
+        shot(viewer, "plugin_attributions.png")
+        widget.cancel_attributions()
+        wait(lambda: widget.attribution_worker is None)
+        del worker
+
+    # batch: the folder of a lab, the table, the islet's overlay opened from it
+    if args.only in (None, "batch"):
+        for lay in list(viewer.layers):
+            lay.visible = False
+        bdock, batch = viewer.window.add_plugin_dock_widget("napari-s2s", "Batch annotate folder")
+        tmp = Path(tempfile.mkdtemp(prefix="s2s_batch_"))
+        batch.input_edit.setText(str(batch_folder(tmp / "my_images")))
+        batch.output_edit.setText(str(tmp / "annotated"))
+        if model:
+            batch.model_edit.setText(model)
+        batch.run()
+        wait(lambda: batch.worker is None)
+        batch.open_overlay("R13_islet")
+        viewer.reset_view()
+        main_window.resize(W, H)
+        shot(viewer, "plugin_batch.png")
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"cell {obj}; attribution of {args.marker}; {len(t)} cells")
     viewer.close()
 
 

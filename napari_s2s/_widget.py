@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
     QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QHeaderView,
@@ -874,6 +874,8 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         self.attr_eta.setVisible(True)
         self.attr_button.setEnabled(False)
         self.attr_note.setText("")
+        # the progress in view, not below the fold (once the layout has made room for it)
+        QTimer.singleShot(100, lambda: is_deleted(self.attr_eta) or self.scroll_area.ensureWidgetVisible(self.attr_eta))
         worker.start()
         return worker
 
