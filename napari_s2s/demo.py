@@ -88,25 +88,22 @@ def headless(out: Path, model: str | None = None) -> int:
 
 
 def gui(model: str | None = None) -> int:
+    """napari as a user opens it: the sample from File > Open Sample, Annotate cells from the Plugins
+    menu (napari's own paths, so the demo shows what a user gets)."""
     import napari
-    from napari.layers import Layer
 
-    from ._sample_data import damond_e34, simulated_dir, simulated_islet
-    from ._widget import AnnotateCellsWidget
+    from ._sample_data import simulated_dir
 
     model_path, placeholder = _model_path(model)
     if placeholder:
         _warn_placeholder()
     viewer = napari.Viewer(title="napari-s2s demo")
-    layers = damond_e34()
-    if simulated_dir().is_dir() and model_path is None:  # the default model reads the full panel
-        layers = simulated_islet()
-    for data, kwargs, kind in layers:
-        viewer.add_layer(Layer.create(data, kwargs, kind))
-    widget = AnnotateCellsWidget(viewer)
+    # the default model reads the full panel of the islet; other models the real 5-marker crop
+    sample = "simulated_islet" if simulated_dir().is_dir() and model_path is None else "damond_e34"
+    viewer.open_sample("napari-s2s", sample)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-s2s", "Annotate cells")
     if model_path:
         widget.model_edit.setText(model_path)
-    viewer.window.add_dock_widget(widget, name="Annotate cells", area="right")
     napari.run()
     return 0
 
