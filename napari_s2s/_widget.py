@@ -73,6 +73,7 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         self._explanation_dock = None
         self.last_run_seconds: float | None = None
         self._attr_cancel: threading.Event | None = None
+        self._all_worker = None  # the whole-image attributions' worker while it runs
         self._build_ui()
         # the viewer closed while a worker runs: stop the workers (their callbacks then find the widgets
         # deleted and return) instead of letting them emit into deleted Qt objects
@@ -342,6 +343,12 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
 
     def show_annotation(self, ann: Annotation, mask_layer):
         """Colour the mask, fill features, legend and status, and add the derived layers."""
+        if self._all_worker is not None:  # attributions of the previous run: stopped, no longer shown
+            self.cancel_attributions()
+            self._all_worker = None
+            self.attr_progress_box.setVisible(False)
+            self.attr_eta.setVisible(False)
+            self.attr_button.setEnabled(True)
         self.annotation, self.mask_layer, self.cellset = ann, mask_layer, ann.cellset
         self._attributions = {}
         self._all_attributions = False
@@ -688,8 +695,8 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
                 panel.note.setText(str(err).splitlines()[0] if str(err) else "attributions failed")
 
         def finished():
-            if self.attribution_worker is worker:
-                self.attribution_worker = None
+            if self.attribution_worker is worker:  # back to the whole-image worker, if one runs
+                self.attribution_worker = self._all_worker
 
         cancel = threading.Event()  # set when the widget is destroyed; the worker's result is then dropped
         self._jobs.append(cancel)
@@ -802,8 +809,8 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
             self.attr_combo.blockSignals(False)
         if self._all_attributions:
             return self._paint_attributions(what)
-        if self.attribution_worker is not None and getattr(self, "_attr_all_running", False):
-            return self.attribution_worker
+        if self._all_worker is not None:  # already computing every cell
+            return self._all_worker
         objects = ann.table["Object"].tolist()
         todo = [o for o in self._cells_in_view_first(objects) if str(o) not in self._attributions]
         if not todo:
@@ -854,9 +861,10 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
                 self._jobs.remove(cancel)
             if is_deleted(self.attr_note):
                 return
+            if self._all_worker is worker:
+                self._all_worker = None
             if self.attribution_worker is worker:
                 self.attribution_worker = None
-                self._attr_all_running = False
             self.attr_progress_box.setVisible(False)
             self.attr_eta.setVisible(False)
             self.attr_button.setEnabled(True)
@@ -865,8 +873,7 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         worker.returned.connect(done)
         worker.errored.connect(failed)
         worker.finished.connect(finished)
-        self.attribution_worker = worker
-        self._attr_all_running = True
+        self.attribution_worker = self._all_worker = worker
         self.attr_progress.setRange(0, total)
         self.attr_progress.setValue(0)
         self.attr_progress_box.setVisible(True)
@@ -883,7 +890,7 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         """Stop the whole-image attributions; the cells done so far stay coloured."""
         if self._attr_cancel is not None:
             self._attr_cancel.set()
-        if self.attribution_worker is not None and getattr(self, "_attr_all_running", False):
+        if self._all_worker is not None:
             self.attr_eta.setText("Cancelling…")
 
     def _paint_attributions(self, what: str, partial: bool = False):

@@ -397,7 +397,7 @@ def test_whole_image_attributions_progress_eta_cancel(menu_viewer, qtbot, monkey
     dock, widget = docks["Annotate cells"]
     widget.show_controls()
     seen = []
-    monkeypatch.setattr(_explain, "OVERRIDE", _slow_explainer(seen, 0.03))
+    monkeypatch.setattr(_explain, "OVERRIDE", _slow_explainer(seen, 0.06))  # ~7 s for 113 cells
     ann = widget.annotation
     total = len(ann.table)
     # look at the bottom-right corner of the image: its cells come first
@@ -429,11 +429,16 @@ def test_whole_image_attributions_progress_eta_cancel(menu_viewer, qtbot, monkey
     assert all(cd[int(o)][3] == 0 for o in clear)
     assert all(cd[int(o)][3] > 0 for o in ann.table["Object"] if str(o) in widget._attributions)
     assert "so far" in widget.attr_note.text()
-    # Show again: only the cells not done
+    # Show again: only the cells not done; a click meanwhile explains its cell without upsetting it
     seen.clear()
-    widget.show_attributions("CDH")
+    worker = widget.show_attributions("CDH")
+    assert widget.show_attributions("CDH") is worker  # a second Show while it runs starts nothing
+    clicked = int(clear[-1])
+    widget.explain_cell(clicked)
     qtbot.waitUntil(lambda: widget.attribution_worker is None, timeout=60_000)
-    assert sorted(seen) == sorted(int(o) for o in clear)
+    assert not widget.attr_progress_box.isVisible() and widget.attr_button.isEnabled()
+    assert widget.explanation.current["object"] == clicked
+    assert sorted(set(seen)) == sorted(int(o) for o in clear)  # (the clicked cell may be computed twice)
     assert widget._all_attributions and len(widget._attributions) == total
     lay = next(lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "attribution")
     assert all(lay.colormap.color_dict[int(o)][3] > 0 for o in ann.table["Object"])
