@@ -92,7 +92,8 @@ def display_word(word: str, names: dict[str, str] | None) -> str:
     return word
 
 
-ROLE_WORDS = {"near": "similar neighbour", "far": "dissimilar distant cell"}
+ROLE_WORDS = {"near": "similar neighbour", "far": "dissimilar distant cell",
+              "around": "the nearest cells on average"}
 ROLE_NAMES = {"positive": "similar neighbour", "negative": "dissimilar distant cell"}
 NIL_MEANING = ("nil: none of the model's markers is measurably present in this cell (every one is below "
                "the model's threshold)")
@@ -125,7 +126,9 @@ def prompt_html(text: str, tokens: list[dict] | None, names: dict[str, str] | No
     finite = [abs(s) for s in scores if s is not None and np.isfinite(s)]
     vmax = max(finite) if finite else 0.0
     lines, cur = [], []
-    sentence, opener = 0, True  # opener: the words before ':' (who and where)
+    # sentence: which cell's levels go with the current line (0 the cell, k its k-th partner; None for
+    # lines about no single cell, e.g. "around"); opener: the words before ':' (who and where)
+    sentence, partners_seen, opener = None, 0, True
     has_nil = False
     for w, s in zip(words, scores):
         if w in ("[BOS]", "[EOS]"):
@@ -136,11 +139,17 @@ def prompt_html(text: str, tokens: list[dict] | None, names: dict[str, str] | No
         if opener:
             style = "color:#9aa0a6;"
             shown = w
+            if not cur:  # the line's first word says whose line it is
+                if w in ("near", "far"):
+                    partners_seen += 1
+                sentence = 0 if w == "cell" else partners_seen if w in ("near", "far") else None
             if w == "cell":
                 shown = "this cell"
             elif w in ROLE_WORDS:
                 shown = ROLE_WORDS[w]
                 style = f"color:{POSITIVE_COLOR if w == 'near' else NEGATIVE_COLOR};font-weight:bold;"
+            if w == "around":
+                style = "color:#c0c0c0;font-weight:bold;"
             if shown != w:
                 tips.append(f"model's word: {w}")
             if w == ":":
@@ -158,7 +167,7 @@ def prompt_html(text: str, tokens: list[dict] | None, names: dict[str, str] | No
             if w == "nil":
                 has_nil = True
                 tips.append(NIL_MEANING)
-            elif levels and sentence < len(levels):
+            elif levels and sentence is not None and sentence < len(levels):
                 lv = level_text(levels[sentence].get(base))
                 if lv:
                     level = f"<span style='color:#9aa0a6;font-size:11px;'>&#8201;{lv}</span>"
@@ -170,7 +179,6 @@ def prompt_html(text: str, tokens: list[dict] | None, names: dict[str, str] | No
         if w == ";" and not opener:
             lines.append(" ".join(cur))
             cur = []
-            sentence += 1
             opener = True
     if cur:
         lines.append(" ".join(cur))

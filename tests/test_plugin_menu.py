@@ -528,3 +528,20 @@ def test_batch_table_error_column_is_readable(make_napari_viewer, qtbot):
     assert table.rowHeight(0) >= lines_needed * fm.lineSpacing(), (table.rowHeight(0), lines_needed)
     assert table.rowHeight(1) < table.rowHeight(0)
     assert width >= 120
+
+
+def test_prompt_levels_follow_each_line_and_the_around_line():
+    """Each marker word shows the level of the cell its line is about (the cell, then its partners in
+    order); the v2 'around' line (the nearest cells on average) gets no single cell's levels."""
+    from napari_s2s._explanation import prompt_html
+
+    text = ("[BOS] cell : INS PTPRC ; near <15um east : INS ; far <120um north : PTPRC ; "
+            "around : INS ; task type answer")
+    levels = [{"INS": 11.0, "PTPRC": 0.5}, {"INS": 22.0}, {"PTPRC": 33.0}]
+    out = prompt_html(text, None, {"PTPRC": "CD45"}, levels)
+    lines = out.split("<br>")
+    assert len(lines) == 4
+    assert "11" in lines[0] and "0.5" in lines[0] and "CD45" in lines[0]
+    assert "22" in lines[1] and "similar neighbour" in lines[1]
+    assert "33" in lines[2] and "dissimilar distant cell" in lines[2]
+    assert "the nearest cells on average" in lines[3] and "11" not in lines[3] and "22" not in lines[3]
