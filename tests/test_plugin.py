@@ -245,9 +245,10 @@ def test_click_opens_explanation(annotated, MouseEvent):
     assert panel is not None and panel.current["object"] == obj
     prompt = widget.annotation.model.prompts_for(widget.annotation.cellset, [obj],
                                                  markers=widget.annotation.markers)[0]
-    shown = panel.prompt_text().replace("\u2009", " ")
+    from napari_s2s._explanation import NIL_MEANING, ROLE_WORDS, display_word, level_text
+
+    shown = panel.prompt_text().replace("\u2009", " ").replace(NIL_MEANING, "")  # (nil explained below)
     assert shown.startswith("this cell :")
-    from napari_s2s._explanation import ROLE_WORDS, display_word, level_text
 
     # what is shown: the prompt's words in the user's marker names, each marker followed by its
     # measured level in that sentence's cell (the cell, then its partners), the openers in plain words
@@ -256,14 +257,20 @@ def test_click_opens_explanation(annotated, MouseEvent):
     names = {canonical_marker(m): m for m in widget.annotation.markers}
     cells = widget.annotation.cells.set_index("Object")
     sentence_cells = [obj] + [p["Object"] for p in prompt["partners"]]
-    expected, k, opener = [], 0, True
+    expected, k, n_partners, opener, first = [], None, 0, True, True
     for w in words:
         if opener:
+            if first:  # whose line: the cell (0), its next partner, or no single cell ("around")
+                n_partners += w in ("near", "far")
+                k = 0 if w == "cell" else n_partners if w in ("near", "far") else None
+                first = False
             expected.append({"cell": "this cell", **ROLE_WORDS}.get(w, w))
             opener = w != ":"
         elif w == ";":
             expected.append(w)
-            k, opener = k + 1, True
+            opener, first = True, True
+        elif k is None or w == "nil":
+            expected.append(display_word(w, names))
         else:
             shown_name = display_word(w, names)
             expected.append(f"{shown_name} {level_text(cells.loc[sentence_cells[k], shown_name])}")
