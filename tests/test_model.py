@@ -577,3 +577,40 @@ def test_neighbourhood_line_and_tissue_prompts(cells, tmp_path):
         p = ref[row["image"]]
         assert row["status"] == m.status_labels[int(np.argmax(p))]
         assert row["status_probability"] == pytest.approx(float(p.max()), rel=1e-5)
+
+
+def test_values_encoding_is_every_present_marker_ranked_with_its_value(cells, tmp_path):
+    """encoding "values": bare marker words of every marker above level_threshold, highest range value
+    first (checked by hand), each carrying that value; training jitter (value_noise) never reaches the
+    validation prompts (two trainings with different noise have the same validation set)."""
+    from spatial2sentence.settings import SentenceSettings
+
+    s = SentenceSettings(encoding="values", values=True, partner_words=2)
+    small = ModelSettings(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=64)
+    r = train(cells, tmp_path / "v", sentence=s, model_settings=small,
+              train_settings=tiny_settings(steps=5, value_noise=0.1), progress_bar=False, log=lambda *a: None)
+    m = r.model
+    assert not any(":" in w and w.split(":")[-1].isdigit() for w in m.tokenizer.vocab)  # no level words
+    cs = m.prepare(cells.iloc[:40])
+    u = cs.range_values(np.arange(len(cs)))
+    sents = cs.sentences(np.arange(len(cs)), s)
+    for i, words in enumerate(sents):
+        order = [j for j in np.argsort(-u[i], kind="stable") if u[i, j] > s.level_threshold and cs.present[i, j]]
+        assert words == ([cs.markers[j] for j in order] or ["nil"])
+        if order:
+            np.testing.assert_allclose(cs.word_values(i, words), np.clip(u[i, order], 0, 1.5), rtol=1e-6)
+    # value_noise jitters the carried values of training prompts, never their words
+    from dataclasses import replace
+
+    from spatial2sentence.training import PromptSampler
+
+    cs = m.prepare(cells)
+    cells_idx = np.arange(len(cs))
+    plain = PromptSampler(m, cs, cells_idx, replace(tiny_settings(), value_noise=0.0, task_mix={"type": 1.0}))
+    noisy = PromptSampler(m, cs, cells_idx, replace(tiny_settings(), value_noise=0.3, task_mix={"type": 1.0}))
+    # one prompt each (the noise draws from the same generator, so later prompts would differ)
+    a = plain.batch(np.random.default_rng(3), 1)
+    b = noisy.batch(np.random.default_rng(3), 1)
+    assert a[0] == b[0] and a[1] == b[1]  # same prompt and answer
+    va, vb = np.concatenate(a[3]), np.concatenate(b[3])
+    assert ((va == 0) == (vb == 0)).all() and not np.allclose(va, vb)

@@ -146,10 +146,14 @@ class CellSet:
             if s.encoding == "levels":
                 sents = level_sentences(self.range_values(idx[ex]), self.markers, self.levels_for(s),
                                         s.level_threshold, pres)
+            elif s.encoding == "values":
+                sents = cell_sentences(self.range_values(idx[ex]), self.markers, len(self.markers),
+                                       s.level_threshold, pres)
             elif s.encoding == "ranked":
                 sents = cell_sentences(self.rank_values(idx[ex], s), self.markers, s.top_k, s.threshold, pres)
             else:
-                raise ModelInputError("sentence settings", f"unknown encoding {s.encoding!r} (use 'ranked' or 'levels')")
+                raise ModelInputError("sentence settings", f"unknown encoding {s.encoding!r} "
+                                                           "(use 'ranked', 'levels' or 'values')")
             for j, w in zip(ex, sents):
                 out[j] = w
         return out  # type: ignore[return-value]

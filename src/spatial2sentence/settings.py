@@ -38,7 +38,7 @@ class SentenceSettings(_Base):
 
     def words_per_sentence(self, n_markers: int) -> int:
         """The most words one cell's sentence can have with a panel of ``n_markers``."""
-        return max(1, n_markers if self.encoding == "levels" else min(self.top_k, n_markers))
+        return max(1, n_markers if self.encoding in ("levels", "values") else min(self.top_k, n_markers))
 
     def words_per_partner(self, n_markers: int) -> int:
         """The most words one partner line's sentence can have."""
@@ -59,6 +59,7 @@ class SentenceSettings(_Base):
     # (with a warning); 0 disables
     rescale_offset_z: float = 3.0
     # "ranked": bare marker words, top_k above threshold (v1; every stored model without this key);
+    # "values" (v2): every marker above level_threshold, bare words, each carrying its value (values=True);
     # "levels": every marker above level_threshold as one word MARKER:L (level 1..n_levels, n = highest),
     # from per-marker bins learned on the training cells (spatial2sentence.sentences, .normalize)
     encoding: str = "ranked"
@@ -69,7 +70,7 @@ class SentenceSettings(_Base):
     # 8 quantile -3.3 / -13.2 / -6.5
     n_levels: int = 16
     level_bins: str = "equal"
-    level_threshold: float = 0.05  # range value a marker must exceed to enter a "levels" sentence
+    level_threshold: float = 0.05  # range value a marker must exceed to enter a "levels" or "values" sentence
     # partner lines keep at most this many words (their highest markers; 0: all). Why: levels sentences of
     # a 33-marker panel with 3 full partner lines make prompts of up to ~170 tokens, and the training time of
     # s2s grows with them; the anchor always keeps its whole sentence
@@ -136,6 +137,9 @@ class TrainSettings(_Base):
     class_balance: float = 0.5  # sampling weight of a cell ~ count(type) ** -class_balance
     panel_subset_prob: float = 0.5  # chance that a prompt sees only a random subset of the panel
     panel_subset_min: int = 3  # smallest random subset (sizes drawn log-uniformly)
+    # gaussian noise (sd, range scale) added to the values marker words carry, per training prompt: a
+    # regulariser against memorising exact values (validation prompts are never jittered)
+    value_noise: float = 0.0
     val_fraction: float = 0.15  # images held out for validation (split by image)
     # "images": val_fraction of the images; "blocks": the right-most val_fraction of every image's cells
     # (for training sets of a few images, see spatial2sentence.training.split_blocks)

@@ -22,7 +22,7 @@ import math
 from contextlib import contextmanager
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ import pandas as pd
 from .aliases import canonical_marker
 from .cellset import CellSet, concat_cellsets, find_column, marker_columns, prepare_cells, TYPE_COLS, STATUS_COLS
 from .errors import ModelInputError
-from .numeric import attach_value_embedding, embed_inputs, has_values
+from .numeric import VALUE_MAX, attach_value_embedding, embed_inputs, has_values
 from .normalize import Normalizer
 from .prompts import PAIR_ANSWERS, pair_prompt, task_words
 from .sentences import status_token, type_token
@@ -215,8 +215,14 @@ class PromptSampler:
         carry no values."""
         tok = self.model.tokenizer
         seqs, answers, tasks, values = [], [], [], []
+        noise = float(self.ts.value_noise)
         for _ in range(n):
             words, vals, ans = self.draw_valued(rng)
+            if noise > 0 and self.model.sentence.values:  # jitter the carried values (not the words)
+                v = np.asarray(vals, np.float64)
+                on = v > 0
+                v[on] = np.clip(v[on] + rng.normal(0.0, noise, int(on.sum())), 1e-3, VALUE_MAX)
+                vals = v.tolist()
             seqs.append(tok.encode(words))
             answers.append(tok.vocab[ans])
             tasks.append("tissue" if words[1] == TISSUE else words[-2])
@@ -496,7 +502,7 @@ def _train(tables, out, sentence, pairs, prompt, model_settings, ts, type_labels
     cs.build_pairs(pairs, seed=ts.seed)
     train_cells, val_cells = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     sampler = PromptSampler(model, cs, train_cells, ts)
-    val_sampler = PromptSampler(model, cs, val_cells, ts) if len(val_cells) else None
+    val_sampler = PromptSampler(model, cs, val_cells, replace(ts, value_noise=0.0)) if len(val_cells) else None
     val_set = val_sampler.batch(np.random.default_rng(ts.seed + 1), ts.eval_prompts) if val_sampler else None
 
     lm = model.lm
@@ -605,6 +611,10 @@ def sentence_description(st: SentenceSettings) -> str:
     if st.encoding == "levels":
         return (f"every marker above {st.level_threshold} (range scale) as one word MARKER:L, L = 1..{st.n_levels} "
                 f"({st.level_bins} bins per marker, learned on the training cells)"
+                + (f", partner lines their {st.partner_words} highest words" if st.partner_words else ""))
+    if st.encoding == "values":
+        return (f"every marker above {st.level_threshold} (range scale), highest first, each word carrying its "
+                f"value ({'values on' if st.values else 'VALUES OFF'})"
                 + (f", partner lines their {st.partner_words} highest words" if st.partner_words else ""))
     return f"top {st.top_k} markers ranked by {st.rank_by} (value > {st.threshold})"
 
