@@ -257,3 +257,18 @@ def test_cli_json_and_text(tiny_model, tmp_path):
                                "--cell", "500"])
     assert res.exit_code == 1
     assert "no cell with Object 500" in res.output
+
+
+def test_around_line_words_are_their_own_part():
+    """The v2 'around' line after the partner lines is attributed as part 'around', not as template."""
+    from spatial2sentence.explain import prompt_parts
+
+    words = ("[BOS] cell : CD3 CD8A ; near <10um north : CD3 ; far <120um west : KRT19 ; "
+             "around : CD3 CD20 ; task type answer").split(" ")
+    parts = prompt_parts(words, [{"Object": 5}, {"Object": 9}])
+    got = dict(zip(range(len(words)), parts))
+    around = [w for w, p in zip(words, parts) if p == "around"]
+    assert around == ["around", "CD3", "CD20"]
+    assert [w for w, p in zip(words, parts) if p == "anchor"] == ["CD3", "CD8A"]
+    assert [w for w, p in zip(words, parts) if p == "partner:9"] == ["far", "<120um", "west", "KRT19"]
+    assert got[len(words) - 1] == "task"

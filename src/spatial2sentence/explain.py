@@ -41,6 +41,7 @@ Aggregation
 Every prompt word belongs to one part (``tokens[i]["part"]``):
 
 * ``"anchor"``: the anchor cell's marker words (its sentence, ``nil`` or ``phenotype ...`` included);
+* ``"around"``: the v2 neighbourhood line's words (``around`` and its markers; one score ``around_score``);
 * ``"partner:<Object>"``: one partner line's words: role word (``near``/``far``), distance word,
   direction word and the partner's marker words;
 * ``"template"``: ``[BOS]``, ``cell`` and the punctuation ``:`` / ``;``;
@@ -100,6 +101,11 @@ def prompt_parts(words: list[str], partners: list[dict], n_task: int = 3) -> lis
                 parts[i] = name
             i += 1
         i += 1
+    if i < body_end and words[i] == "around":  # v2 neighbourhood line: "around : <words> ;"
+        while i < body_end and words[i] != ";":
+            if words[i] not in PUNCTUATION:
+                parts[i] = "around"
+            i += 1
     return parts
 
 
@@ -319,6 +325,7 @@ def explanation_dict(model, prompt: dict, att: Attribution, labels: list[str], b
             "direction": p["direction"],
             "score": float(sum(s for s, q in zip(scores, parts) if q == name)),
         })
+    around = [s for s, q in zip(scores, parts) if q == "around"]
     probs = {lab: float(v) for lab, v in zip(labels, att.probabilities)}
     return {
         "object": _py(prompt["Object"]),
@@ -330,6 +337,8 @@ def explanation_dict(model, prompt: dict, att: Attribution, labels: list[str], b
         "tokens": [{"token": w, "score": s, "part": p} for w, s, p in zip(words, scores, parts)],
         "markers": markers,
         "partners": partners,
+        # the v2 "around" line (mean of the nearest cells) as one score, None where the prompt has none
+        "around_score": float(sum(around)) if around else None,
         "baseline": f"{baseline} embedding at every content token ([BOS] and task words kept)",
         "n_steps": int(n_steps),
         "method": method,
