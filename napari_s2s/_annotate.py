@@ -21,6 +21,10 @@ import pandas as pd
 from spatial2sentence.errors import MaskError, S2SInputError
 
 _MODELS: dict = {}  # (path, device) -> S2SModel, so a second run does not reload
+# one lock per (path, device): a run asking for the model while the warm-up loads it waits for that load
+# instead of loading it a second time
+_LOCKS: dict = {}
+_LOCKS_GUARD = threading.Lock()
 
 
 @dataclass
@@ -56,9 +60,39 @@ def load_model(path: str | Path | None = None, device: str = "auto"):
                                                    "choose a model folder")
         path = None
     key = (str(Path(path).resolve()) if path is not None else None, device)
-    if key not in _MODELS:
-        _MODELS[key] = S2SModel.from_pretrained(path, device=device)
-    return _MODELS[key]
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        if key not in _MODELS:
+            _MODELS[key] = S2SModel.from_pretrained(path, device=device)
+        return _MODELS[key]
+
+
+def warm_up(path: str | Path | None = None, device: str = "auto") -> threading.Thread:
+    """Load the model and run one tiny prediction in a background thread, so that the first Run does not
+    wait for importing torch and transformers, reading the weights and torch's first-call setup
+    (6.6-7.7 s of a 9.4-10.5 s first Run, issue 20). Errors are left for the Run to report."""
+
+    def work():
+        try:
+            model = load_model(path, device)
+            rng = np.random.default_rng(0)
+            n = 12
+            cells = pd.DataFrame({"Object": np.arange(1, n + 1), "x": rng.uniform(0, 60, n),
+                                  "y": rng.uniform(0, 60, n)})
+            for m in model.markers:
+                cells[m] = rng.gamma(2.0, 1.0, n)
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.predict_cells(cells, threads=1)
+        except Exception:  # noqa: BLE001 - the Run that follows reports the problem to the user
+            pass
+
+    thread = threading.Thread(target=work, name="s2s-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def check_inputs(data: np.ndarray, channels: list[str], mask: np.ndarray | None, image: str = "image") -> None:

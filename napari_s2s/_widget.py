@@ -30,7 +30,7 @@ from spatial2sentence.aliases import canonical_marker
 from spatial2sentence.errors import S2SInputError
 
 from . import _explain, _layers
-from ._annotate import Annotation, annotate_steps, distinctive_marker
+from ._annotate import Annotation, annotate_steps, distinctive_marker, warm_up
 from ._explanation import ExplanationPanel, prob_bar
 from ._controls import DEVICES, RunControls, eta_text, fit_width, is_deleted, one_line, scroll_body
 from ._inputs import LayerInputs, meta as _meta
@@ -213,6 +213,8 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
                        self.markers_edit.textEdited, self.model_edit.textChanged,
                        self.device_combo.currentIndexChanged, self.partial_check.toggled):
             signal.connect(self._clear_error)
+        # the default model loads (and runs once) in the background while the user picks the layers
+        self.warm_up = warm_up(None, "auto") if not self.model_edit.text().strip() else None
 
     def _browse_model(self):
         d = QFileDialog.getExistingDirectory(self, "spatial2sentence model folder")
