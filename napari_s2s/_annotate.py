@@ -260,7 +260,7 @@ def explain_all_steps(model, cellset, object_ids, markers=None, cancel: threadin
 
         def work(cb, ids=ids, start=start):
             return _explain.explain_cells(model, cellset, ids, markers=markers,
-                                          progress=lambda d, t: cb(start + d, total))
+                                          progress=lambda d, t: cb(start + d, total), overview=True)
 
         gen = in_thread(work, cancel)
         try:

@@ -52,11 +52,17 @@ def _key(v) -> str:
         return str(v)
 
 
-def explain_cells(model, cells, object_ids, markers=None, progress=None) -> dict[str, dict]:
+def explain_cells(model, cells, object_ids, markers=None, progress=None, overview: bool = False) -> dict[str, dict]:
+    """``overview``: the core's fast settings for whole-image maps (``spatial2sentence.explain.OVERVIEW``)."""
     fn = _core_function()
+    options = {}
+    if overview and OVERRIDE is None:
+        from spatial2sentence.explain import OVERVIEW
+
+        options = dict(OVERVIEW)
     try:
         try:
-            res = fn(model, cells, list(object_ids), markers=markers, progress=progress)
+            res = fn(model, cells, list(object_ids), markers=markers, progress=progress, **options)
         except TypeError:
             res = fn(model, cells, list(object_ids))
     except AttributionsUnavailable:

@@ -72,6 +72,11 @@ from .prompts import BOS
 from .sentences import word_marker
 
 BASELINES = ("pad", "unk", "zeros")
+# the whole-image overview map: integrated gradients with this many quadrature points and no refinement,
+# many cells per pass (issue 20: every cell of a 5,000-cell image while the user looks at it); the panel
+# of one clicked cell keeps the refined attribution. benchmarks/explain.py --overview measures its time
+# and its deletion faithfulness against the refined one
+OVERVIEW = {"n_steps": 2, "tolerance": None, "internal_batch_size": 512}
 METHODS = ("gausslegendre", "riemann_trapezoid")
 PUNCTUATION = (":", ";")
 
