@@ -21,10 +21,10 @@ import pandas as pd
 from spatial2sentence.errors import MaskError, S2SInputError
 
 _MODELS: dict = {}  # (path, device) -> S2SModel, so a second run does not reload
-# one lock per (path, device): a run asking for the model while the warm-up loads it waits for that load
-# instead of loading it a second time
-_LOCKS: dict = {}
-_LOCKS_GUARD = threading.Lock()
+# one lock for every load: a run asking for the model while the warm-up loads it waits for that load
+# instead of loading it a second time, and two loads never import transformers at once from two threads
+# (its lazy modules then fail with "cannot import name 'AutoConfig'", seen in benchmarks/cold_start.py)
+_LOAD_LOCK = threading.Lock()
 
 
 @dataclass
@@ -53,16 +53,16 @@ def load_model(path: str | Path | None = None, device: str = "auto"):
     from spatial2sentence.model import resolve_device
 
     device = (device or "auto").lower()
-    resolve_device(device)  # the core's one device check (CUDA asked for but absent: a clear error)
+    # the core's one device check (CUDA asked for but absent: a clear error); the cache is keyed by the
+    # device it resolves to, so "auto" on a machine without CUDA shares the "cpu" model
+    resolved = str(resolve_device(device))
     if path is None or str(path) == "":
         if not (DEFAULT_MODEL_DIR / "s2s_config.json").exists():
             raise S2SInputError(DEFAULT_MODEL_DIR, "the embedded default model is not installed; "
                                                    "choose a model folder")
         path = None
-    key = (str(Path(path).resolve()) if path is not None else None, device)
-    with _LOCKS_GUARD:
-        lock = _LOCKS.setdefault(key, threading.Lock())
-    with lock:
+    key = (str(Path(path).resolve()) if path is not None else None, resolved)
+    with _LOAD_LOCK:
         if key not in _MODELS:
             _MODELS[key] = S2SModel.from_pretrained(path, device=device)
         return _MODELS[key]

@@ -40,3 +40,33 @@ def test_warm_up_errors_are_left_for_the_run(tmp_path, monkeypatch):
     thread = _annotate.warm_up(tmp_path / "missing", "cpu")
     thread.join(30)
     assert not thread.is_alive() and _annotate._MODELS == {}
+
+
+def test_loads_for_different_devices_never_run_at_once(monkeypatch):
+    """Two loads (the warm-up's 'auto' and a Run's 'cpu') are serialised: importing transformers from two
+    threads at once fails inside its lazy modules."""
+    from spatial2sentence.model import S2SModel
+
+    active, overlap = [], []
+    real = S2SModel.from_pretrained.__func__
+
+    def load(cls, path=None, device="auto", dtype="auto"):
+        active.append(1)
+        if len(active) > 1:
+            overlap.append(True)
+        time.sleep(0.3)
+        try:
+            return real(cls, path, device="cpu", dtype=dtype)
+        finally:
+            active.pop()
+
+    monkeypatch.setattr(S2SModel, "from_pretrained", classmethod(load))
+    monkeypatch.setattr(_annotate, "_MODELS", {})
+    thread = _annotate.warm_up(None, "auto")
+    _annotate.load_model(None, "cpu")
+    thread.join(60)
+    assert not overlap
+    # on a machine without CUDA "auto" is the CPU: one model serves both
+    import torch
+
+    assert len(_annotate._MODELS) == (2 if torch.cuda.is_available() else 1)
