@@ -21,8 +21,13 @@ def map_types(pred: pd.Series, type_map: dict | None) -> pd.Series:
 
 
 def evaluate_folder(model, root: str | Path, images: list[str] | None = None, include: dict | None = None,
-                    type_map: dict | None = None, batch_size: int = 256, progress: bool = False) -> dict:
-    """Cell-type accuracy (+ balanced accuracy, per-class recall) and per-image clinical status accuracy."""
+                    type_map: dict | None = None, batch_size: int = 256, progress: bool = False,
+                    allow_partial_panel: bool = True) -> dict:
+    """Cell-type accuracy (+ balanced accuracy, per-class recall) and per-image clinical status accuracy.
+
+    ``allow_partial_panel``: an evaluation measures the model on images that may carry only part of its
+    panel (the 5-marker toy crops) instead of refusing them as prediction does; the share of the
+    model's markers present is reported (``panel_fraction``)."""
     from .io import read_image, read_mask, read_steinbock
     from .tables import _strip_suffix
 
@@ -40,11 +45,12 @@ def evaluate_folder(model, root: str | Path, images: list[str] | None = None, in
         from tqdm import tqdm
 
         it = tqdm(entries, desc="evaluating", unit="image")
-    cells, img_rows = [], []
+    cells, img_rows, fractions = [], [], []
     for e in it:
         img = read_image(e.image_path, panel=folder.panel)
         mask = read_mask(e.mask_path, shape=img.shape)
-        pred = model.predict_image(img, mask, batch_size=batch_size)
+        pred = model.predict_image(img, mask, batch_size=batch_size, allow_partial_panel=allow_partial_panel)
+        fractions.append(pred.coverage.fraction if pred.coverage is not None else np.nan)
         c = pred.cells.copy()
         c["image"] = e.name
         cells.append(c)
@@ -54,7 +60,8 @@ def evaluate_folder(model, root: str | Path, images: list[str] | None = None, in
         return {"n_images": 0}
     cells = pd.concat(cells, ignore_index=True).merge(labels, on=["image", "Object"], how="inner",
                                                       suffixes=("", "_true"))
-    res: dict = {"n_images": len(entries), "n_cells": int(len(cells))}
+    res: dict = {"n_images": len(entries), "n_cells": int(len(cells)),
+                 "panel_fraction": round(float(np.nanmin(fractions)), 3) if fractions else None}
     truth_col = "cell_type_true" if "cell_type_true" in cells.columns else None
     if truth_col:
         pred_t = map_types(cells["cell_type"], type_map)

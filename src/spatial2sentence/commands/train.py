@@ -93,11 +93,14 @@ def _load(entry: dict, seed: int):
 @click.option("--threads", type=click.IntRange(min=1, max=256), default=None, help="torch threads on CPU.")
 @click.option("--resume", is_flag=True, help="Continue from <out>/checkpoint/state.pt.")
 @click.option("--no-eval", is_flag=True, help="Skip the recipe's held-out evaluations.")
+@click.option("--evaluate-only", is_flag=True,
+              help="Do not train: run the recipe's held-out evaluations on the model already in --out and "
+                   "rewrite its card.")
 @table_options
 @click.option("--label-col", default=None, help="Cell-type column of the --table (the classes to learn).")
 @click.option("--status-col", default=None, help="Clinical-status column of the --table (per image), optional.")
-def train(config, data, out, steps, seed, fmt, device, threads, resume, no_eval, table, x_col, y_col, object_col,
-          image_col, markers, label_col, status_col):
+def train(config, data, out, steps, seed, fmt, device, threads, resume, no_eval, evaluate_only, table, x_col, y_col,
+          object_col, image_col, markers, label_col, status_col):
     """Train a model (validation split by image, early stopping, resumable) and write MODEL_DIR."""
     from ..errors import S2SInputError
     from ..settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings, TrainSettings
@@ -112,6 +115,12 @@ def train(config, data, out, steps, seed, fmt, device, threads, resume, no_eval,
         raise S2SInputError(None, "give --out (or 'out' in the recipe)")
     check_output_path(out, folder=True)
     device = str(resolve_device(device))  # the one device check, before any data is read
+    if evaluate_only:
+        from ..model import S2SModel
+
+        model = S2SModel.from_pretrained(out, device=device)
+        _evaluate(model, cfg.get("evaluate", []), out, model_card)
+        return
     try:
         ts = TrainSettings.from_dict(cfg.get("train"))
         settings = dict(sentence=SentenceSettings.from_dict(cfg.get("sentence")),
@@ -174,18 +183,23 @@ def train(config, data, out, steps, seed, fmt, device, threads, resume, no_eval,
     model = res.model
     click.echo(f"trained {res.steps_done} steps in {res.seconds:.0f} s; best validation: "
                + ", ".join(f"{k}={v:.3f}" for k, v in res.best.items() if k.endswith("acc") or k == "loss"))
-    evals = [] if no_eval else cfg.get("evaluate", [])
-    if evals:
-        from ..evaluation import evaluate_folder
-
-        results = {}
-        for ev in evals:
-            click.echo(f"evaluating {ev['name']} ...")
-            r = evaluate_folder(model, ev["path"], include=ev.get("include"), type_map=ev.get("type_map"))
-            if ev.get("description"):
-                r = {"data": ev["description"], **r}
-            results[ev["name"]] = r
-            click.echo(json.dumps(r, indent=1, default=str))
-        model.info["evaluation"] = results
-        model.save_pretrained(out, card=model_card(model))
+    _evaluate(model, [] if no_eval else cfg.get("evaluate", []), out, model_card)
     click.echo(f"model written to {out}")
+
+
+def _evaluate(model, evals: list[dict], out, model_card) -> None:
+    """The recipe's held-out evaluations, stored in the model's info and card."""
+    if not evals:
+        return
+    from ..evaluation import evaluate_folder
+
+    results = {}
+    for ev in evals:
+        click.echo(f"evaluating {ev['name']} ...")
+        r = evaluate_folder(model, ev["path"], include=ev.get("include"), type_map=ev.get("type_map"))
+        if ev.get("description"):
+            r = {"data": ev["description"], **r}
+        results[ev["name"]] = r
+        click.echo(json.dumps(r, indent=1, default=str))
+    model.info["evaluation"] = results
+    model.save_pretrained(out, card=model_card(model))
