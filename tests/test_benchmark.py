@@ -49,7 +49,8 @@ def test_benchmark_any_table(renamed_table, tmp_path):
     assert r.exit_code == 0, r.output + repr(r.exception)
     res = json.loads((out / "accuracy.json").read_text())
     assert set(res) == {"cell_type", "_meta"}
-    expected = {"s2s", "c2s", "s2s_ranked", "s2s_no_values", "s2s_no_neighbourhood", "s2s_no_tissue",
+    # no clinical column: s2s_no_tissue would only repeat s2s and is not run
+    expected = {"s2s", "c2s", "s2s_ranked", "s2s_no_values", "s2s_no_neighbourhood",
                 "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux", "logreg", "logreg_neighbors", "hgb_neighbors"}
     assert set(res["cell_type"]) == expected
     df = pd.read_csv(renamed_table)
@@ -131,6 +132,7 @@ def test_validation_rule_never_uses_test_groups_and_splits_few_images_by_block()
         assert 0.15 <= val[sel].mean() <= 0.25
         assert few["x"].to_numpy()[sel & val].min() > few["x"].to_numpy()[sel & ~val].max()
     s, _, _, _, ts = lm_settings("s2s", Budget(), 0)
-    assert s.encoding == "levels" and ts.val_fraction > 0 and ts.class_balance > 0 and ts.patience < 100
+    assert s.encoding == "values" and s.values and ts.val_fraction > 0 and ts.select_by == "accuracy"
+    assert ts.patience < 100
     assert lm_settings("s2s_ranked", Budget(), 0)[0].encoding == "ranked"
     assert lm_settings("c2s", Budget(), 0)[0] == s
