@@ -47,3 +47,22 @@ def tiny_image(tmp_path, rng):
     panel_path = tmp_path / "panel.csv"
     panel_path.write_text("channel,name,keep\nSm147,CD3,1\nNd150,CD8a,1\nIr191,DNA1,1\n")
     return {"data": data, "mask": mask, "image": image_path, "mask_path": mask_path, "panel": panel_path}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny random model of the full Damond panel (napari_s2s._testing), shared by the plugin, batch
+    and CLI tests: they only read it."""
+    from napari_s2s._testing import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Every notification the Annotate cells widget shows, as (kind, message)."""
+    seen = []
+    import napari_s2s._widget as w
+
+    monkeypatch.setattr(w, "_notify", lambda kind, msg: seen.append((kind, msg)))
+    return seen

@@ -37,13 +37,6 @@ CROP_UM = 80
 
 # ------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    from napari_s2s._testing import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("batch_model") / "tiny")
-
-
-@pytest.fixture(scope="session")
 def crops():
     """N_IMAGES rendered crops: (name, image CYX float32, mask uint16) and the panel table."""
     from spatial2sentence.simulate import image_ids, load_layouts, load_panel, render_image

@@ -19,13 +19,6 @@ pytest.importorskip("pytestqt")
 from conftest import DAMOND_TOY as TOY  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    from napari_s2s._testing import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("batch_widget_model") / "tiny")
-
-
 @pytest.fixture
 def toy_folder(tmp_path):
     """The toy steinbock folder plus img/BAD.tiff (garbage bytes) with a valid mask."""

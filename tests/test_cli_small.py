@@ -22,13 +22,6 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from napari_s2s._testing import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
-
-
 def test_measure_reads_the_bundled_islet_folder_with_out_or_output(tmp_path):
     """sample_data/simulated_islet keeps its image under ome/ (no img/): measured all the same; --out
     like every other command, --output kept as the old spelling."""

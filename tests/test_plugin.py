@@ -26,23 +26,6 @@ from napari_s2s._sample_data import damond_dir, load_damond  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    from napari_s2s._testing import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
-
-
-@pytest.fixture
-def notes(monkeypatch):
-    """Every notification the widget shows, as (kind, message)."""
-    seen = []
-    import napari_s2s._widget as w
-
-    monkeypatch.setattr(w, "_notify", lambda kind, msg: seen.append((kind, msg)))
-    return seen
-
-
 def add_layers(viewer, layer_data):
     from napari.layers import Layer
 

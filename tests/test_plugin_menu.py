@@ -21,22 +21,6 @@ pytest.importorskip("pytestqt")
 SCREEN_W, SCREEN_H = 1600, 1000
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from napari_s2s._testing import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
-
-
-@pytest.fixture
-def notes(monkeypatch):
-    seen = []
-    import napari_s2s._widget as w
-
-    monkeypatch.setattr(w, "_notify", lambda kind, msg: seen.append((kind, msg)))
-    return seen
-
-
 # ------------------------------------------------------------------------------------------ geometry
 
 def _in_layout(layout, widget) -> bool:
