@@ -167,12 +167,7 @@ class PromptSampler:
         present[rng.choice(self.M, k, replace=False)] = True
         return present
 
-    def draw(self, rng) -> tuple[list[str], str]:
-        """One prompt (words up to ``answer``) and its answer word."""
-        words, _, answer = self.draw_valued(rng)
-        return words, answer
-
-    def draw_valued(self, rng) -> tuple[list[str], list[float], str]:
+    def draw(self, rng) -> tuple[list[str], list[float], str]:
         """One prompt (words up to ``answer``), the value each word carries (:mod:`.numeric`) and its
         answer word."""
         task = self.tasks[min(int(np.searchsorted(np.cumsum(self.task_p), rng.random())), len(self.tasks) - 1)]
@@ -217,7 +212,7 @@ class PromptSampler:
         seqs, answers, tasks, values = [], [], [], []
         noise = float(self.ts.value_noise)
         for _ in range(n):
-            words, vals, ans = self.draw_valued(rng)
+            words, vals, ans = self.draw(rng)
             if noise > 0 and self.model.sentence.values:  # jitter the carried values (not the words)
                 v = np.asarray(vals, np.float64)
                 on = v > 0
