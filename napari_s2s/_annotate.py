@@ -9,7 +9,6 @@ predicts with :meth:`spatial2sentence.model.S2SModel.predict_cells`, yielding ``
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from spatial2sentence.errors import MaskError, S2SInputError
+
+from ._bridge import in_thread
 
 _MODELS: dict = {}  # (path, device) -> S2SModel, so a second run does not reload
 # one lock for every load: a run asking for the model while the warm-up loads it waits for that load
@@ -122,46 +123,6 @@ def _predict_in_thread(model, cells, markers, image, batch_size, cancel: threadi
     return in_thread(lambda cb: model.predict_cells(cells, markers=markers, image=image, batch_size=batch_size,
                                                     progress=cb, allow_partial_panel=allow_partial_panel),
                      cancel)
-
-
-def in_thread(fn, cancel: threading.Event):
-    """Generator: run ``fn(progress_callback)`` in a helper thread, yield ``("progress", done, total)``
-    from the callback (and ``None`` every 0.1 s so a worker can check for abort), return its result.
-    The callback returns False once ``cancel`` is set."""
-    q: queue.Queue = queue.Queue()
-    out: dict = {}
-
-    def cb(done, total):
-        q.put(("progress", int(done), int(total)))
-        return not cancel.is_set()
-
-    def run():
-        try:
-            out["result"] = fn(cb)
-        except BaseException as err:  # handed to the caller's thread
-            out["error"] = err
-        finally:
-            q.put(("done",))
-
-    t = threading.Thread(target=run, name="s2s-predict", daemon=True)
-    t.start()
-    try:
-        while True:
-            try:
-                msg = q.get(timeout=0.1)
-            except queue.Empty:
-                yield None  # lets a GeneratorWorker check for abort requests
-                continue
-            if msg[0] == "done":
-                break
-            yield msg
-    finally:
-        if t.is_alive():  # closed early (worker quit): stop the model between batches
-            cancel.set()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    return out["result"]
 
 
 def annotate_steps(data: np.ndarray, channels: list[str], mask: np.ndarray, image: str = "image",
