@@ -73,8 +73,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import MaskError, S2SInputError
-from .io import _first_line
+from .errors import MaskError, S2SInputError, first_line
 from .predict import PREDICT_BATCH_SIZE
 
 SUBDIRS = ("cells", "types", "overlays", "done")
@@ -439,7 +438,7 @@ def annotate_image(job: ImageJob, out_dir: str, model: str | None = None, device
         tb = traceback.extract_tb(err.__traceback__)
         where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
         return {**base, "state": "error", "file": job.source,
-                "reason": f"unexpected {type(err).__name__}: {_first_line(err)}{where}",
+                "reason": f"unexpected {type(err).__name__}: {first_line(err)}{where}",
                 "cells": None, "status": None, "status_probability": None,
                 "seconds": time.perf_counter() - t0}
     _COMPLETED_HERE += 1
@@ -627,7 +626,7 @@ def run_batch(
         except S2SInputError:
             raise
         except Exception as err:
-            raise S2SInputError(meta["path"], f"cannot load the model ({_first_line(err)})") from None
+            raise S2SInputError(meta["path"], f"cannot load the model ({first_line(err)})") from None
     t_model = time.perf_counter()
     from .io import folder_lock, write_json_atomic
 
@@ -690,7 +689,7 @@ def run_batch(
                         rec = fut.result()
                     except Exception as err:  # worker died, cluster lost...
                         rec = {"image": job.name, "source": job.source, "state": "error", "file": job.source,
-                               "reason": f"task failed on the cluster: {type(err).__name__}: {_first_line(err)}",
+                               "reason": f"task failed on the cluster: {type(err).__name__}: {first_line(err)}",
                                "cells": None, "status": None, "status_probability": None, "seconds": None}
                     finish(rec)
                     if should_stop is not None and should_stop():

@@ -37,3 +37,10 @@ class PanelError(S2SInputError):
 
 class ModelInputError(S2SInputError):
     """Data that a model cannot read (no shared markers, unknown labels...)."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of ``str(err)`` (at most 300 characters), or the exception's type name when it has
+    no message: a library's multi-line error as part of a one-line message."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:300] if lines else type(err).__name__

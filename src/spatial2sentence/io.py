@@ -39,7 +39,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import ImageReadError, MaskError, PanelError, S2SInputError
+from .errors import ImageReadError, MaskError, PanelError, S2SInputError, first_line
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 IMC_SUFFIXES = (".mcd", ".txt")
@@ -164,7 +164,7 @@ def read_panel(path: str | Path) -> pd.DataFrame:
         sep = ";" if header.count(";") > header.count(",") else ","
         panel = pd.read_csv(path, sep=sep, dtype={"channel": str, "name": str}, encoding="utf-8-sig")
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise PanelError(path, f"not a readable CSV panel ({_first_line(err)})") from None
+        raise PanelError(path, f"not a readable CSV panel ({first_line(err)})") from None
     panel.columns = [str(c).strip() for c in panel.columns]
     if "name" not in panel.columns:
         raise PanelError(path, f"panel needs a 'name' column; found {list(panel.columns)}")
@@ -250,11 +250,6 @@ def split_metal_name(label: str) -> tuple[str | None, str]:
 
 
 # --------------------------------------------------------------------------------------------- TIFF
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
 @contextmanager
 def _open_tiff(path: Path, error=ImageReadError):
     import tifffile
@@ -262,7 +257,7 @@ def _open_tiff(path: Path, error=ImageReadError):
     try:
         tif = tifffile.TiffFile(path)
     except Exception as err:  # tifffile raises several types for corrupt files
-        raise error(path, f"not a readable TIFF ({_first_line(err)})") from None
+        raise error(path, f"not a readable TIFF ({first_line(err)})") from None
     try:
         yield tif
     finally:
@@ -323,7 +318,7 @@ def _check_tiff_structure(tif, path: Path, error=ImageReadError) -> None:
             series = tif.series
             pages = list(tif.pages)
         except Exception as err:  # noqa: BLE001 - tifffile raises many types on broken headers
-            raise error(path, f"not a readable TIFF ({_first_line(err)})") from None
+            raise error(path, f"not a readable TIFF ({first_line(err)})") from None
     if complaints:
         text = re.sub(r"^<[^>]*>\s*", "", complaints[0])
         raise error(path, f"corrupt or truncated TIFF ({text}); {n_pages} page(s) readable")
@@ -403,7 +398,7 @@ def _read_series(tif, path: Path, error=ImageReadError) -> np.ndarray:
             return tifffile.memmap(path, mode="r", series=0)
         return series.asarray()
     except Exception as err:
-        raise error(path, f"corrupt TIFF data ({_first_line(err)})") from None
+        raise error(path, f"corrupt TIFF data ({first_line(err)})") from None
 
 
 def _ome_info(tif) -> tuple[list[str] | None, float | None]:
@@ -562,7 +557,7 @@ def _read_mcd(path, panel, pixel_size_um, panel_path, only: int | None = None) -
         raise
     except Exception as err:
         what = "not a readable MCD file" if only is None else f"acquisition {only} is not readable"
-        raise ImageReadError(path, f"{what} ({_first_line(err)})") from None
+        raise ImageReadError(path, f"{what} ({first_line(err)})") from None
     if not images:
         raise ImageReadError(path, "MCD file holds no acquisition" if only is None else f"no acquisition {only}")
     return images
@@ -601,7 +596,7 @@ def mcd_acquisition_ids(path: str | Path) -> list[int]:
         with readimc.MCDFile(path) as mcd:
             ids = [acq.id for slide in mcd.slides for acq in slide.acquisitions]
     except Exception as err:
-        raise ImageReadError(path, f"not a readable MCD file ({_first_line(err)})") from None
+        raise ImageReadError(path, f"not a readable MCD file ({first_line(err)})") from None
     if not ids:
         raise ImageReadError(path, "MCD file holds no acquisition")
     return ids
@@ -621,7 +616,7 @@ def read_imc_txt(
             data = txt.read_acquisition()
             metals, labels = txt.channel_names, txt.channel_labels
     except Exception as err:
-        raise ImageReadError(path, f"not a readable IMC .txt file ({_first_line(err)})") from None
+        raise ImageReadError(path, f"not a readable IMC .txt file ({first_line(err)})") from None
     return _acquisition_image(
         data, metals, labels, image_stem(path), path, panel, panel_path, pixel_size_um
     )
@@ -743,7 +738,7 @@ def _read_images_csv(path: Path) -> pd.DataFrame:
     except UnicodeDecodeError:
         raise ImageReadError(path, "not UTF-8 text; save it as UTF-8 (steinbock writes UTF-8)") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise ImageReadError(path, f"not a readable CSV ({_first_line(err)})") from None
+        raise ImageReadError(path, f"not a readable CSV ({first_line(err)})") from None
     if "image" in table.columns:
         for row, name in enumerate(table["image"].astype(str), start=2):
             if name != Path(name).name or name in ("", ".", "..") or "\\" in name:

@@ -27,7 +27,7 @@ import pandas as pd
 from .aliases import canonical_marker
 from .cellset import CellSet, marker_columns, prepare_cells
 from .domain import DEFAULT_MIN_MARKER_FRACTION, PanelCoverage, PanelCoverageError, panel_check, panel_coverage
-from .errors import ModelInputError, S2SInputError
+from .errors import ModelInputError, S2SInputError, first_line
 from .normalize import Normalizer
 from .numeric import attach_value_embedding, load_value_embedding
 from .prompts import PAIR_ANSWERS, task_words
@@ -140,11 +140,6 @@ def build_lm(ms: ModelSettings, vocab_size: int, tok: WordTokenizer, seed: int =
     raise S2SInputError("architecture", f"unknown architecture {ms.architecture!r} (llama or gpt2)")
 
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:300] if lines else type(err).__name__
-
-
 MODEL_FILES = ("s2s_config.json", "config.json", "model.safetensors", "tokenizer.json")
 
 
@@ -176,7 +171,7 @@ def check_model_dir(path: str | Path) -> dict:
         try:
             docs[name] = json.loads((path / name).read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise bad(f"{name} is not valid JSON ({_first_line(err)})") from None
+            raise bad(f"{name} is not valid JSON ({first_line(err)})") from None
         if not isinstance(docs[name], dict):
             raise bad(f"{name} does not hold a JSON object")
     meta = docs["s2s_config.json"]
@@ -208,7 +203,7 @@ def check_model_dir(path: str | Path) -> dict:
         if not keys or header + 8 > size:
             raise ValueError("no tensors")
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
-        raise bad(f"model.safetensors is unreadable or truncated ({_first_line(err)})") from None
+        raise bad(f"model.safetensors is unreadable or truncated ({first_line(err)})") from None
     return meta
 
 
@@ -316,7 +311,7 @@ class S2SModel:
             raise ModelInputError(path, f"not a napari-s2s model: {err.problem}") from None
         except Exception as err:  # noqa: BLE001 - transformers/tokenizers raise many types for bad files
             raise ModelInputError(path, f"not a napari-s2s model: {type(err).__name__}: "
-                                        f"{_first_line(err)}") from None
+                                        f"{first_line(err)}") from None
         return model
 
     def config_dict(self) -> dict:
