@@ -39,7 +39,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import ImageReadError, MaskError, PanelError, S2SInputError, first_line
+from ..errors import ImageReadError, MaskError, PanelError, S2SInputError, first_line
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 IMC_SUFFIXES = (".mcd", ".txt")
@@ -224,7 +224,7 @@ def apply_panel(
 def _unique_names(names: Sequence[str], source, rows: Sequence[int] | None = None) -> list[str]:
     """``names`` stripped; refused when two name the same marker, also after alias matching
     (``CD8a`` and ``CD8A``, ``H3`` and ``h3``): one of them would otherwise be dropped silently."""
-    from .aliases import canonical_marker
+    from ..aliases import canonical_marker
 
     names = [str(n).strip() for n in names]
     first: dict[str, int] = {}
