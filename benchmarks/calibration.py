@@ -26,7 +26,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from spatial2sentence.aliases import canonical_marker  # noqa: E402
+from spatial2sentence.check_cells import read_check_cells  # noqa: E402
 from spatial2sentence.domain import CHECK_CELLS, apply_temperature, fit_temperature, reliability  # noqa: E402
 from spatial2sentence.io import write_json_atomic  # noqa: E402
 from spatial2sentence.model import DEFAULT_MODEL_DIR, S2SModel  # noqa: E402
@@ -44,9 +44,9 @@ def main(argv=None) -> dict:
     model_dir = Path(args.model) if args.model else DEFAULT_MODEL_DIR
     model = S2SModel.from_pretrained(model_dir, device="cpu")
     model.calibration = {}  # measure the raw probabilities
-    cells = pd.read_csv(model_dir / CHECK_CELLS)
-    fixed = {"image", "Object", "x", "y", "cell_type"}
-    cells = cells.rename(columns={c: canonical_marker(c) for c in cells.columns if c not in fixed})
+    cells = read_check_cells(model_dir)
+    if cells is None:
+        raise SystemExit(f"{model_dir / CHECK_CELLS}: no check cells in this model folder")
     markers = [m for m in model.markers if m in cells.columns]
     pred = model.predict_cells(cells.drop(columns=["cell_type"]), markers=markers, tasks=("type",), threads=1).cells
     cols = ["p_" + str(t).replace(" ", "_") for t in model.type_labels]

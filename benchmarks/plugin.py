@@ -47,7 +47,7 @@ def process(cond=lambda: True, timeout=1200):
 
 def simulated_1000(seed: int = 0):
     """(image C x 1000 x 1000 float32, mask, channel names, n cells): Y15 rendered and padded."""
-    from spatial2sentence import simulate as S
+    from spatial2sentence.bench import simulate as S
 
     lay = S.load_layouts(LAYOUTS)
     ids = S.image_ids(lay)
@@ -111,9 +111,9 @@ def bench_case(name, data, channels, mask, model, repeats=3):
     runs = []
     for k in range(repeats + 1):
         if k == 0:
-            from napari_s2s import _annotate
+            from spatial2sentence.annotate import clear_model_cache
 
-            _annotate._MODELS.clear()  # cold: include loading the model
+            clear_model_cache()  # cold: include loading the model
         widget.annotation = None
         widget.run()
         process(lambda: widget.worker is None and widget.annotation is not None)

@@ -188,10 +188,11 @@ def test_fit_adata_then_predict(tmp_path):
                        obs=df[["sample", "celltype"]].astype(str).set_index(df["CellID"].astype(str)))
     adata.obsm["spatial"] = df[["X_centroid", "Y_centroid"]].to_numpy()
     from spatial2sentence.settings import TrainSettings
+    from spatial2sentence.training import fit_anndata
 
-    model = S2SModel.fit(adata, label_key="celltype", image_key="sample", out=tmp_path / "fit",
-                         train_settings=TrainSettings(steps=60, batch_size=32, eval_every=30, num_threads=1),
-                         progress_bar=False, log=lambda *a: None)
+    model = fit_anndata(adata, label_key="celltype", image_key="sample", out=tmp_path / "fit",
+                        train_settings=TrainSettings(steps=60, batch_size=32, eval_every=30, num_threads=1),
+                        progress_bar=False, log=lambda *a: None)
     assert (tmp_path / "fit" / "s2s_config.json").exists()
     out = model.predict(adata, image_key="sample", copy=True)
     acc = float(np.mean(out.obs["s2s_cell_type"].astype(str).to_numpy() == adata.obs["celltype"].to_numpy()))

@@ -7,6 +7,7 @@ import threading
 import time
 
 from napari_s2s import _annotate
+from spatial2sentence import annotate as core
 
 
 def test_warm_up_loads_once_and_a_concurrent_run_waits_for_it(monkeypatch):
@@ -21,7 +22,7 @@ def test_warm_up_loads_once_and_a_concurrent_run_waits_for_it(monkeypatch):
         return real(cls, path, device=device, dtype=dtype)
 
     monkeypatch.setattr(S2SModel, "from_pretrained", classmethod(slow_load))
-    monkeypatch.setattr(_annotate, "_MODELS", {})
+    monkeypatch.setattr(core, "_MODELS", {})
     thread = _annotate.warm_up(None, "cpu")
     deadline = time.time() + 30
     while not calls and time.time() < deadline:  # the warm-up is loading when the Run asks
@@ -36,10 +37,10 @@ def test_warm_up_loads_once_and_a_concurrent_run_waits_for_it(monkeypatch):
 
 
 def test_warm_up_errors_are_left_for_the_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(_annotate, "_MODELS", {})
+    monkeypatch.setattr(core, "_MODELS", {})
     thread = _annotate.warm_up(tmp_path / "missing", "cpu")
     thread.join(30)
-    assert not thread.is_alive() and _annotate._MODELS == {}
+    assert not thread.is_alive() and core._MODELS == {}
 
 
 def test_loads_for_different_devices_never_run_at_once(monkeypatch):
@@ -61,7 +62,7 @@ def test_loads_for_different_devices_never_run_at_once(monkeypatch):
             active.pop()
 
     monkeypatch.setattr(S2SModel, "from_pretrained", classmethod(load))
-    monkeypatch.setattr(_annotate, "_MODELS", {})
+    monkeypatch.setattr(core, "_MODELS", {})
     thread = _annotate.warm_up(None, "auto")
     _annotate.load_model(None, "cpu")
     thread.join(60)
@@ -69,4 +70,4 @@ def test_loads_for_different_devices_never_run_at_once(monkeypatch):
     # on a machine without CUDA "auto" is the CPU: one model serves both
     import torch
 
-    assert len(_annotate._MODELS) == (2 if torch.cuda.is_available() else 1)
+    assert len(core._MODELS) == (2 if torch.cuda.is_available() else 1)

@@ -5,9 +5,10 @@
   columns ``s2s_cell_type``, ``s2s_cell_type_probability``, ``s2s_no_signal``, ``s2s_status`` (per
   cell), ``obsm['s2s_type_probabilities']`` (cells x classes) and ``uns['s2s']`` (class names, the
   clinical status per image, the panel coverage, the model).
-* :func:`fit_anndata`: train a model on an ``AnnData`` with a label column in ``obs``.
+* :func:`anndata_cells`: the cells table of an ``AnnData`` (what training on one reads).
 
-``S2SModel.predict(adata)`` and ``S2SModel.fit(adata, label_key=...)`` call these.
+``S2SModel.predict(adata)`` calls :func:`predict_anndata`; training on an ``AnnData`` is
+:func:`spatial2sentence.training.fit_anndata` (there, because training imports the model).
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import S2SInputError
+from .io import atomic_path
 from .tables import anndata_frame, standard_cells
 
 
-def _cells(adata, image_key: str | None, label_key: str | None = None, status_key: str | None = None):
+def anndata_cells(adata, image_key: str | None, label_key: str | None = None, status_key: str | None = None):
     df = anndata_frame(adata)
     if "x" not in df.columns and "spatial" not in adata.obsm:
-        from .errors import S2SInputError
-
         raise S2SInputError("adata", "no positions: put the cell centroids (um) in obsm['spatial']")
     markers = [str(v) for v in adata.var_names]
     return standard_cells(df, "adata", x_col="x", y_col="y", image_col=image_key, markers=markers,
@@ -35,7 +36,7 @@ def predict_anndata(model, adata, image_key: str | None = None, copy: bool = Fal
                     allow_partial_panel: bool = False, **kwargs):
     """Predict every cell of ``adata`` and write the results into it (or into a copy); returns it."""
     adata = adata.copy() if copy else adata
-    cells, markers = _cells(adata, image_key)
+    cells, markers = anndata_cells(adata, image_key)
     pred = model.predict_cells(cells, markers=markers, source="adata", allow_partial_panel=allow_partial_panel,
                                **kwargs)
     p = pred.cells.reset_index(drop=True)
@@ -62,8 +63,6 @@ def write_predictions_h5ad(table: str | Path, pred, out: str | Path, model) -> P
     """The input ``.h5ad`` with the prediction columns (see :func:`predict_anndata`), written atomically."""
     import anndata as ad
 
-    from .io import atomic_path
-
     adata = ad.read_h5ad(table)
     p = pred.cells.reset_index(drop=True)
     if len(p) != adata.n_obs:
@@ -77,13 +76,3 @@ def write_predictions_h5ad(table: str | Path, pred, out: str | Path, model) -> P
     with atomic_path(out) as tmp:
         adata.write_h5ad(tmp)
     return Path(out)
-
-
-def fit_anndata(adata, label_key: str, out: str | Path, status_key: str | None = None,
-                image_key: str | None = None, **train_kwargs):
-    """Train a model on ``adata`` (markers in ``X``, positions in ``obsm['spatial']``, labels in
-    ``obs[label_key]``); returns the trained :class:`~spatial2sentence.model.S2SModel`."""
-    from .training import train
-
-    cells, _ = _cells(adata, image_key, label_key, status_key)
-    return train(cells, out, **train_kwargs).model

@@ -23,7 +23,7 @@ from .errors import ModelInputError
 # semi-synthetic images, 4 random panel subsets per size) found that the mean accuracy reaches half the
 # way from the majority class (0.546) to the full panel (0.871) only from 20 of 37 markers (0.541) on;
 # one random third of the panel gave 0.37 to 0.68. Counting markers is that unreliable, so a folder
-# with check cells (the default model's) is judged by panel_check instead.
+# with check cells (the default model's) is judged by spatial2sentence.check_cells.panel_check instead.
 DEFAULT_MIN_MARKER_FRACTION = 0.54
 # an image's clinical status is shown as a call only when its probability beats chance (1 / classes)
 # by this much; otherwise "uncertain"
@@ -31,7 +31,7 @@ DEFAULT_STATUS_MARGIN = 0.15
 
 
 # a sample of labelled held-out cells stored in a model folder: the model's accuracy with exactly the
-# markers an input carries is measured on them (see panel_check)
+# markers an input carries is measured on them (see spatial2sentence.check_cells)
 CHECK_CELLS = "panel_check.csv.gz"
 # markers every panel carries (nuclear stains): they say nothing about the cell type, so they do not
 # count towards coverage
@@ -118,50 +118,6 @@ def required_accuracy(full: float, majority: float) -> float:
     """The accuracy a partial panel must reach: half the way from always naming the commonest type to
     the full panel (the rule behind ``benchmarks/coverage.py``'s threshold)."""
     return majority + 0.5 * (full - majority)
-
-
-_CHECK_CACHE: dict = {}
-
-
-def panel_check(model, present: list[str]) -> dict | None:
-    """The model's type accuracy on its check cells (``CHECK_CELLS`` in its folder) when only the
-    ``present`` markers are measured; None when the folder holds no check cells.
-
-    Why: how much a partial panel loses depends on WHICH markers it keeps (the 5 markers of the real
-    Damond toy crops were chosen to tell beta from alpha cells; 5 random markers often are not), so the
-    guard measures the panel at hand rather than counting markers. Cached per model and panel.
-    """
-    from .predict import predict_cellset
-    from .tables import read_csv_table
-
-    path = getattr(model, "path", None)
-    if path is None or not (path / CHECK_CELLS).is_file():
-        return None
-    key = (str(path), id(model), tuple(sorted(present)))
-    if key in _CHECK_CACHE:
-        return _CHECK_CACHE[key]
-    cells = read_csv_table(path / CHECK_CELLS)
-    fixed = {"image", "Object", "x", "y", "cell_type"}
-    cells = cells.rename(columns={c: canonical_marker(c) for c in cells.columns if c not in fixed})
-    truth = cells["cell_type"].astype(str).to_numpy()
-    meta = [c for c in ("image", "Object", "x", "y") if c in cells.columns]
-
-    def accuracy(markers):
-        cs = model.prepare(cells[meta + list(markers)], list(markers), source=CHECK_CELLS)
-        pred = predict_cellset(model, cs, tasks=("type",), threads=1)
-        return float(np.mean(pred.cells["cell_type"].astype(str).to_numpy() == truth))
-
-    full_key = (str(path), id(model), "full")
-    if full_key not in _CHECK_CACHE:
-        _CHECK_CACHE[full_key] = accuracy([m for m in model.markers if m in cells.columns])
-    full = _CHECK_CACHE[full_key]
-    majority = float(np.unique(truth, return_counts=True)[1].max() / len(truth))
-    have = [m for m in present if m in cells.columns]
-    acc = accuracy(have) if have else 0.0
-    res = {"accuracy": round(acc, 4), "full": round(full, 4), "majority": round(majority, 4),
-           "required": round(required_accuracy(full, majority), 4), "n_cells": int(len(cells))}
-    _CHECK_CACHE[key] = res
-    return res
 
 
 # --------------------------------------------------------------------------------------- calibration

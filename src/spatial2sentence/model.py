@@ -26,10 +26,14 @@ import pandas as pd
 
 from .aliases import canonical_marker
 from .cellset import CellSet, marker_columns, prepare_cells
-from .domain import DEFAULT_MIN_MARKER_FRACTION, PanelCoverage, PanelCoverageError, panel_check, panel_coverage
+from .check_cells import panel_check
+from .domain import DEFAULT_MIN_MARKER_FRACTION, PanelCoverage, PanelCoverageError, panel_coverage
 from .errors import ModelInputError, S2SInputError, first_line
 from .normalize import Normalizer
+from .anndata_io import predict_anndata
+from .measure import measure_image
 from .numeric import attach_value_embedding, load_value_embedding
+from .predict import PREDICT_BATCH_SIZE, Predictions, predict_cellset
 from .prompts import PAIR_ANSWERS, task_words
 from .sentences import status_token, type_token
 from .settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings
@@ -209,30 +213,6 @@ def check_model_dir(path: str | Path) -> dict:
 
 def _py(v):
     return v.item() if isinstance(v, np.generic) else v
-
-
-@dataclass
-class Predictions:
-    """Result of :meth:`S2SModel.predict_cells`.
-
-    ``cells``: one row per cell: ``image``, ``Object``, ``cell_type``, ``cell_type_probability``,
-    ``p_<type>`` for every type, ``status``, ``status_probability``, ``p_status_<label>`` for every
-    clinical label (per-cell values). ``image_status``: one row per image: ``image``, ``status``,
-    ``status_probability``, ``p_status_<label>``, ``n_cells`` (aggregated by mean log-probability).
-    ``unknown_markers``: the table's markers the model ignored. ``cancelled``: True when the progress
-    callback stopped the run (the rows not reached are NaN).
-    """
-
-    cells: pd.DataFrame
-    image_status: pd.DataFrame
-    unknown_markers: list[str]
-    used_markers: list[str]
-    cancelled: bool = False
-    coverage: PanelCoverage | None = None  # which of the model's markers the input carried
-
-    def status_of(self, image: str | None = None) -> dict:
-        row = self.image_status.iloc[0] if image is None else self.image_status.set_index("image").loc[image]
-        return row.to_dict()
 
 
 class S2SModel:
@@ -446,8 +426,6 @@ class S2SModel:
         the model's markers than the model needs (:meth:`panel_coverage`), unless ``allow_partial_panel``;
         the result's ``coverage`` says what was present either way.
         """
-        from .predict import PREDICT_BATCH_SIZE, predict_cellset
-
         coverage = self.panel_coverage(cells, markers)
         # no shared marker at all: prepare() says so (or reads a phenotype-only table)
         if coverage.present and not coverage.ok and not allow_partial_panel:
@@ -462,25 +440,12 @@ class S2SModel:
                 **kwargs):
         """Predict the cells of an ``AnnData`` and write ``obs``/``obsm``/``uns`` entries
         (:func:`~spatial2sentence.anndata_io.predict_anndata`)."""
-        from .anndata_io import predict_anndata
-
         return predict_anndata(self, adata, image_key=image_key, copy=copy,
                                allow_partial_panel=allow_partial_panel, **kwargs)
-
-    @classmethod
-    def fit(cls, adata, label_key: str, out: str | Path, status_key: str | None = None,
-            image_key: str | None = None, **train_kwargs) -> "S2SModel":
-        """Train a model on an ``AnnData`` (:func:`~spatial2sentence.anndata_io.fit_anndata`); written to
-        ``out`` and returned."""
-        from .anndata_io import fit_anndata
-
-        return fit_anndata(adata, label_key, out, status_key=status_key, image_key=image_key, **train_kwargs)
 
     def predict_image(self, image, mask, panel=None, batch_size: int | None = None, progress=None,
                       threads: int | None = None, allow_partial_panel: bool = False) -> Predictions:
         """Measure an :class:`~spatial2sentence.io.IMCImage` (or path) with its mask and predict."""
-        from .measure import measure_image
-
         image, df = measure_image(image, mask, panel)
         return self.predict_cells(df, markers=image.channels, image=image.name, batch_size=batch_size,
                                   progress=progress, source=image.name, threads=threads,

@@ -14,19 +14,47 @@ each status, renormalised with a softmax. The per-cell probabilities are kept in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
-from .domain import apply_temperature, status_is_confident
+from .domain import PanelCoverage, apply_temperature, status_is_confident
 from .numeric import embed_inputs, has_values
 from .prompts import task_words
 from .sentences import NIL
 from .threads import default_workers, parallel_map
+from .tissue import tissue_words
 
 # prompts per forward pass: 128 ran the default model 20-30% faster than 256 on 2 CPU threads (smaller
 # activations stay in cache); measured with benchmarks/inference.py-style runs, see README
 PREDICT_BATCH_SIZE = 128
 UNKNOWN = "unknown"  # the call of a cell without signal (see predict_cellset)
+
+
+
+@dataclass
+class Predictions:
+    """Result of :func:`predict_cellset` (and :meth:`S2SModel.predict_cells`).
+
+    ``cells``: one row per cell: ``image``, ``Object``, ``cell_type``, ``cell_type_probability``,
+    ``p_<type>`` for every type, ``status``, ``status_probability``, ``p_status_<label>`` for every
+    clinical label (per-cell values). ``image_status``: one row per image: ``image``, ``status``,
+    ``status_probability``, ``p_status_<label>``, ``n_cells`` (aggregated by mean log-probability).
+    ``unknown_markers``: the table's markers the model ignored. ``cancelled``: True when the progress
+    callback stopped the run (the rows not reached are NaN).
+    """
+
+    cells: pd.DataFrame
+    image_status: pd.DataFrame
+    unknown_markers: list[str]
+    used_markers: list[str]
+    cancelled: bool = False
+    coverage: PanelCoverage | None = None  # which of the model's markers the input carried
+
+    def status_of(self, image: str | None = None) -> dict:
+        row = self.image_status.iloc[0] if image is None else self.image_status.set_index("image").loc[image]
+        return row.to_dict()
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int, values: list[list[float]] | None = None):
@@ -230,8 +258,6 @@ def score_tasks(lm, contexts: list[list[int]], suffixes: dict[str, list[int]], l
 def tissue_status(model, cs) -> dict:
     """Clinical-status probabilities of every image of ``cs`` from its tissue prompt
     (:mod:`.tissue`; models trained with ``PromptSettings.tissue``), temperature-scaled like the cells'."""
-    from .tissue import tissue_words
-
     images = pd.unique(cs.image)
     seqs, vals = [], []
     suffix = task_words("status")
@@ -260,8 +286,6 @@ def predict_cellset(model, cs, batch_size: int = PREDICT_BATCH_SIZE, tasks=("typ
     Each batch runs on ONE torch thread (:mod:`.threads`), so the probabilities are the same bits
     whatever ``threads`` is: in-process, in a Dask worker, on a busy or a quiet machine.
     """
-    from .model import Predictions
-
     n = len(cs)
     sents = cs.sentences(np.arange(n), model.sentence)
     labels = {"type": model.type_labels, "status": model.status_labels}

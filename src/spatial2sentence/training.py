@@ -29,15 +29,18 @@ import numpy as np
 import pandas as pd
 
 from .aliases import canonical_marker
+from .anndata_io import anndata_cells
 from .cellset import CellSet, concat_cellsets, find_column, marker_columns, prepare_cells, TYPE_COLS, STATUS_COLS
 from .errors import ModelInputError
 from .numeric import VALUE_MAX, attach_value_embedding, embed_inputs, has_values
+from .model import S2SModel, build_lm, resolve_device
 from .normalize import Normalizer
 from .prompts import PAIR_ANSWERS, pair_prompt, task_words
 from .sentences import status_token, type_token
 from .settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings, TrainSettings
 from .threads import torch_threads
 from .tissue import TISSUE, random_window, tissue_words
+from .tokenizer import WordTokenizer
 
 
 @dataclass
@@ -314,9 +317,6 @@ def fit_positions(ms: ModelSettings, sentence, pairs, prompt, n_markers: int, lo
 def add_level_words(model, n_levels: int, seed: int) -> None:
     """Give a freshly created model the level words ``MARKER:1..n`` (``levels`` sentences): a tokenizer
     with them and a fresh LM of the new vocabulary size (``S2SModel.create`` builds marker words only)."""
-    from .model import build_lm
-    from .tokenizer import WordTokenizer
-
     labels = ([type_token(t) for t in model.type_labels] + [status_token(s) for s in model.status_labels])
     tok = WordTokenizer.build(model.markers, labels, model.prompt.distance_bins_um, n_levels=n_levels)
     model.tokenizer = tok
@@ -477,9 +477,7 @@ def _train(tables, out, sentence, pairs, prompt, model_settings, ts, type_labels
         norm.fit(fit_values, panel)
         if sentence.encoding == "levels":
             norm.fit_levels(fit_values, panel, sentence.n_levels, sentence.level_threshold, sentence.level_bins)
-    from .model import S2SModel
-
-    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    dev = str(resolve_device(device))  # the core's one device check
     model_settings = fit_positions(model_settings, sentence, pairs, prompt, len(panel), log, len(types))
     model = S2SModel.create(panel, types, stats, norm, sentence, pairs, prompt, model_settings, seed=ts.seed,
                             device=dev)
@@ -670,3 +668,12 @@ def model_card(model, evaluation: dict | None = None) -> str:
     if info.get("notes"):
         lines += ["## Notes", "", info["notes"], ""]
     return "\n".join(lines) + "\n"
+
+
+def fit_anndata(adata, label_key: str, out: str | Path, status_key: str | None = None,
+                image_key: str | None = None, **train_kwargs):
+    """Train a model on ``adata`` (markers in ``X``, positions in ``obsm['spatial']``, labels in
+    ``obs[label_key]``, the image in ``obs[image_key]``); returns the trained
+    :class:`~spatial2sentence.model.S2SModel` (also written to ``out``)."""
+    cells, _ = anndata_cells(adata, image_key, label_key, status_key)
+    return train(cells, out, **train_kwargs).model
