@@ -85,7 +85,7 @@ def main():
 
     data = args.data or args.work / "sim"
     if not (data / "img").is_dir():
-        from spatial2sentence.simulate import simulate_dataset
+        from spatial2sentence.bench.simulate import simulate_dataset
 
         print(f"rendering the semi-synthetic images into {data} ...", flush=True)
         simulate_dataset(LAYOUTS, data, seed=0, workers=os.cpu_count() or 1)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "src"))
 from spatial2sentence.aliases import canonical_marker  # noqa: E402
 from spatial2sentence.cellset import marker_columns  # noqa: E402
 from spatial2sentence.model import S2SModel  # noqa: E402
-from spatial2sentence.simulate import simulate_dataset  # noqa: E402
+from spatial2sentence.bench.simulate import simulate_dataset  # noqa: E402
 from spatial2sentence.tables import load_table  # noqa: E402
 
 DATA = Path(os.environ.get("S2S_DATA", REPO.parent / "shared" / "data"))

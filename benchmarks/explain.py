@@ -80,7 +80,7 @@ def choose_images(donors: list[str], min_per_type: int = 60) -> list[str]:
 
 def load_images(images: list[str], sim_dir: Path) -> dict[str, pd.DataFrame]:
     """Render (if missing) and measure the images; returns measured cells + labels per image."""
-    from spatial2sentence.simulate import simulate_dataset
+    from spatial2sentence.bench.simulate import simulate_dataset
     from spatial2sentence.tables import join_labels, measure_steinbock
 
     missing = [i for i in images if not (sim_dir / "img" / f"{i}.tiff").exists()]
@@ -263,7 +263,7 @@ def defining_markers(markers: list[str], ratio: float = 2.0, floor: float = 3.0)
     """Per type: markers whose profile value is at least ``floor`` counts (clearly above the 0.5-1
     background of the profile table) and at least ``ratio`` x the highest value of any other type."""
     from spatial2sentence.aliases import canonical_marker
-    from spatial2sentence.simulate import load_profiles
+    from spatial2sentence.bench.simulate import load_profiles
 
     prof = load_profiles()
     prof.columns = [canonical_marker(c) for c in prof.columns]

@@ -44,7 +44,7 @@ LAYOUTS = Path(os.environ.get("S2S_DATA", Path(__file__).resolve().parents[2] / 
 def simulated_cells(donors=("6126", "6414", "6180")):
     import pandas as pd
 
-    from spatial2sentence.simulate import simulate_dataset
+    from spatial2sentence.bench.simulate import simulate_dataset
 
     lay = pd.read_csv(LAYOUTS, usecols=["imageID", "case"])
     images = [sorted(lay.loc[lay["case"].astype(str) == d, "imageID"].unique())[0] for d in donors]

@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     tmp = None
     folder = args.folder
     if folder is None:
-        from spatial2sentence.simulate import simulate_dataset
+        from spatial2sentence.bench.simulate import simulate_dataset
 
         tmp = tempfile.TemporaryDirectory(prefix="s2s_sim_")
         folder = Path(tmp.name)

@@ -52,7 +52,7 @@ def outlines(mask):
 
 
 def main():
-    from spatial2sentence.simulate import simulate_dataset
+    from spatial2sentence.bench.simulate import simulate_dataset
 
     real = tifffile.imread(TOY / "img" / f"{REAL_IMAGE}.tiff")
     real_mask = tifffile.imread(TOY / "masks" / f"{REAL_IMAGE}.tiff")

@@ -17,7 +17,7 @@ STAGES = ["Non-diabetic", "Onset", "Long-duration"]
 def damond_markers() -> list[str]:
     import pandas as pd
 
-    from spatial2sentence.simulate import PANEL_PATH
+    from spatial2sentence.bench.simulate import PANEL_PATH
 
     return pd.read_csv(PANEL_PATH)["name"].tolist()
 

@@ -39,7 +39,7 @@ CROP_UM = 80
 @pytest.fixture(scope="session")
 def crops():
     """N_IMAGES rendered crops: (name, image CYX float32, mask uint16) and the panel table."""
-    from spatial2sentence.simulate import image_ids, load_layouts, load_panel, render_image
+    from spatial2sentence.bench.simulate import image_ids, load_layouts, load_panel, render_image
 
     layouts = load_layouts(LAYOUTS)
     ids = image_ids(layouts)

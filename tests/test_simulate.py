@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from spatial2sentence import simulate as sim
+from spatial2sentence.bench import simulate as sim
 from spatial2sentence.errors import S2SInputError
 
 from conftest import TEST_DATA as SHARED  # noqa: E402

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import baselines as B
+from .bench import baselines as B
 
 LM_METHODS = ("s2s", "c2s", "s2s_ranked", "s2s_no_values", "s2s_no_neighbourhood", "s2s_no_tissue",
               "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux")
@@ -284,7 +284,7 @@ def load_semisynthetic(root: Path, cells: str | None, images_per_donor: int = 3,
         note.append(f"measured cells of all 120 simulated images read from {cells} (s2s simulate seed 0, then "
                     "measured by spatial2sentence.measure)")
     else:
-        from .simulate import load_layouts as _ll, simulate_dataset
+        from .bench.simulate import load_layouts as _ll, simulate_dataset
 
         lay = _ll(root / "damond_diabetes_layouts" / "cells.csv.gz")
         per = lay.groupby(["case"])["imageID"].unique() if "case" in lay.columns else None

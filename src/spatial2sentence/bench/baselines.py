@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from .neighbors import knn_graph
-from .normalize import Normalizer
+from ..neighbors import knn_graph
+from ..normalize import Normalizer
 
 CLASSICAL = ("logreg", "logreg_neighbors", "hgb_neighbors")
 
@@ -77,11 +81,6 @@ class FeatureMaker:
 
 
 def make_classifier(method: str, seed: int):
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     if method in ("logreg", "logreg_neighbors", "composition_logreg"):
         return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=500))
     if method == "hgb_neighbors":

@@ -40,11 +40,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import tifffile
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
-from .errors import S2SInputError
+from ..errors import S2SInputError
+from ..io import atomic_path, write_csv_atomic, write_tiff_atomic
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+# the package's data folder (spatial2sentence/data), which ships the profile and panel tables
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 PROFILES_PATH = DATA_DIR / "celltype_profiles.csv"
 PANEL_PATH = DATA_DIR / "damond_panel.csv"
 
@@ -238,8 +242,6 @@ def cell_expression(
     amb = rng.random(n) < params.ambiguous_frac
     amb_w = rng.uniform(*params.ambiguous_range, size=n)
     if n > 1 and amb.any():
-        from scipy.spatial import cKDTree
-
         _, nn = cKDTree(np.c_[x, y]).query(np.c_[x, y][amb], k=2)
         base[amb] = (1 - amb_w[amb, None]) * base[amb] + amb_w[amb, None] * prof[tidx[nn[:, 1]]]
     # unknown cells (unassignable in the original study): their low generic profile partly mixed
@@ -385,10 +387,6 @@ def _write_ome_tiff(path: Path, array: np.ndarray, channel_names: list[str]) -> 
     ``spatial2sentence.io.write_tiff_atomic(ome=True)`` lets tifffile put a time-based ``uuid1`` into
     the OME-XML, so two identical runs differ; here the UUID is derived from the content instead.
     """
-    import tifffile
-
-    from .io import atomic_path
-
     h = hashlib.sha256(np.ascontiguousarray(array).tobytes())
     h.update("\t".join(channel_names).encode())
     meta = {"axes": "CYX", "UUID": f"urn:uuid:{uuid.UUID(bytes=h.digest()[:16])}",
@@ -401,8 +399,6 @@ def _write_ome_tiff(path: Path, array: np.ndarray, channel_names: list[str]) -> 
 def _render_and_write(job) -> tuple[pd.DataFrame, dict]:
     cells, index, seed, out_dir, params, profiles, panel = job
     r = render_image(cells, index, seed=seed, profiles=profiles, panel=panel, params=params)
-    from .io import write_tiff_atomic
-
     names = panel["name"].tolist()
     out_dir = Path(out_dir)
     write_tiff_atomic(out_dir / "img" / f"{r.name}.tiff", r.image)
@@ -477,12 +473,10 @@ def simulate_dataset(
             results.append(_render_and_write(job))
             if progress:
                 progress(1)
-    from .io import write_csv_atomic as write_csv
-
     labels = pd.concat([r[0] for r in results], ignore_index=True)
-    write_csv(labels, out_dir / "labels.csv")
-    write_csv(pd.DataFrame([r[1] for r in results]), out_dir / "images.csv")
-    write_csv(panel.assign(keep=1)[["channel", "name", "keep"]], out_dir / "panel.csv")
+    write_csv_atomic(labels, out_dir / "labels.csv")
+    write_csv_atomic(pd.DataFrame([r[1] for r in results]), out_dir / "images.csv")
+    write_csv_atomic(panel.assign(keep=1)[["channel", "name", "keep"]], out_dir / "panel.csv")
     return labels
 
 

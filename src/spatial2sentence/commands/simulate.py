@@ -24,7 +24,7 @@ def simulate(layouts, out_dir, images, n_images, seed, workers):
     noise and optical spill are simulated. Same seed, same bytes.
     """
     from ..errors import S2SInputError
-    from ..simulate import simulate_dataset
+    from ..bench.simulate import simulate_dataset
 
     if images is not None and n_images is not None:
         raise S2SInputError(None, "give --images or --n-images, not both")

@@ -62,7 +62,7 @@ def _load(entry: dict, seed: int):
 
     path = Path(entry["path"])
     if not path.exists() and "simulate" in entry:
-        from ..simulate import simulate_dataset
+        from ..bench.simulate import simulate_dataset
 
         sim = dict(entry["simulate"])
         click.echo(f"simulating {path} (semi-synthetic) ...")
