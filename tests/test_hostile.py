@@ -3,15 +3,27 @@ traceback, no output, the input bytes unchanged, nothing run from the file (gene
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
+import torch
+from click.testing import CliRunner
+from conftest import DAMOND_TOY as TOY
+
+from spatial2sentence.cli import main as cli_main
+from spatial2sentence.io import write_tiff_atomic
+from spatial2sentence.model import DEFAULT_MODEL_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-from conftest import DAMOND_TOY as TOY  # noqa: E402
 
 
 def s2s(*args, cwd=None, timeout=300):
@@ -55,19 +67,6 @@ def test_resume_refuses_a_pickled_checkpoint_and_runs_nothing(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- generated fixtures
-import json  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import tifffile  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
-
-from spatial2sentence.cli import main as cli_main  # noqa: E402
-from spatial2sentence.io import write_tiff_atomic  # noqa: E402
-from spatial2sentence.model import DEFAULT_MODEL_DIR  # noqa: E402
-
 E34 = TOY / "img" / "E34.tiff"
 E34_MASK = TOY / "masks" / "E34.tiff"
 PANEL = TOY / "panel.csv"
@@ -273,8 +272,6 @@ def test_annotate_with_a_broken_model_is_refused(tmp_path):
 @pytest.mark.parametrize("device", ["cuda", "gpu", "mps", "banana"])
 @pytest.mark.parametrize("command", ["predict", "explain", "train"])
 def test_bad_or_absent_devices_are_refused_before_any_work(image_dir, tmp_path, device, command):
-    import torch
-
     if device == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     out = tmp_path / "o"

@@ -1,12 +1,17 @@
+import gzip
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
 from conftest import DAMOND_TOY, RAW, STEINBOCK
 
-from spatial2sentence.errors import ImageReadError, MaskError, PanelError
+import spatial2sentence.io
+from spatial2sentence.errors import ImageReadError, MaskError, PanelError, first_line
 from spatial2sentence.io import (
-    read_image, read_imc_txt, read_mask, read_mcd, read_panel, read_steinbock, write_tiff_atomic,
+    mcd_acquisition_ids, read_image, read_imc_txt, read_mask, read_mcd, read_mcd_acquisition, read_panel,
+    read_steinbock, write_csv_atomic, write_tiff_atomic,
 )
 from spatial2sentence.preprocess import filter_hot_pixels
 
@@ -155,8 +160,6 @@ def test_reading_never_modifies_inputs(tiny_image):
 
 
 def test_writers_are_deterministic_and_follow_umask(tmp_path, rng):
-    import os
-
     data = rng.random((3, 8, 9)).astype(np.float32)
     a = write_tiff_atomic(tmp_path / "a.ome.tiff", data, ["A", "B", "C"], ome=True)
     b = write_tiff_atomic(tmp_path / "b.ome.tiff", data, ["A", "B", "C"], ome=True)
@@ -168,17 +171,11 @@ def test_writers_are_deterministic_and_follow_umask(tmp_path, rng):
 
 
 def test_csv_writer_compresses_by_target_suffix(tmp_path):
-    import gzip
-
-    from spatial2sentence.io import write_csv_atomic
-
     path = write_csv_atomic(pd.DataFrame({"a": [1, 2]}), tmp_path / "t.csv.gz")
     assert gzip.open(path, "rt").read().splitlines() == ["a", "1", "2"]
 
 
 def test_single_mcd_acquisition_equals_full_read():
-    from spatial2sentence.io import mcd_acquisition_ids, read_mcd_acquisition
-
     mcd = RAW / "20210305_NE_mockData2" / "20210305_NE_mockData2.mcd"
     panel = read_panel(STEINBOCK / "panel.csv")
     every = read_mcd(mcd, panel)
@@ -188,3 +185,16 @@ def test_single_mcd_acquisition_equals_full_read():
     assert np.array_equal(one.data, every[1].data)
     with pytest.raises(ImageReadError, match="no acquisition 9"):
         read_mcd_acquisition(mcd, 9)
+
+
+def test_one_line_message_cut_at_300_characters():
+    assert first_line(ValueError("  bad header\n  at byte 12\n")) == "bad header"
+    assert first_line(KeyError()) == "KeyError"
+    assert first_line(OSError("x" * 1000)) == "x" * 300
+
+
+def test_io_package_exports_resolve():
+    """Every name of ``spatial2sentence.io.__all__`` exists (the package re-exports its modules' names)."""
+    assert len(set(spatial2sentence.io.__all__)) == len(spatial2sentence.io.__all__)
+    for name in spatial2sentence.io.__all__:
+        assert getattr(spatial2sentence.io, name).__module__.startswith("spatial2sentence.io.")
