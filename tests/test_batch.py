@@ -245,16 +245,37 @@ def test_rerun_skips_done_images_and_overwrite_redoes_them(tmp_path, steinbock_d
 
 
 # ------------------------------------------------------------------------------------------ kill + resume
-def _cli(args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "spatial2sentence.cli", "annotate", *map(str, args)],
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+# `s2s annotate` in a process whose (N+1)-th types TIFF stalls half-written (its cells CSV written, the
+# TIFF a temporary file), so that the test can kill the run right there; the hook lives here, not in the
+# library
+STALL_AFTER = """
+import sys, time
+from spatial2sentence.batch import outputs
+from spatial2sentence.cli import main
+real, calls = outputs.write_tiff_atomic, []
+def stall(path, *args, **kwargs):
+    calls.append(path)
+    if len(calls) > int(sys.argv[1]):
+        with outputs.atomic_path(path) as tmp:
+            tmp.write_bytes(b"half-written")
+            time.sleep(3600)
+    return real(path, *args, **kwargs)
+outputs.write_tiff_atomic = stall
+main(["annotate", *sys.argv[2:]])
+"""
+
+
+def _cli(args, stall_after=None):
+    cmd = ([sys.executable, "-c", STALL_AFTER, str(stall_after)] if stall_after is not None
+           else [sys.executable, "-m", "spatial2sentence.cli", "annotate"])
+    return subprocess.Popen(cmd + list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def test_sigkill_midway_then_rerun_equals_uninterrupted_run(tmp_path, steinbock_dir, tiny_model, serial_run):
     out = tmp_path / "out"
     args = [steinbock_dir, "-o", out, "--model", tiny_model, "--device", "cpu"]
     # the hook stalls the 2nd image half-way: its CSV written, its types TIFF a temporary file
-    proc = _cli(args, env={"S2S_BATCH_STALL_AFTER": "1"})
+    proc = _cli(args, stall_after=1)
     deadline = time.time() + 120
     while time.time() < deadline:
         # the stall: the 2nd image's temporary types file, once the 1st image is done (the 1st image's
