@@ -187,10 +187,11 @@ def test_empty_and_one_cell_images(tiny, cells):
     with pytest.raises(ModelInputError, match="no cells"):
         model.predict_cells(cells.iloc[:0])
     with pytest.raises(S2SInputError, match="empty image"):
+        from spatial2sentence.annotate import annotate_image
         from spatial2sentence.io import read_image
 
         img = read_image(TOY / "img" / "E34.tiff", panel=TOY / "panel.csv")
-        model.predict_image(img, np.zeros(img.shape, np.uint16))
+        annotate_image(model, img, np.zeros(img.shape, np.uint16))
     one = model.predict_cells(cells.iloc[[0]].drop(columns=["image"]))
     assert len(one.cells) == 1 and np.isclose(one.cells[["p_alpha", "p_beta", "p_other"]].sum(1).iloc[0], 1.0)
     [p] = model.prompts_for(cells.iloc[[0]])

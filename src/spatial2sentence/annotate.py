@@ -186,7 +186,7 @@ def check_arrays(data, channels: Sequence[str], mask, image: str = "image") -> N
     if not np.issubdtype(np.asarray(mask[:1, :1]).dtype, np.integer):
         raise MaskError(image, "the mask is not an integer label image")
     if not np.any(mask):
-        raise MaskError(image, "the mask holds no cells")
+        raise MaskError(image, "empty image: the mask holds no cells")
 
 
 def check_panel(model: S2SModel, channels: Sequence[str], image: str,

@@ -11,6 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
+
+from .annotate import annotate_image
+from .io import read_image, read_mask, read_steinbock
+from .tables import strip_image_suffix
 
 
 def map_types(pred: pd.Series, type_map: dict | None) -> pd.Series:
@@ -28,13 +33,10 @@ def evaluate_folder(model, root: str | Path, images: list[str] | None = None, in
     ``allow_partial_panel``: an evaluation measures the model on images that may carry only part of its
     panel (the 5-marker toy crops) instead of refusing them as prediction does; the share of the
     model's markers present is reported (``panel_fraction``)."""
-    from .io import read_image, read_mask, read_steinbock
-    from .tables import _strip_suffix
-
     root = Path(root)
     folder = read_steinbock(root)
     labels = pd.read_csv(root / "labels.csv")
-    labels["image"] = labels["image"].map(_strip_suffix)
+    labels["image"] = labels["image"].map(strip_image_suffix)
     if include:
         for col, vals in include.items():
             labels = labels[labels[col].astype(str).isin([str(v) for v in vals])]
@@ -42,14 +44,13 @@ def evaluate_folder(model, root: str | Path, images: list[str] | None = None, in
     entries = [e for e in folder.entries if e.name in wanted and e.mask_path is not None]
     it = entries
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(entries, desc="evaluating", unit="image")
     cells, img_rows, fractions = [], [], []
     for e in it:
         img = read_image(e.image_path, panel=folder.panel)
         mask = read_mask(e.mask_path, shape=img.shape)
-        pred = model.predict_image(img, mask, batch_size=batch_size, allow_partial_panel=allow_partial_panel)
+        pred = annotate_image(model, img, mask, batch_size=batch_size,
+                              allow_partial_panel=allow_partial_panel).predictions
         fractions.append(pred.coverage.fraction if pred.coverage is not None else np.nan)
         c = pred.cells.copy()
         c["image"] = e.name

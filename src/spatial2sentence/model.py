@@ -12,6 +12,8 @@ Programmatic API (used by the CLI, the napari plugin and the batch runner)::
     preds.cells                                         # per cell: cell_type, probabilities, status
     preds.image_status                                  # per image: clinical status + probabilities
     model.prompts_for(cells_df, [12, 40])               # prompt text, token ids, partners
+
+One image with its mask: :func:`spatial2sentence.annotate.annotate_image`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from .domain import DEFAULT_MIN_MARKER_FRACTION, PanelCoverage, PanelCoverageErr
 from .errors import ModelInputError, S2SInputError, first_line
 from .normalize import Normalizer
 from .anndata_io import predict_anndata
-from .measure import measure_image
 from .numeric import attach_value_embedding, load_value_embedding
 from .predict import PREDICT_BATCH_SIZE, Predictions, predict_cellset
 from .prompts import PAIR_ANSWERS, task_words
@@ -442,14 +443,6 @@ class S2SModel:
         (:func:`~spatial2sentence.anndata_io.predict_anndata`)."""
         return predict_anndata(self, adata, image_key=image_key, copy=copy,
                                allow_partial_panel=allow_partial_panel, **kwargs)
-
-    def predict_image(self, image, mask, panel=None, batch_size: int | None = None, progress=None,
-                      threads: int | None = None, allow_partial_panel: bool = False) -> Predictions:
-        """Measure an :class:`~spatial2sentence.io.IMCImage` (or path) with its mask and predict."""
-        image, df = measure_image(image, mask, panel)
-        return self.predict_cells(df, markers=image.channels, image=image.name, batch_size=batch_size,
-                                  progress=progress, source=image.name, threads=threads,
-                                  allow_partial_panel=allow_partial_panel)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.lm.parameters())

@@ -17,7 +17,7 @@ import pandas as pd
 from .errors import S2SInputError
 
 
-def _strip_suffix(name: str) -> str:
+def strip_image_suffix(name: str) -> str:
     name = str(name)
     for suf in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
         if name.lower().endswith(suf):
@@ -54,9 +54,9 @@ def join_labels(cells: pd.DataFrame, labels: pd.DataFrame, source) -> pd.DataFra
     labels = labels.copy()
     if not {"image", "Object"} <= set(labels.columns):
         raise S2SInputError(source, "labels.csv needs columns image and Object")
-    labels["image"] = labels["image"].map(_strip_suffix)
+    labels["image"] = labels["image"].map(strip_image_suffix)
     cells = cells.copy()
-    cells["image"] = cells["image"].map(_strip_suffix)
+    cells["image"] = cells["image"].map(strip_image_suffix)
     out = cells.merge(labels, on=["image", "Object"], how="left", suffixes=("", "_label"))
     return out
 

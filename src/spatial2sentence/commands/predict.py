@@ -77,7 +77,11 @@ def predict(image, mask, model_dir, panel, table, x_col, y_col, object_col, imag
     else:
         check_image_inputs(image, mask, panel, out)
     check_output_path(status_path, [image, mask, panel, table])
-    from ..model import S2SModel, check_device_name, check_dtype
+    # the core is imported once the inputs are checked: a missing file is reported at once
+    # (benchmarks/cold_start.py), importing the model and its dependencies takes seconds
+    from ..annotate import annotate_image, load_model
+    from ..io import read_image, read_mask
+    from ..model import check_device_name, check_dtype
 
     check_device_name(device)
     check_dtype(dtype)
@@ -88,20 +92,18 @@ def predict(image, mask, model_dir, panel, table, x_col, y_col, object_col, imag
                                  markers.split(",") if markers else None)
         names = [c for c in cells.columns if c not in ("image", "Object", "x", "y")]
         name = Path(table).name
-    model = S2SModel.from_pretrained(model_dir, device=device, dtype=dtype)
+    model = load_model(model_dir, device, dtype)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if table is not None:
             pred = model.predict_cells(cells, markers=names, batch_size=batch_size, threads=threads,
                                        source=name, allow_partial_panel=allow_partial_panel)
         else:
-            from ..io import read_image, read_mask
-
             img = read_image(image, panel=panel)
             m = read_mask(mask, shape=img.shape, image_path=image)
             name = img.name
-            pred = model.predict_image(img, m, batch_size=batch_size, threads=threads,
-                                       allow_partial_panel=allow_partial_panel)
+            pred = annotate_image(model, img, m, batch_size=batch_size, threads=threads,
+                                  allow_partial_panel=allow_partial_panel).predictions
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
     if table is not None and out.name.lower().endswith(".h5ad"):
