@@ -1,7 +1,7 @@
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from spatial2sentence.neighbors import knn_graph, radius_graph
+from spatial2sentence.neighbors import knn_graph
 
 
 def test_knn_graph_matches_brute_force(rng):
@@ -22,12 +22,3 @@ def test_knn_graph_duplicate_points_and_small_n():
     assert len(graph) == 6  # k capped at n - 1
     assert not (graph.src == graph.dst).any()
     assert len(knn_graph(xy[:1], k=3)) == 0
-
-
-def test_radius_graph_matches_brute_force(rng):
-    xy = rng.random((400, 2)) * 100
-    graph = radius_graph(xy, 8.0)
-    full = cdist(xy, xy)
-    i, j = np.nonzero((full < 8.0) & ~np.eye(400, dtype=bool))
-    assert set(zip(graph.src.tolist(), graph.dst.tolist())) == set(zip(i.tolist(), j.tolist()))
-    np.testing.assert_allclose(graph.distance, full[graph.src, graph.dst])

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spatial2sentence.aliases import canonical_marker, canonical_panel
+from spatial2sentence.aliases import canonical_marker
 from spatial2sentence.cellset import marker_columns, prepare_cells
 from spatial2sentence.normalize import Normalizer
 from spatial2sentence.prompts import direction_word, distance_word
@@ -40,12 +40,6 @@ def test_insulin_and_proinsulin_stay_apart():
 
 def test_unknown_marker_keeps_a_stable_key():
     assert canonical_marker("My-Marker 7") == canonical_marker("my_marker7")
-
-
-def test_duplicate_canonical_names_warn_and_keep_first():
-    with pytest.warns(UserWarning, match="both mean"):
-        m = canonical_panel(["CD8a", "CD8", "H3"])
-    assert m == {"CD8a": "CD8A", "H3": "H3"}
 
 
 def test_rank_markers_order_threshold_topk():

@@ -14,8 +14,6 @@ Metal-tag prefixes such as ``Yb173_CDH`` or ``CDH(Yb173)`` are stripped.
 from __future__ import annotations
 
 import re
-import warnings
-from typing import Iterable
 
 # canonical name -> alternative spellings (any case, any punctuation)
 _TABLE: dict[str, tuple[str, ...]] = {
@@ -88,21 +86,3 @@ def canonical_marker(name: str) -> str:
     if not key:
         return str(name).strip()
     return ALIASES.get(key, key)
-
-
-def canonical_panel(names: Iterable[str]) -> dict[str, str]:
-    """Map each given channel name to its canonical name; a duplicate canonical name keeps its first
-    channel only (the others are dropped with a warning)."""
-    out: dict[str, str] = {}
-    seen: dict[str, str] = {}
-    for name in names:
-        canon = canonical_marker(name)
-        if canon in seen:
-            warnings.warn(
-                f"markers {seen[canon]!r} and {name!r} both mean {canon!r}; keeping {seen[canon]!r}",
-                stacklevel=2,
-            )
-            continue
-        seen[canon] = name
-        out[name] = canon
-    return out

@@ -64,7 +64,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from .errors import ModelInputError
 from .numeric import embed_inputs
@@ -447,16 +446,3 @@ def explain_image(model, image, mask, object_ids=None, panel=None, target=None, 
     return explain_cells(model, cs, object_ids, target=target, task=task, n_steps=n_steps, method=method,
                          baseline=baseline, internal_batch_size=internal_batch_size, progress=progress,
                          tolerance=tolerance, max_steps=max_steps)
-
-
-def explanations_table(explanations: list[dict]) -> pd.DataFrame:
-    """One row per cell: object, predicted, target, top marker, top partner, completeness error."""
-    rows = []
-    for e in explanations:
-        top_m = e["markers"][0] if e["markers"] else {"marker": None, "score": np.nan}
-        top_p = max(e["partners"], key=lambda p: p["score"]) if e["partners"] else {"object": None, "score": np.nan}
-        rows.append({"object": e["object"], "predicted": e["predicted"], "target": e["target"],
-                     "p_target": e["probabilities"][e["target"]], "top_marker": top_m["marker"],
-                     "top_marker_score": top_m["score"], "top_partner": top_p["object"],
-                     "top_partner_score": top_p["score"], "completeness_error": e["completeness_error"]})
-    return pd.DataFrame(rows)

@@ -48,19 +48,3 @@ def knn_graph(xy, k: int, tree: cKDTree | None = None) -> NeighborGraph:
     keep = idx != src
     keep[keep.sum(axis=1) > k, -1] = False
     return NeighborGraph(src[keep].astype(np.int64), idx[keep].astype(np.int64), dist[keep])
-
-
-def radius_graph(xy, radius: float, tree: cKDTree | None = None) -> NeighborGraph:
-    """Every pair of cells closer than ``radius``, in both directions."""
-    points = _as_points(xy)
-    tree = tree or cKDTree(points)
-    pairs = tree.query_pairs(float(radius), output_type="ndarray")
-    if len(pairs) == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return NeighborGraph(empty, empty.copy(), np.zeros(0))
-    i, j = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
-    d = np.linalg.norm(points[i] - points[j], axis=1)
-    order = np.lexsort((np.concatenate([j, i]), np.concatenate([i, j])))
-    return NeighborGraph(
-        np.concatenate([i, j])[order], np.concatenate([j, i])[order], np.concatenate([d, d])[order]
-    )

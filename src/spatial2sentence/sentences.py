@@ -121,8 +121,8 @@ def level_sentences(
 def cell_sentences(
     z: np.ndarray,
     markers: list[str],
-    top_k: int = 8,
-    threshold: float | None = 0.0,
+    top_k: int,
+    threshold: float | None,
     present: np.ndarray | None = None,
 ) -> list[list[str]]:
     """The sentence (list of marker words) of every cell of ``z``."""
