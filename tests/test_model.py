@@ -615,3 +615,26 @@ def test_values_encoding_is_every_present_marker_ranked_with_its_value(cells, tm
     assert a[0] == b[0] and a[1] == b[1]  # same prompt and answer
     va, vb = np.concatenate(a[3]), np.concatenate(b[3])
     assert ((va == 0) == (vb == 0)).all() and not np.allclose(va, vb)
+
+
+def test_a_model_saved_by_a_newer_version_stays_readable(tiny, cells, tmp_path):
+    """Settings this version does not know are ignored with a warning (a newer version's model is still
+    read and predicts as before); a training config with an unknown key is still refused."""
+    import json
+    import shutil
+
+    from spatial2sentence.settings import SentenceSettings, UnknownSettingsWarning
+
+    newer = tmp_path / "newer"
+    shutil.copytree(tiny[0], newer)
+    cfg = json.loads((newer / "s2s_config.json").read_text())
+    cfg["sentence"]["a_future_option"] = 3
+    cfg["prompt"]["another_one"] = "x"
+    (newer / "s2s_config.json").write_text(json.dumps(cfg))
+    with pytest.warns(UnknownSettingsWarning, match="a_future_option"):
+        model = S2SModel.from_pretrained(newer, device="cpu")
+    before = S2SModel.from_pretrained(tiny[0], device="cpu").predict_cells(cells, threads=1).cells
+    after = model.predict_cells(cells, threads=1).cells
+    pd.testing.assert_frame_equal(before, after)
+    with pytest.raises(S2SInputError, match="unknown settings"):
+        SentenceSettings.from_dict({"top_kk": 3}, strict=True)

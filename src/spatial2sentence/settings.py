@@ -7,20 +7,32 @@ the defaults are documented next to each field.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field, fields
+
+from .errors import S2SInputError
+
+
+class UnknownSettingsWarning(UserWarning):
+    """A stored model names settings this version does not know (it was saved by a newer version)."""
 
 
 class _Base:
     @classmethod
-    def from_dict(cls, d: dict | None):
+    def from_dict(cls, d: dict | None, strict: bool = False):
+        """The settings in ``d``. Keys this version does not know are ignored with a warning, so that a
+        model saved by a newer version stays readable; ``strict`` (a training config a person wrote)
+        refuses them instead, since there they are typing mistakes."""
         d = dict(d or {})
         names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
+        unknown = sorted(set(d) - names)
+        if unknown and strict:
+            raise S2SInputError(cls.__name__, f"unknown settings {unknown}")
         if unknown:
-            from .errors import S2SInputError
-
-            raise S2SInputError(cls.__name__, f"unknown settings {sorted(unknown)}")
-        return cls(**d)
+            warnings.warn(f"{cls.__name__}: settings {unknown} are unknown to this version of spatial2sentence "
+                          "and are ignored (the model was saved by a newer version?)", UnknownSettingsWarning,
+                          stacklevel=2)
+        return cls(**{k: v for k, v in d.items() if k in names})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -32,9 +44,9 @@ class SentenceSettings(_Base):
     (``encoding="ranked"``) or as marker words with a level (``encoding="levels"``)."""
 
     @classmethod
-    def from_dict(cls, d: dict | None):
+    def from_dict(cls, d: dict | None, strict: bool = False):
         # configs stored before the encoding existed were ranked (the shipped v1 model): keep them so
-        return super().from_dict({"encoding": "ranked", **dict(d or {})})
+        return super().from_dict({"encoding": "ranked", **dict(d or {})}, strict)
 
     def words_per_sentence(self, n_markers: int) -> int:
         """The most words one cell's sentence can have with a panel of ``n_markers``."""

@@ -122,11 +122,11 @@ def train(config, data, out, steps, seed, fmt, device, threads, resume, no_eval,
         _evaluate(model, cfg.get("evaluate", []), out, model_card)
         return
     try:
-        ts = TrainSettings.from_dict(cfg.get("train"))
-        settings = dict(sentence=SentenceSettings.from_dict(cfg.get("sentence")),
-                        pairs=PairSettings.from_dict(cfg.get("pairs")),
-                        model_settings=ModelSettings.from_dict(cfg.get("model")))
-        prompt = PromptSettings.from_dict(cfg.get("prompt"))
+        ts = TrainSettings.from_dict(cfg.get("train"), strict=True)
+        settings = dict(sentence=SentenceSettings.from_dict(cfg.get("sentence"), strict=True),
+                        pairs=PairSettings.from_dict(cfg.get("pairs"), strict=True),
+                        model_settings=ModelSettings.from_dict(cfg.get("model"), strict=True))
+        prompt = PromptSettings.from_dict(cfg.get("prompt"), strict=True)
     except TypeError as err:
         raise S2SInputError(config, f"bad settings in the recipe ({err})") from None
     if steps is not None:
