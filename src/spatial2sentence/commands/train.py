@@ -1,82 +1,16 @@
-"""``s2s train``: train a Spatial2Sentence model on a steinbock folder (+ labels.csv) or a cells CSV.
-
-A JSON recipe (``--config``) holds every setting, the data (with optional row filters, a measurement
-cache and a ``simulate`` block that renders the data first when it is missing) and held-out evaluations
-written into the model card. Options given on the command line override the recipe. Relative paths in a
-recipe are relative to the current directory (run recipes from the repository root).
-"""
+"""``s2s train``: train a Spatial2Sentence model on a steinbock folder (+ labels.csv) or a cells CSV,
+by a JSON recipe (:mod:`spatial2sentence.recipe`, ``--config``) and/or options; options given on the
+command line override the recipe."""
 
 from __future__ import annotations
 
-import json
+import sys
 import time
 from pathlib import Path
 
 import click
 
 from .predict import table_options
-
-
-def _data_entries(cfg: dict, data: tuple[str, ...]) -> list[dict]:
-    if data:
-        return [{"path": d} for d in data]
-    entries = cfg.get("data", [])
-    return [e if isinstance(e, dict) else {"path": e} for e in entries]
-
-
-def _read_recipe(config) -> dict:
-    from ..errors import S2SInputError
-
-    try:
-        cfg = json.loads(Path(config).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise S2SInputError(config, f"not a JSON recipe ({str(err).splitlines()[0]})") from None
-    if not isinstance(cfg, dict):
-        raise S2SInputError(config, "a recipe is a JSON object (settings, data, evaluations)")
-    for key in ("train", "sentence", "pairs", "prompt", "model"):
-        if key in cfg and not isinstance(cfg[key], dict):
-            raise S2SInputError(config, f"'{key}' must be a JSON object of settings")
-    return cfg
-
-
-# what --data accepts: a folder (steinbock + labels.csv) or a cells table
-_TABLE_SUFFIXES = (".csv", ".csv.gz")
-
-
-def _check_data_path(entry: dict) -> None:
-    from ..errors import S2SInputError
-
-    path = Path(entry.get("path", ""))
-    if not path.exists():
-        if "simulate" in entry:
-            return  # rendered first
-        raise S2SInputError(path, "training data not found")
-    if path.is_file() and not path.name.lower().endswith(_TABLE_SUFFIXES):
-        raise S2SInputError(path, "training data must be a steinbock folder with labels.csv or a cells "
-                                  "table (.csv, .csv.gz); an image alone has no labels")
-
-
-def _load(entry: dict, seed: int):
-    from ..errors import S2SInputError
-    from ..tables import filter_rows, load_table
-
-    path = Path(entry["path"])
-    if not path.exists() and "simulate" in entry:
-        from ..bench.simulate import simulate_dataset
-
-        sim = dict(entry["simulate"])
-        click.echo(f"simulating {path} (semi-synthetic) ...")
-        simulate_dataset(sim.pop("layouts"), path, seed=sim.pop("seed", seed), **sim)
-    if not path.exists():
-        raise S2SInputError(path, "training data not found")
-    df = load_table(path, cache=entry.get("cache"))
-    df = filter_rows(df, entry.get("include"), entry.get("exclude"))
-    for col in entry.get("drop_columns", []):
-        if col in df.columns:
-            df = df.drop(columns=col)
-    if entry.get("rename"):
-        df = df.rename(columns=entry["rename"])
-    return df
 
 
 @click.command("train")
@@ -102,49 +36,37 @@ def _load(entry: dict, seed: int):
 def train(config, data, out, steps, seed, fmt, device, threads, resume, no_eval, evaluate_only, table, x_col, y_col,
           object_col, image_col, markers, label_col, status_col):
     """Train a model (validation split by image, early stopping, resumable) and write MODEL_DIR."""
+    # the library is imported once the command runs: `s2s --help` must not wait for torch and pandas
     from ..errors import S2SInputError
-    from ..settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings, TrainSettings
-    from ..training import model_card, train as run_train
-
     from ..io import check_output_path
-    from ..model import resolve_device
+    from ..model import S2SModel, resolve_device
+    from ..recipe import (check_data_entry, data_entries, evaluate_recipe, load_data_entry, read_recipe,
+                          recipe_info, recipe_settings)
+    from ..tables import read_cells_table
+    from ..training import train as run_train
 
-    cfg = _read_recipe(config) if config else {}
+    cfg = read_recipe(config) if config else {}
     out = out or cfg.get("out")
     if not out:
         raise S2SInputError(None, "give --out (or 'out' in the recipe)")
     check_output_path(out, folder=True)
     device = str(resolve_device(device))  # the one device check, before any data is read
     if evaluate_only:
-        from ..model import S2SModel
-
-        model = S2SModel.from_pretrained(out, device=device)
-        _evaluate(model, cfg.get("evaluate", []), out, model_card)
+        evaluate_recipe(S2SModel.from_pretrained(out, device=device), cfg.get("evaluate", []), out, click.echo)
         return
-    try:
-        ts = TrainSettings.from_dict(cfg.get("train"), strict=True)
-        settings = dict(sentence=SentenceSettings.from_dict(cfg.get("sentence"), strict=True),
-                        pairs=PairSettings.from_dict(cfg.get("pairs"), strict=True),
-                        model_settings=ModelSettings.from_dict(cfg.get("model"), strict=True))
-        prompt = PromptSettings.from_dict(cfg.get("prompt"), strict=True)
-    except TypeError as err:
-        raise S2SInputError(config, f"bad settings in the recipe ({err})") from None
-    if steps is not None:
-        ts.steps = steps
-    if seed is not None:
-        ts.seed = seed
-    if threads is not None:
-        ts.num_threads = threads
+    settings = recipe_settings(cfg, config)
+    ts, prompt = settings["train_settings"], settings["prompt"]
+    for name, value in (("steps", steps), ("seed", seed), ("num_threads", threads)):
+        if value is not None:
+            setattr(ts, name, value)
     if fmt:
         prompt.format = fmt
+    t0 = time.perf_counter()
     if table is not None:
-        from ..tables import read_cells_table
-
         if data:
             raise click.UsageError("give --data or --table, not both")
         if not label_col and not status_col:
             raise click.UsageError("--table needs --label-col (cell types) and/or --status-col")
-        t0 = time.perf_counter()
         cells = read_cells_table(table, x_col, y_col, object_col, image_col,
                                  markers.split(",") if markers else None, label_col, status_col)
         if cells["image"].nunique() < 5 and "val_split" not in (cfg.get("train") or {}):
@@ -155,51 +77,21 @@ def train(config, data, out, steps, seed, fmt, device, threads, resume, no_eval,
         entries = [{"path": str(table), "description": f"cells table {Path(table).name}, labels from "
                                                       f"{label_col or status_col}"}]
     else:
-        entries = _data_entries(cfg, data)
-    if not entries:
-        raise S2SInputError(None, "no training data: give --data or a recipe with 'data'")
-    for e in entries if table is None else []:
-        _check_data_path(e)
-    t0 = time.perf_counter()
-    if table is None:
-        tables = [_load(e, ts.seed) for e in entries]
+        entries = data_entries(cfg, data)
+        if not entries:
+            raise S2SInputError(None, "no training data: give --data or a recipe with 'data'")
+        for e in entries:
+            check_data_entry(e)
+        tables = [load_data_entry(e, ts.seed, click.echo) for e in entries]
     click.echo(f"training data: {sum(len(t) for t in tables)} cells from {len(tables)} table(s) "
                f"({time.perf_counter() - t0:.1f} s to load)")
-    info = {k: cfg[k] for k in ("name", "description", "notes") if k in cfg}
-    info["data"] = [
-        {k: v for k, v in e.items() if k in ("path", "include", "exclude", "description")} for e in entries
-    ]
+    info = recipe_info(cfg, entries)
     if config:
         info["recipe"] = str(config)
-    import sys
-
     info["command"] = "s2s " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else "s2s train"
-    res = run_train(
-        tables, out,
-        prompt=prompt, train_settings=ts, **settings,
-        type_labels=cfg.get("type_labels"), status_labels=cfg.get("status_labels"),
-        resume=resume, device=device, info=info,
-    )
-    model = res.model
+    res = run_train(tables, out, **settings, type_labels=cfg.get("type_labels"),
+                    status_labels=cfg.get("status_labels"), resume=resume, device=device, info=info)
     click.echo(f"trained {res.steps_done} steps in {res.seconds:.0f} s; best validation: "
                + ", ".join(f"{k}={v:.3f}" for k, v in res.best.items() if k.endswith("acc") or k == "loss"))
-    _evaluate(model, [] if no_eval else cfg.get("evaluate", []), out, model_card)
+    evaluate_recipe(res.model, [] if no_eval else cfg.get("evaluate", []), out, click.echo)
     click.echo(f"model written to {out}")
-
-
-def _evaluate(model, evals: list[dict], out, model_card) -> None:
-    """The recipe's held-out evaluations, stored in the model's info and card."""
-    if not evals:
-        return
-    from ..evaluation import evaluate_folder
-
-    results = {}
-    for ev in evals:
-        click.echo(f"evaluating {ev['name']} ...")
-        r = evaluate_folder(model, ev["path"], include=ev.get("include"), type_map=ev.get("type_map"))
-        if ev.get("description"):
-            r = {"data": ev["description"], **r}
-        results[ev["name"]] = r
-        click.echo(json.dumps(r, indent=1, default=str))
-    model.info["evaluation"] = results
-    model.save_pretrained(out, card=model_card(model))
