@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spatial2sentence import benchmark as Bm
+from spatial2sentence.bench import runner as Bm
 from spatial2sentence.training import train
 
 ROOT = Path(__file__).resolve().parent

@@ -2,7 +2,7 @@
 
 For each dataset (the 3 real Damond toy crops, leave one crop out; the scimap CyCIF image, 4 strips,
 leave one strip out), each fold of seed 0 and each of ``s2s`` / ``c2s``: one language model trained
-exactly as ``s2s benchmark`` trains it (:func:`spatial2sentence.benchmark.lm_settings`: levels sentences,
+exactly as ``s2s benchmark`` trains it (:func:`spatial2sentence.bench.methods.lm_settings`: levels sentences,
 class-balanced sampling, the same validation split), except that it runs the full ``--steps`` without
 early stopping. Every ``--every`` steps the model predicts the held-out fold's cells (the benchmark's
 own prediction path, partners from the whole test image) and the accuracy and macro-F1 are recorded,
@@ -38,7 +38,7 @@ def one_curve(job):
     """(dataset, fold, method) -> per-step held-out accuracy / macro-F1 and the validation history."""
     from threadpoolctl import threadpool_limits
 
-    from spatial2sentence import benchmark as Bm
+    from spatial2sentence.bench import runner as Bm
     from spatial2sentence.threads import torch_threads
     from spatial2sentence.training import observe_steps, train
 
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "learning_curve.json"))
     args = ap.parse_args(argv)
-    from spatial2sentence import benchmark as Bm
+    from spatial2sentence.bench import runner as Bm
 
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
     jobs = []

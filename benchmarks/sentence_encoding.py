@@ -156,7 +156,7 @@ def probe(train: pd.DataFrame, test: pd.DataFrame, markers: list[str]) -> dict[s
 
 def real_probes(data_root: Path) -> dict:
     """Leave one image (toy crop / CyCIF strip) out on the two real labelled datasets."""
-    from spatial2sentence.benchmark import load_damond_toy, load_scimap
+    from spatial2sentence.bench.datasets import load_damond_toy, load_scimap
 
     res = {}
     for ds in (load_damond_toy(data_root), load_scimap(data_root)):

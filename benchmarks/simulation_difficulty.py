@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     majority = float(cells["cell_type"].value_counts(normalize=True).iloc[0])
 
     result = {
-        "data": "semi-synthetic: real Damond 2019 layouts, simulated pixels (spatial2sentence.simulate)",
+        "data": "semi-synthetic: real Damond 2019 layouts, simulated pixels (spatial2sentence.bench.simulate)",
         "seed": args.seed,
         "n_cells": int(len(cells)),
         "n_images": int(cells["image"].nunique()),

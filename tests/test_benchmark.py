@@ -69,7 +69,8 @@ def test_benchmark_any_table(renamed_table, tmp_path):
 
 
 def test_folds_keep_every_stage_and_never_split_groups():
-    from spatial2sentence.benchmark import Dataset, make_folds
+    from spatial2sentence.bench.datasets import Dataset
+    from spatial2sentence.bench.runner import make_folds
 
     rng = np.random.default_rng(0)
     rows = []
@@ -90,7 +91,8 @@ def test_folds_keep_every_stage_and_never_split_groups():
 def test_a_run_of_one_dataset_keeps_the_other_datasets_rows(tmp_path):
     """write_results merges: rerunning one built-in dataset replaces its rows and keeps the others, each
     with the budget and command of the run it came from."""
-    from spatial2sentence.benchmark import Budget, write_results
+    from spatial2sentence.bench.methods import Budget
+    from spatial2sentence.bench.report import write_results
 
     def res(acc, name):
         r = {"accuracy_mean": acc, "accuracy_sd": 0.0, "macro_f1_mean": acc, "macro_f1_sd": 0.0,
@@ -119,7 +121,7 @@ def test_a_run_of_one_dataset_keeps_the_other_datasets_rows(tmp_path):
 
 
 def test_validation_rule_never_uses_test_groups_and_splits_few_images_by_block():
-    from spatial2sentence.benchmark import Budget, lm_settings, val_rule
+    from spatial2sentence.bench.methods import Budget, lm_settings, val_rule
     from spatial2sentence.training import split_blocks
 
     rng = np.random.default_rng(0)

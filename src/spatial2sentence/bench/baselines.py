@@ -27,8 +27,6 @@ from sklearn.preprocessing import StandardScaler
 from ..neighbors import knn_graph
 from ..normalize import Normalizer
 
-CLASSICAL = ("logreg", "logreg_neighbors", "hgb_neighbors")
-
 
 def neighbour_mean(values: np.ndarray, xy: np.ndarray, images: np.ndarray, k: int) -> np.ndarray:
     """Mean of ``values`` over each cell's ``k`` nearest other cells of the same image (own value for a

@@ -8,6 +8,8 @@ import sys
 
 import click
 
+from ..errors import S2SInputError
+
 
 @click.command("benchmark")
 @click.option("--datasets", default=None,
@@ -40,10 +42,12 @@ def benchmark(datasets, table, image_col, x_col, y_col, object_col, markers, phe
               clinical_col, group_col, seeds, steps, batch_size, max_train_cells, test_cells_per_image, methods,
               threads, workers, data_root, sim_cells, out):
     """Accuracy benchmark: every method, several seeds, never split by random cells."""
+    # imported when the command runs, not when the CLI starts: the benchmark loads torch and sklearn
     import pandas as pd
 
-    from ..benchmark import ALL_METHODS, BUILTIN, Budget, run_benchmark, standard_table
-    from ..errors import S2SInputError
+    from ..bench.datasets import BUILTIN, standard_table
+    from ..bench.methods import ALL_METHODS, Budget
+    from ..bench.runner import run_benchmark
 
     if bool(datasets) == bool(table):
         raise S2SInputError(None, "give either --datasets or --table")

@@ -6,6 +6,8 @@ import time
 
 import click
 
+from ..errors import S2SInputError
+
 
 @click.command("simulate")
 @click.option("--layouts", "layouts", required=True, type=click.Path(dir_okay=False),
@@ -23,7 +25,7 @@ def simulate(layouts, out_dir, images, n_images, seed, workers):
     Cell positions, types, donors and stages come from the layout table; marker expression, pixel
     noise and optical spill are simulated. Same seed, same bytes.
     """
-    from ..errors import S2SInputError
+    # imported when the command runs, not when the CLI starts (scipy, tifffile)
     from ..bench.simulate import simulate_dataset
 
     if images is not None and n_images is not None:

@@ -1,0 +1,190 @@
+"""The benchmark's reports: ``accuracy.json``, ``accuracy.md`` and the cell-type confusion figures.
+
+Metrics per seed are pooled over the folds (each evaluated cell / image is tested once per seed), then
+reported as mean and sd over seeds: accuracy and macro F1 (over the classes present in the truth). A run
+of some built-in datasets keeps the other datasets' rows of an earlier ``accuracy.json`` in the same folder
+(:func:`kept_results`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import confusion_matrix
+
+from .datasets import BUILTIN
+from .methods import ALL_METHODS, CLASSICAL_METHODS, Budget, sentence_words
+
+# s2s - c2s accuracy margins reported by the paper (points), for cell type and clinical status
+PAPER_MARGIN = {"cell_type": 5.98, "clinical_status": 4.18}
+
+
+def _fmt(r: dict | None, key="accuracy") -> str:
+    if not r:
+        return "-"
+    return f"{100 * r[key + '_mean']:.1f} ± {100 * r[key + '_sd']:.1f}"
+
+
+def margins(res: dict) -> list[str]:
+    lines = []
+    for t, paper in (("cell_type", PAPER_MARGIN["cell_type"]), ("clinical_status", PAPER_MARGIN["clinical_status"])):
+        r = res.get(t)
+        if not r or "s2s" not in r:
+            continue
+        s = 100 * r["s2s"]["accuracy_mean"]
+        if "c2s" in r:
+            d = s - 100 * r["c2s"]["accuracy_mean"]
+            lines.append(f"- {t}: s2s − c2s = {d:+.1f} points (paper margin {paper:+.2f}): "
+                         f"{'MET' if d >= paper else 'NOT MET'}")
+        cl = {m: v for m, v in r.items() if m in CLASSICAL_METHODS + ("composition_logreg",)}
+        if cl:
+            best = max(cl, key=lambda m: cl[m]["accuracy_mean"])
+            d = s - 100 * cl[best]["accuracy_mean"]
+            lines.append(f"- {t}: s2s − best classical ({best}) = {d:+.1f} points: "
+                         f"{'level or above' if d >= 0 else 'BELOW'}")
+    return lines
+
+
+def dataset_markdown(name: str, res: dict) -> str:
+    meta = res.get("_meta", {})
+    rows = [f"### {name}" + (" (kept from an earlier run)" if meta.get("kept") else ""), "",
+            meta.get("description", ""), "",
+            f"- split: {meta.get('split')}; {meta.get('n_folds')} folds; {meta.get('n_cells')} cells in "
+            f"{meta.get('n_images')} images; test cells per image: "
+            f"{meta.get('test_cells_per_image') or 'all'}; wall time {meta.get('wall_s')} s "
+            f"({meta.get('n_lm_trainings')} LM trainings, {meta.get('lm_train_seconds_mean')} s each on average"
+            + (f", {meta['lm_steps_mean']} steps on average (range {meta['lm_steps_range'][0]}-"
+               f"{meta['lm_steps_range'][1]}; best validation step {meta.get('lm_best_step_mean')} on average)"
+               if meta.get("lm_steps_mean") else "") + ")"]
+    run = meta.get("run")
+    if run:
+        rows.append(f"- run: `{run.get('command')}`; budget: "
+                    + ", ".join(f"{k}={v}" for k, v in run.get("budget", {}).items())
+                    + (f"; sentences: {run['sentences']}" if run.get("sentences") else ""))
+    for n in meta.get("notes", []):
+        rows.append(f"- note: {n}")
+    rows += ["", "| method | cell type acc | cell type macro F1 | clinical status acc (per image) | "
+             "clinical macro F1 (per image) | clinical status acc (per cell) |", "|---|---|---|---|---|---|"]
+    for m in ALL_METHODS:
+        cells = [res.get("cell_type", {}).get(m), res.get("cell_type", {}).get(m),
+                 res.get("clinical_status", {}).get(m), res.get("clinical_status", {}).get(m),
+                 res.get("clinical_status_cells", {}).get(m)]
+        if not any(cells):
+            continue
+        rows.append(f"| {m} | {_fmt(cells[0])} | {_fmt(cells[1], 'macro_f1')} | {_fmt(cells[2])} | "
+                    f"{_fmt(cells[3], 'macro_f1')} | {_fmt(cells[4])} |")
+    n = []
+    for t in ("cell_type", "clinical_status", "clinical_status_cells"):
+        r = next(iter(res.get(t, {}).values()), None)
+        if r:
+            n.append(f"{t}: {r['n_test_cells']} test cells, {r['n_test_images']} test images per seed")
+    rows += ["", "Accuracy in % (mean ± sd over seeds). " + "; ".join(n), "", "Margins:", ""]
+    rows += margins(res) or ["- (no s2s result)"]
+    return "\n".join(rows) + "\n"
+
+
+def confusion_png(name: str, res: dict, path: Path) -> Path | None:
+    conf = res.get("_confusion", {})
+    ct = res.get("cell_type", {})
+    if "s2s" not in conf or not ct:
+        return None
+    # matplotlib: imported only where a figure is drawn (a slow import that no other step needs); a bare
+    # Figure draws without pyplot, so no process-wide backend is chosen
+    from matplotlib.figure import Figure
+
+    cl = [m for m in ct if m in CLASSICAL_METHODS]
+    shown = ["s2s", "c2s"] + ([max(cl, key=lambda m: ct[m]["accuracy_mean"])] if cl else [])
+    shown = [m for m in shown if m in conf]
+    labels = sorted(set(conf["s2s"][0]))
+    fig = Figure(figsize=(4.2 * len(shown) + 1, 4.2 + 0.12 * len(labels)))
+    axes = np.atleast_1d(fig.subplots(1, len(shown)))
+    for ax, m in zip(axes, shown):
+        cm = confusion_matrix(conf[m][0], conf[m][1], labels=labels).astype(float)
+        cm /= np.maximum(cm.sum(1, keepdims=True), 1)
+        ax.imshow(cm, vmin=0, vmax=1, cmap="Blues")
+        ax.set_title(f"{m}: acc {100 * ct[m]['accuracy_mean']:.1f}%", fontsize=9)
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(labels)), labels if ax is axes[0] else [], fontsize=6)
+        ax.set_xlabel("predicted", fontsize=8)
+    axes[0].set_ylabel("true (row-normalised, pooled over seeds)", fontsize=8)
+    fig.suptitle(f"{name}: cell type confusion", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def kept_results(path: Path, new: dict) -> dict:
+    """The datasets of an earlier ``accuracy.json`` in the same folder that this run does not redo, each
+    with the run (budget, command) it came from, so a run of one dataset keeps the other datasets' rows."""
+    if not path.exists():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(old, dict) or "cell_type" in old or "clinical_status" in old:  # a single-table run
+        return {}
+    top = old.get("_meta", {})
+    prev = {"budget": top.get("budget", {}), "command": top.get("command"), "machine": top.get("machine"),
+            "sentences": top.get("sentences", "v1: markers ranked by range, top 12 above 0.3")}
+    out = {}
+    for name, res in old.items():
+        if name == "_meta" or name in new or not isinstance(res, dict):
+            continue
+        res = dict(res)
+        res["_meta"] = {**res.get("_meta", {}), "run": res.get("_meta", {}).get("run", prev), "kept": True}
+        out[name] = res
+    return out
+
+
+def write_results(out: Path, results: dict, budget: Budget, command: str, wall_s: float, single: bool) -> None:
+    """``accuracy.json`` + ``accuracy.md`` (+ confusion PNGs) in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"budget": budget.to_dict(), "command": command, "wall_s": round(wall_s, 1),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), "
+                       f"python {sys.version.split()[0]}",
+            "methods": list(ALL_METHODS), "paper_margins_points": PAPER_MARGIN}
+
+    def clean(r):
+        return {k: v for k, v in r.items() if k != "_confusion"}
+
+    run = {"budget": budget.to_dict(), "command": command, "machine": meta["machine"],
+           "sentences": sentence_words(budget)}
+    results = {name: {**res, "_meta": {**res.get("_meta", {}), "run": res.get("_meta", {}).get("run", run)}}
+               for name, res in results.items()}
+    if single:
+        (name, res), = results.items()
+        js = {**clean(res), "_meta": {**res["_meta"], **meta}}
+    else:
+        results = {**kept_results(out / "accuracy.json", results), **results}
+        results = {k: results[k] for k in sorted(results, key=lambda k: (BUILTIN + (k,)).index(k))}
+        js = {name: clean(res) for name, res in results.items()}
+        js["_meta"] = meta
+    (out / "accuracy.json").write_text(json.dumps(js, indent=1, default=float))
+    md = ["# Accuracy benchmark (`s2s benchmark`)", "",
+          f"Command: `{command}`  ", f"Wall time: {wall_s / 60:.1f} min ({wall_s:.0f} s) on {meta['machine']}.", "",
+          "Budget of this run (the same for every language model): "
+          + ", ".join(f"{k}={v}" for k, v in budget.to_dict().items()),
+          "", "Language models: small Llama-architecture causal LMs trained from scratch by "
+          "`spatial2sentence.training.train` (multi-task: cell type 0.6, clinical status 0.3, pair 0.1 of the "
+          "prompts; panel-subset augmentation off). This run: at most "
+          f"{budget.steps} steps, validation on {budget.val_fraction:.0%} of the training groups "
+          "(whole images when the training part has 5 or more, else the right-most block of each image) every "
+          f"{budget.eval_every} steps, early stopping after {budget.patience} evaluations without a better "
+          "validation loss (best state kept); type sampling weight ~ count ** "
+          f"-{budget.class_balance}; sentences: {sentence_words(budget)}. `c2s`: single-cell prompts, no pair "
+          "task. Classical baselines: `spatial2sentence.bench.baselines`. Nothing is tuned on test folds. Datasets "
+          "marked 'kept' come from an earlier run (their own run line gives its budget).", ""]
+    for name, res in results.items():
+        md.append(dataset_markdown(name, res))
+        png = out / f"confusion_{name}.png"
+        if not res.get("_meta", {}).get("kept"):
+            png = confusion_png(name, res, png)
+        if png and png.exists():
+            md += [f"![{name} confusion]({png.name})", ""]
+    (out / "accuracy.md").write_text("\n".join(md))
