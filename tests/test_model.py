@@ -603,7 +603,7 @@ def test_values_encoding_is_every_present_marker_ranked_with_its_value(cells, tm
     # value_noise jitters the carried values of training prompts, never their words
     from dataclasses import replace
 
-    from spatial2sentence.training import PromptSampler
+    from spatial2sentence.training_data import PromptSampler
 
     cs = m.prepare(cells)
     cells_idx = np.arange(len(cs))

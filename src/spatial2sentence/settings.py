@@ -154,7 +154,7 @@ class TrainSettings(_Base):
     value_noise: float = 0.0
     val_fraction: float = 0.15  # images held out for validation (split by image)
     # "images": val_fraction of the images; "blocks": the right-most val_fraction of every image's cells
-    # (for training sets of a few images, see spatial2sentence.training.split_blocks)
+    # (for training sets of a few images, see spatial2sentence.training_data.split_blocks)
     val_split: str = "images"
     eval_every: int = 200
     eval_prompts: int = 1500

@@ -11,7 +11,7 @@ A tissue prompt writes the image (or a window of it) as one sentence, read by th
   the root spreads the small fractions of rare cell types);
 * cells known by a phenotype only: every phenotype present, ordered by its fraction, carrying sqrt(fraction).
 
-Training (task ``tissue``, :class:`~spatial2sentence.training.PromptSampler`) writes tissue prompts of
+Training (task ``tissue``, :class:`~spatial2sentence.training_data.PromptSampler`) writes tissue prompts of
 random windows of the training images (the ``k`` cells nearest a random cell, ``k`` drawn between a
 quarter of the image and all of it), so the model sees many tissues per image; prediction writes one
 prompt per image from all its cells.
