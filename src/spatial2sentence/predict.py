@@ -280,17 +280,34 @@ def _col(prefix: str, label: str) -> str:
 
 
 def predict_cellset(model, cs, batch_size: int = PREDICT_BATCH_SIZE, tasks=("type", "status"), progress=None,
-                    threads: int | None = None):
+                    threads: int | None = None) -> Predictions:
     """Score every cell of ``cs``; ``threads``: batches scored at once (default: every available core).
 
     Each batch runs on ONE torch thread (:mod:`.threads`), so the probabilities are the same bits
     whatever ``threads`` is: in-process, in a Dask worker, on a busy or a quiet machine.
     """
-    n = len(cs)
-    sents = cs.sentences(np.arange(n), model.sentence)
+    sents = cs.sentences(np.arange(len(cs)), model.sentence)
     labels = {"type": model.type_labels, "status": model.status_labels}
     # a model trained without clinical labels (or without types) has no such task to run
     tasks = [t for t in tasks if t in ("type", "status") and len(labels[t])]
+    probs, cancelled = _score_cells(model, cs, sents, tasks, batch_size, progress, threads)
+    # temperature scaling fitted on held-out cells (benchmarks/calibration.py), stored with the model
+    for t in tasks:
+        probs[t] = apply_temperature(probs[t], float(getattr(model, "calibration", {}).get(f"{t}_temperature", 1.0)))
+    table = pd.DataFrame({"image": cs.image, "Object": cs.object_id})
+    img_rows = []
+    if "type" in tasks:
+        _type_columns(table, probs["type"], labels["type"], cs, sents)
+    if "status" in tasks:
+        img_rows = _status_columns(table, probs["status"], labels["status"], model, cs, cancelled)
+    return Predictions(table, pd.DataFrame(img_rows), list(cs.unknown_markers), list(cs.used_markers),
+                       cancelled)
+
+
+def _score_cells(model, cs, sents, tasks, batch_size, progress, threads) -> tuple[dict, bool]:
+    """Class probabilities of every cell for each task (NaN where not reached), and whether the progress
+    callback cancelled the run."""
+    n = len(cs)
     label_ids = {t: model.label_ids(t) for t in tasks}
     probs = {t: np.full((n, len(label_ids[t])), np.nan, np.float32) for t in tasks}
     task_ids = {t: model.tokenizer.encode(task_words(t)) for t in tasks}
@@ -331,55 +348,55 @@ def predict_cellset(model, cs, batch_size: int = PREDICT_BATCH_SIZE, tasks=("typ
             scored_chunks.close()
         if cancelled:
             break
+    return probs, cancelled
 
-    # temperature scaling fitted on held-out cells (benchmarks/calibration.py), stored with the model
-    for t in tasks:
-        probs[t] = apply_temperature(probs[t], float(getattr(model, "calibration", {}).get(f"{t}_temperature", 1.0)))
-    table = pd.DataFrame({"image": cs.image, "Object": cs.object_id})
-    if "type" in tasks:
-        p = probs["type"]
-        best = np.nanargmax(np.where(np.isnan(p), -1, p), axis=1)
-        ok = ~np.isnan(p).any(1)
-        ct = np.where(ok, np.asarray(labels["type"], dtype=object)[best], None)
-        if ph.any():
-            ct = np.where(ph, cs.phenotype, ct)
-        # a cell none of whose markers is measurably present has the sentence "nil": its type is
-        # "unknown", not the model's majority class (its class probabilities stay in the p_ columns)
-        no_signal = np.array([s == [NIL] for s in sents], bool) & ~ph
-        ct = np.where(no_signal & ok, UNKNOWN, ct)
-        table["cell_type"] = ct
-        table["cell_type_probability"] = np.where(ok & ~no_signal, p.max(1, initial=0),
-                                                  np.where(ph, 1.0, np.nan))
-        table["no_signal"] = no_signal
-        for j, lab in enumerate(labels["type"]):
-            table[_col("p_", lab)] = p[:, j]
-    img_rows = []
-    if "status" in tasks:
-        p = probs["status"]
-        ok = ~np.isnan(p).any(1)
-        best = np.argmax(np.where(ok[:, None], p, -1), axis=1)
-        table["status"] = np.where(ok, np.asarray(labels["status"], dtype=object)[best], None)
-        table["status_probability"] = np.where(ok, p.max(1, initial=0), np.nan)
-        for j, lab in enumerate(labels["status"]):
-            table[_col("p_status_", lab)] = p[:, j]
-        tissue = tissue_status(model, cs) if getattr(model.prompt, "tissue", False) and not cancelled else {}
-        for im in pd.unique(cs.image):
-            sel = (cs.image == im) & ok
-            row = {"image": im, "n_cells": int((cs.image == im).sum())}
-            if im in tissue:  # read from the whole tissue (v2)
-                agg = tissue[im]
-                row.update(status=labels["status"][int(agg.argmax())], status_probability=float(agg.max()),
-                           status_confident=status_is_confident(float(agg.max()), len(agg)))
-                row.update({_col("p_status_", lab): float(v) for lab, v in zip(labels["status"], agg)})
-            elif sel.any():
-                mlp = np.log(np.clip(p[sel], 1e-12, 1)).mean(0)
-                agg = np.exp(mlp - mlp.max())
-                agg /= agg.sum()
-                row.update(status=labels["status"][int(agg.argmax())], status_probability=float(agg.max()),
-                           status_confident=status_is_confident(float(agg.max()), len(agg)))
-                row.update({_col("p_status_", lab): float(v) for lab, v in zip(labels["status"], agg)})
-            else:
-                row.update(status=None, status_probability=np.nan, status_confident=False)
-            img_rows.append(row)
-    return Predictions(table, pd.DataFrame(img_rows), list(cs.unknown_markers), list(cs.used_markers),
-                       cancelled)
+
+def _type_columns(table: pd.DataFrame, p: np.ndarray, labels, cs, sents) -> None:
+    """``cell_type``, ``cell_type_probability``, ``no_signal`` and ``p_<type>`` into ``table``."""
+    ph = cs.is_phenotype
+    best = np.nanargmax(np.where(np.isnan(p), -1, p), axis=1)
+    ok = ~np.isnan(p).any(1)
+    ct = np.where(ok, np.asarray(labels, dtype=object)[best], None)
+    if ph.any():
+        ct = np.where(ph, cs.phenotype, ct)
+    # a cell none of whose markers is measurably present has the sentence "nil": its type is
+    # "unknown", not the model's majority class (its class probabilities stay in the p_ columns)
+    no_signal = np.array([s == [NIL] for s in sents], bool) & ~ph
+    ct = np.where(no_signal & ok, UNKNOWN, ct)
+    table["cell_type"] = ct
+    table["cell_type_probability"] = np.where(ok & ~no_signal, p.max(1, initial=0), np.where(ph, 1.0, np.nan))
+    table["no_signal"] = no_signal
+    for j, lab in enumerate(labels):
+        table[_col("p_", lab)] = p[:, j]
+
+
+def _status_columns(table: pd.DataFrame, p: np.ndarray, labels, model, cs, cancelled: bool) -> list[dict]:
+    """Per-cell ``status``, ``status_probability``, ``p_status_<label>`` into ``table``; returns the
+    per-image rows (read from the tissue for a v2 model, else the mean of the cells' log-probabilities)."""
+    ok = ~np.isnan(p).any(1)
+    best = np.argmax(np.where(ok[:, None], p, -1), axis=1)
+    table["status"] = np.where(ok, np.asarray(labels, dtype=object)[best], None)
+    table["status_probability"] = np.where(ok, p.max(1, initial=0), np.nan)
+    for j, lab in enumerate(labels):
+        table[_col("p_status_", lab)] = p[:, j]
+    tissue = tissue_status(model, cs) if getattr(model.prompt, "tissue", False) and not cancelled else {}
+    rows = []
+    for im in pd.unique(cs.image):
+        sel = (cs.image == im) & ok
+        row = {"image": im, "n_cells": int((cs.image == im).sum())}
+        if im in tissue:  # read from the whole tissue (v2)
+            agg = tissue[im]
+        elif sel.any():
+            mlp = np.log(np.clip(p[sel], 1e-12, 1)).mean(0)
+            agg = np.exp(mlp - mlp.max())
+            agg /= agg.sum()
+        else:
+            agg = None
+        if agg is None:
+            row.update(status=None, status_probability=np.nan, status_confident=False)
+        else:
+            row.update(status=labels[int(agg.argmax())], status_probability=float(agg.max()),
+                       status_confident=status_is_confident(float(agg.max()), len(agg)))
+            row.update({_col("p_status_", lab): float(v) for lab, v in zip(labels, agg)})
+        rows.append(row)
+    return rows
