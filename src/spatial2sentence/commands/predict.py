@@ -4,6 +4,7 @@ Spatial2Sentence model."""
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -58,36 +59,20 @@ def predict(image, mask, model_dir, panel, table, x_col, y_col, object_col, imag
     """Annotate every cell of IMAGE (segmented by MASK), or of a cells table (--table): cell type with one
     probability column per class (p_<type>), per-cell clinical status probabilities, and the clinical
     status of each image."""
-    import warnings
-
-    from ..errors import S2SInputError
-    from ..io import check_image_inputs, check_input_file, check_output_path, write_csv_atomic, write_json_atomic
-
     t0 = time.perf_counter()
     out = Path(out)
     status_path = _status_path(out)
-    # every input and output checked before torch and the model are loaded (seconds)
-    if table is not None:
-        if image is not None or mask is not None:
-            raise click.UsageError("give IMAGE MASK or --table, not both")
-        check_input_file(table)
-        check_output_path(out, [table])
-    elif image is None or mask is None:
-        raise click.UsageError("give IMAGE and MASK, or --table CELLS")
-    else:
-        check_image_inputs(image, mask, panel, out)
-    check_output_path(status_path, [image, mask, panel, table])
+    _check_files(image, mask, panel, table, out, status_path)
     # the core is imported once the inputs are checked: a missing file is reported at once
     # (benchmarks/cold_start.py), importing the model and its dependencies takes seconds
     from ..annotate import annotate_image, load_model
-    from ..io import read_image, read_mask
+    from ..io import read_image, read_mask, write_csv_atomic
     from ..model import check_device_name, check_dtype
+    from ..tables import read_cells_table
 
     check_device_name(device)
     check_dtype(dtype)
     if table is not None:
-        from ..tables import read_cells_table
-
         cells = read_cells_table(table, x_col, y_col, object_col, image_col,
                                  markers.split(",") if markers else None)
         names = [c for c in cells.columns if c not in ("image", "Object", "x", "y")]
@@ -107,8 +92,6 @@ def predict(image, mask, model_dir, panel, table, x_col, y_col, object_col, imag
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
     if table is not None and out.name.lower().endswith(".h5ad"):
-        if not str(table).lower().endswith(".h5ad"):
-            raise S2SInputError(out, "an .h5ad output needs an .h5ad --table (write a .csv instead)")
         from ..anndata_io import write_predictions_h5ad
 
         write_predictions_h5ad(table, pred, out, model)
@@ -116,21 +99,51 @@ def predict(image, mask, model_dir, panel, table, x_col, y_col, object_col, imag
     else:
         cells_out = pred.cells.drop(columns=["image"]) if table is None else pred.cells
         write_csv_atomic(cells_out, out)
+    _write_status(pred, name if table is None else None, model_dir, status_path)
+    click.echo(f"{name}: {len(cells_out)} cells in {time.perf_counter() - t0:.1f} s -> {out}")
+    _report(pred, cells_out, status_path)
+
+
+def _check_files(image, mask, panel, table, out: Path, status_path: Path) -> None:
+    """Every input and output checked before torch and the model are loaded (seconds)."""
+    from ..errors import S2SInputError
+    from ..io import check_image_inputs, check_input_file, check_output_path
+
+    if table is not None:
+        if image is not None or mask is not None:
+            raise click.UsageError("give IMAGE MASK or --table, not both")
+        check_input_file(table)
+        check_output_path(out, [table])
+        if out.name.lower().endswith(".h5ad") and not str(table).lower().endswith(".h5ad"):
+            raise S2SInputError(out, "an .h5ad output needs an .h5ad --table (write a .csv instead)")
+    elif image is None or mask is None:
+        raise click.UsageError("give IMAGE and MASK, or --table CELLS")
+    else:
+        check_image_inputs(image, mask, panel, out)
+    check_output_path(status_path, [image, mask, panel, table])
+
+
+def _write_status(pred, image_name: str | None, model_dir, status_path: Path) -> None:
+    """``<out>.status.json``: the clinical status of each image (one image: at the top level)."""
+    from ..io import write_json_atomic
+
     per_image = pred.image_status.to_dict(orient="records")
     status = {"images": per_image, "markers_used": pred.used_markers, "markers_ignored": pred.unknown_markers,
               "panel_coverage": pred.coverage.to_dict() if pred.coverage else None,
               "model": str(model_dir or "default"), "note": "clinical status aggregated from per-cell "
               "log-probabilities (mean); per-cell values are in the predictions; 'status_confident' is false "
               "where the probability does not beat chance by the model's margin"}
-    if table is None and per_image:
-        status = {"image": name, **{k: v for k, v in per_image[0].items() if k != "image"}, **status}
+    if image_name is not None and per_image:
+        status = {"image": image_name, **{k: v for k, v in per_image[0].items() if k != "image"}, **status}
     write_json_atomic(status, status_path)
+
+
+def _report(pred, cells_out, status_path: Path) -> None:
     counts = cells_out["cell_type"].value_counts()
-    click.echo(f"{name}: {len(cells_out)} cells in {time.perf_counter() - t0:.1f} s -> {out}")
     click.echo("cell types: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if pred.coverage is not None:
         click.echo(f"panel: {pred.coverage.summary()}" + ("" if pred.coverage.ok else " (PARTIAL: allowed)"))
-    for row in per_image[:20]:
+    for row in pred.image_status.to_dict(orient="records")[:20]:
         call = row.get("status") if row.get("status_confident") else f"uncertain (most likely {row.get('status')})"
         click.echo(f"clinical status of {row['image']}: {call} (p={row.get('status_probability', float('nan')):.2f})")
     click.echo(f"clinical status -> {status_path}")
