@@ -122,7 +122,7 @@ def test_a_run_of_one_dataset_keeps_the_other_datasets_rows(tmp_path):
 
 def test_validation_rule_never_uses_test_groups_and_splits_few_images_by_block():
     from spatial2sentence.bench.methods import Budget, lm_settings, val_rule
-    from spatial2sentence.training import split_blocks
+    from spatial2sentence.training_data import split_blocks
 
     rng = np.random.default_rng(0)
     few = pd.DataFrame({"image": np.repeat(["a", "b"], 50), "x": rng.uniform(0, 100, 100)})

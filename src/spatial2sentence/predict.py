@@ -280,38 +280,41 @@ def _col(prefix: str, label: str) -> str:
 
 
 def predict_cellset(model, cs, batch_size: int = PREDICT_BATCH_SIZE, tasks=("type", "status"), progress=None,
-                    threads: int | None = None) -> Predictions:
-    """Score every cell of ``cs``; ``threads``: batches scored at once (default: every available core).
+                    threads: int | None = None, cells=None) -> Predictions:
+    """Score every cell of ``cs`` (or only the cells at positions ``cells``, with partners and
+    neighbourhoods still read from all of ``cs``: an evaluation of a sample of a large image);
+    ``threads``: batches scored at once (default: every available core).
 
     Each batch runs on ONE torch thread (:mod:`.threads`), so the probabilities are the same bits
     whatever ``threads`` is: in-process, in a Dask worker, on a busy or a quiet machine.
     """
+    idx = np.arange(len(cs)) if cells is None else np.asarray(cells, np.int64)
     sents = cs.sentences(np.arange(len(cs)), model.sentence)
     labels = {"type": model.type_labels, "status": model.status_labels}
     # a model trained without clinical labels (or without types) has no such task to run
     tasks = [t for t in tasks if t in ("type", "status") and len(labels[t])]
-    probs, cancelled = _score_cells(model, cs, sents, tasks, batch_size, progress, threads)
+    probs, cancelled = _score_cells(model, cs, idx, sents, tasks, batch_size, progress, threads)
     # temperature scaling fitted on held-out cells (benchmarks/calibration.py), stored with the model
     for t in tasks:
         probs[t] = apply_temperature(probs[t], float(getattr(model, "calibration", {}).get(f"{t}_temperature", 1.0)))
-    table = pd.DataFrame({"image": cs.image, "Object": cs.object_id})
+    table = pd.DataFrame({"image": cs.image[idx], "Object": cs.object_id[idx]})
     img_rows = []
     if "type" in tasks:
-        _type_columns(table, probs["type"], labels["type"], cs, sents)
+        _type_columns(table, probs["type"], labels["type"], cs, idx, sents)
     if "status" in tasks:
-        img_rows = _status_columns(table, probs["status"], labels["status"], model, cs, cancelled)
+        img_rows = _status_columns(table, probs["status"], labels["status"], model, cs, idx, cancelled)
     return Predictions(table, pd.DataFrame(img_rows), list(cs.unknown_markers), list(cs.used_markers),
                        cancelled)
 
 
-def _score_cells(model, cs, sents, tasks, batch_size, progress, threads) -> tuple[dict, bool]:
-    """Class probabilities of every cell for each task (NaN where not reached), and whether the progress
-    callback cancelled the run."""
-    n = len(cs)
+def _score_cells(model, cs, idx, sents, tasks, batch_size, progress, threads) -> tuple[dict, bool]:
+    """Class probabilities of the cells ``idx`` for each task (rows in ``idx``'s order; NaN where not
+    reached), and whether the progress callback cancelled the run."""
+    n = len(idx)
     label_ids = {t: model.label_ids(t) for t in tasks}
     probs = {t: np.full((n, len(label_ids[t])), np.nan, np.float32) for t in tasks}
     task_ids = {t: model.tokenizer.encode(task_words(t)) for t in tasks}
-    ph = cs.is_phenotype
+    ph = cs.is_phenotype[idx]
     todo = {t: (np.flatnonzero(~ph) if t == "type" else np.arange(n)) for t in tasks}
     workers = 1 if str(model.device).startswith("cuda") else (threads or default_workers())
     valued = model.sentence.values
@@ -332,7 +335,7 @@ def _score_cells(model, cs, sents, tasks, batch_size, progress, threads) -> tupl
     block = batch_size * 8
     for b0 in range(0, n, block):
         cells = np.arange(b0, min(n, b0 + block))
-        ctx = {int(i): model.encode_context(cs, int(i), sentence_cache=sents) for i in cells}
+        ctx = {int(i): model.encode_context(cs, int(idx[i]), sentence_cache=sents) for i in cells}
         cells = cells[np.argsort([len(ctx[int(i)][0]) for i in cells], kind="stable")]
         chunks = [cells[c0:c0 + batch_size] for c0 in range(0, len(cells), batch_size)]
         scored_chunks = parallel_map(score, [(c, [ctx[int(i)] for i in c]) for c in chunks], workers)
@@ -351,17 +354,17 @@ def _score_cells(model, cs, sents, tasks, batch_size, progress, threads) -> tupl
     return probs, cancelled
 
 
-def _type_columns(table: pd.DataFrame, p: np.ndarray, labels, cs, sents) -> None:
+def _type_columns(table: pd.DataFrame, p: np.ndarray, labels, cs, idx, sents) -> None:
     """``cell_type``, ``cell_type_probability``, ``no_signal`` and ``p_<type>`` into ``table``."""
-    ph = cs.is_phenotype
+    ph = cs.is_phenotype[idx]
     best = np.nanargmax(np.where(np.isnan(p), -1, p), axis=1)
     ok = ~np.isnan(p).any(1)
     ct = np.where(ok, np.asarray(labels, dtype=object)[best], None)
     if ph.any():
-        ct = np.where(ph, cs.phenotype, ct)
+        ct = np.where(ph, cs.phenotype[idx], ct)
     # a cell none of whose markers is measurably present has the sentence "nil": its type is
     # "unknown", not the model's majority class (its class probabilities stay in the p_ columns)
-    no_signal = np.array([s == [NIL] for s in sents], bool) & ~ph
+    no_signal = np.array([sents[i] == [NIL] for i in idx], bool) & ~ph
     ct = np.where(no_signal & ok, UNKNOWN, ct)
     table["cell_type"] = ct
     table["cell_type_probability"] = np.where(ok & ~no_signal, p.max(1, initial=0), np.where(ph, 1.0, np.nan))
@@ -370,7 +373,7 @@ def _type_columns(table: pd.DataFrame, p: np.ndarray, labels, cs, sents) -> None
         table[_col("p_", lab)] = p[:, j]
 
 
-def _status_columns(table: pd.DataFrame, p: np.ndarray, labels, model, cs, cancelled: bool) -> list[dict]:
+def _status_columns(table: pd.DataFrame, p: np.ndarray, labels, model, cs, idx, cancelled: bool) -> list[dict]:
     """Per-cell ``status``, ``status_probability``, ``p_status_<label>`` into ``table``; returns the
     per-image rows (read from the tissue for a v2 model, else the mean of the cells' log-probabilities)."""
     ok = ~np.isnan(p).any(1)
@@ -381,9 +384,10 @@ def _status_columns(table: pd.DataFrame, p: np.ndarray, labels, model, cs, cance
         table[_col("p_status_", lab)] = p[:, j]
     tissue = tissue_status(model, cs) if getattr(model.prompt, "tissue", False) and not cancelled else {}
     rows = []
-    for im in pd.unique(cs.image):
-        sel = (cs.image == im) & ok
-        row = {"image": im, "n_cells": int((cs.image == im).sum())}
+    images = cs.image[idx]
+    for im in pd.unique(images):
+        sel = (images == im) & ok
+        row = {"image": im, "n_cells": int((images == im).sum())}
         if im in tissue:  # read from the whole tissue (v2)
             agg = tissue[im]
         elif sel.any():

@@ -34,7 +34,7 @@ import pandas as pd
 from sklearn.metrics import f1_score
 from threadpoolctl import threadpool_limits
 
-from ..cellset import CellSet, prepare_cells
+from ..cellset import prepare_cells
 from ..errors import S2SInputError
 from ..predict import PREDICT_BATCH_SIZE, predict_cellset, tissue_status
 from ..threads import torch_threads
@@ -124,43 +124,6 @@ def _lm_table(df: pd.DataFrame, ds: Dataset, with_labels: bool) -> pd.DataFrame:
     return df[cols].reset_index(drop=True)
 
 
-def _scoring_set(model, cs: CellSet, idx: np.ndarray) -> tuple[CellSet, np.ndarray]:
-    """The cells :func:`predict_cellset` scores for the test cells ``idx``, and the rows of ``idx`` in them.
-
-    Why: the large datasets evaluate 50 cells per test image, while a cell's prompt reads its whole image
-    (partners, the ``around`` line). The scored set is those cells and their partners, with the partners
-    and the ``around`` means found in the whole image, so each prompt of ``idx`` is the one the whole image
-    gives (partners of partners outside the set are dropped: their scores are not read). The whole ``cs``
-    where that is every cell.
-    """
-    multi = model.prompt.format == "multi"
-    need = set(int(i) for i in idx)
-    if multi:
-        for i in idx:
-            need.update(p[0] for p in cs.partners(int(i)))
-    keep = np.array(sorted(need), np.int64)
-    if len(keep) == len(cs):
-        return cs, np.asarray(idx, np.int64)
-    row = np.full(len(cs), -1, np.int64)
-    row[keep] = np.arange(len(keep))
-
-    def in_set(j: np.ndarray) -> np.ndarray:
-        return np.where(j >= 0, row[np.maximum(j, 0)], -1)
-
-    p = cs.pairs
-    pairs = replace(p, pos_idx=in_set(p.pos_idx[keep]), pos_dist=p.pos_dist[keep],
-                    neg_idx=in_set(p.neg_idx[keep]), neg_dist=p.neg_dist[keep])
-    k = model.prompt.neighbourhood_k if multi else 0
-    # the whole image's 'around' means, handed over through CellSet's per-k cache (_neighbourhood fills it)
-    around = {k: cs._neighbourhood(k)[keep]} if k > 0 else {}
-    sub = replace(cs, image=cs.image[keep], object_id=cs.object_id[keep], xy=cs.xy[keep], z=cs.z[keep],
-                  present=cs.present[keep], pairs=pairs, _marker_index=None, _around_cache=around,
-                  _phenotype_names=list(cs._phenotype_names),
-                  **{name: None if getattr(cs, name) is None else getattr(cs, name)[keep]
-                     for name in ("phenotype", "cell_type", "status", "donor")})
-    return sub, row[np.asarray(idx, np.int64)]
-
-
 def _probability_columns(model, task: str) -> list[str]:
     """The columns of :func:`predict_cellset`'s cell table holding ``task``'s class probabilities."""
     prefix, labels = ("p_", model.type_labels) if task == "type" else ("p_status_", model.status_labels)
@@ -170,15 +133,14 @@ def _probability_columns(model, task: str) -> list[str]:
 def lm_predict(model, test_df: pd.DataFrame, idx: np.ndarray, tasks, batch_size: int | None = None,
                threads: int | None = None) -> dict:
     """Probabilities of each task's labels (the model's order) for the test cells ``idx``, scored by
-    :func:`~spatial2sentence.predict.predict_cellset` with partners from the whole image; a model with
-    tissue prompts gives every cell its image's status read from the whole image's tissue prompt.
-    ``threads``: batches scored at once, as in ``predict_cellset``."""
+    :func:`~spatial2sentence.predict.predict_cellset` with partners and neighbourhoods from the whole
+    image; a model with tissue prompts gives every cell its image's status read from the whole image's
+    tissue prompt. ``threads``: batches scored at once, as in ``predict_cellset``."""
     cs = prepare_cells(test_df, model.markers, model.normalizer, source="test cells")
     cs.build_pairs(model.pair_settings)
-    scored, rows = _scoring_set(model, cs, idx)
-    cells = predict_cellset(model, scored, batch_size=batch_size or PREDICT_BATCH_SIZE, tasks=tuple(tasks),
-                            threads=threads).cells
-    out = {t: cells[_probability_columns(model, t)].to_numpy(np.float32)[rows] for t in tasks}
+    cells = predict_cellset(model, cs, batch_size=batch_size or PREDICT_BATCH_SIZE, tasks=tuple(tasks),
+                            threads=threads, cells=idx).cells
+    out = {t: cells[_probability_columns(model, t)].to_numpy(np.float32) for t in tasks}
     if "status" in tasks and model.prompt.tissue:  # every cell of an image: its tissue prompt's status
         tissue = tissue_status(model, cs)
         out["status"] = np.stack([tissue[im] for im in cs.image[idx]]).astype(np.float32)
