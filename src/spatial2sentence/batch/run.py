@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..annotate import annotate_image, class_id_mask, load_model, model_dir
+from ..annotate import annotate_image, load_model, model_dir
 from ..errors import S2SInputError, first_line
 from ..io import folder_lock, write_json_atomic
 from ..model import check_dtype, check_model_dir, resolve_device
@@ -110,7 +110,7 @@ def _annotate_and_write(job, out_dir, model, device, dtype, batch_size, fingerpr
         caught_all = [str(w.message) for w in caught]
     t_pred = time.perf_counter()
     table = ann.table.drop(columns=["image"])
-    types = class_id_mask(mask, table["Object"].to_numpy(), table["cell_type"].tolist(), m.type_labels)
+    types = ann.class_id_mask(mask)
     overlay = render_overlay(image, mask, types, m.type_labels, label_colors(m.type_labels))
     st = ann.image_status
     n_types = {t: int((table["cell_type"] == t).sum()) for t in m.type_labels}
