@@ -16,10 +16,11 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
+from scipy.spatial import cKDTree
 
 from . import prompts as P
 from .aliases import canonical_marker
@@ -258,8 +259,6 @@ class CellSet:
         """Per cell, the mean over its ``k`` nearest other cells of the same image (and kind) of their
         clipped range values (expression cells) or phenotype indicators (phenotype cells); NaN rows for
         cells alone in their image. Cached per ``k``."""
-        from scipy.spatial import cKDTree
-
         cache = self._around_cache if self._around_cache is not None else {}
         self._around_cache = cache
         if k in cache:
@@ -320,30 +319,14 @@ def prepare_cells(
     if len(df) == 0:
         raise ModelInputError(source, "no cells (empty image or table)")
     df = df.reset_index(drop=True)
-    icol = find_column(df, IMAGE_COLS)
-    images = (
-        df[icol].astype(str).to_numpy() if icol else np.full(len(df), image or "image", dtype=object)
-    )
-    ocol = find_column(df, OBJECT_COLS)
-    obj = df[ocol].to_numpy() if ocol else np.arange(1, len(df) + 1)
-    xcol, ycol = find_column(df, X_COLS, source), find_column(df, Y_COLS, source)
-    xy = df[[xcol, ycol]].to_numpy(np.float64)
-    if not np.isfinite(xy).all():
-        raise ModelInputError(source, "cell positions (x, y) contain NaN or inf")
+    images, obj, xy = _images_objects_positions(df, image, source)
     tcol, scol, dcol = find_column(df, TYPE_COLS), find_column(df, STATUS_COLS), find_column(df, DONOR_COLS)
     cols = marker_columns(df) if markers is None else list(markers)
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise ModelInputError(source, f"marker columns not in the table: {missing}")
     index = {m: j for j, m in enumerate(model_markers)}
-    used: dict[str, str] = {}
-    unknown = []
-    for c in cols:
-        canon = canonical_marker(c)
-        if canon in index and canon not in used:
-            used[canon] = c
-        elif canon not in index:
-            unknown.append(c)
+    used, unknown = _model_marker_columns(cols, index)
     if unknown:
         warnings.warn(
             f"{source}: {len(unknown)} marker(s) unknown to the model are ignored: {', '.join(map(str, unknown))}",
@@ -354,28 +337,11 @@ def prepare_cells(
     present = np.zeros((n, M), bool)
     phenotype = None
     if used:
-        canon = list(used)
-        raw = df[[used[c] for c in canon]].to_numpy(np.float64)
-        j = [index[c] for c in canon]
-        # scale per image only when asked; the model's statistics otherwise
-        if normalizer.scaling == "image":
-            for im in pd.unique(images):
-                sel = images == im
-                z[np.ix_(sel, j)] = normalizer.transform(raw[sel], canon)
-        else:
-            z[:, j] = normalizer.transform(raw, canon)
-            if rescale_offset_z > 0:
-                _rescale_offset_images(z, raw, j, canon, images, normalizer, rescale_offset_z, source)
-        present[:, j] = np.isfinite(raw)
+        _scale_markers(z, present, df, used, index, normalizer, images, rescale_offset_z, source)
     elif allow_phenotype and tcol is not None:
-        phenotype = df[tcol].astype(str).to_numpy(dtype=object)
+        phenotype = _text_column(df, tcol)
     else:
-        have = ", ".join(map(str, cols[:12])) + (" ..." if len(cols) > 12 else "")
-        raise ModelInputError(
-            source,
-            f"the panel shares no marker with the model (table markers: {have or 'none'}; "
-            f"model markers: {', '.join(model_markers[:12])}{' ...' if M > 12 else ''})",
-        )
+        raise _no_shared_marker(source, cols, model_markers)
     return CellSet(
         image=np.asarray(images, dtype=object),
         object_id=obj,
@@ -384,9 +350,9 @@ def prepare_cells(
         present=present,
         markers=list(model_markers),
         phenotype=phenotype,
-        cell_type=df[tcol].astype(str).to_numpy(dtype=object) if tcol else None,
-        status=df[scol].astype(str).to_numpy(dtype=object) if scol else None,
-        donor=df[dcol].astype(str).to_numpy(dtype=object) if dcol else None,
+        cell_type=_text_column(df, tcol),
+        status=_text_column(df, scol),
+        donor=_text_column(df, dcol),
         unknown_markers=unknown,
         used_markers=list(used),
         rank_bounds=normalizer.range_bounds(list(model_markers)) if normalizer.lo else None,
@@ -394,10 +360,70 @@ def prepare_cells(
     )
 
 
+def _images_objects_positions(df: pd.DataFrame, image: str | None, source: str):
+    """Each cell's image (``image`` or ``"image"`` for a table without an image column), ``Object``
+    (1, 2, ... for a table without one) and (x, y) position."""
+    icol = find_column(df, IMAGE_COLS)
+    images = (
+        df[icol].astype(str).to_numpy() if icol else np.full(len(df), image or "image", dtype=object)
+    )
+    ocol = find_column(df, OBJECT_COLS)
+    obj = df[ocol].to_numpy() if ocol else np.arange(1, len(df) + 1)
+    xcol, ycol = find_column(df, X_COLS, source), find_column(df, Y_COLS, source)
+    xy = df[[xcol, ycol]].to_numpy(np.float64)
+    if not np.isfinite(xy).all():
+        raise ModelInputError(source, "cell positions (x, y) contain NaN or inf")
+    return images, obj, xy
+
+
+def _model_marker_columns(cols: list[str], index: dict[str, int]) -> tuple[dict[str, str], list]:
+    """The table column of each model marker the table has (canonical name -> column; the first column
+    wins when aliases repeat a marker) and the columns the model does not know."""
+    used: dict[str, str] = {}
+    unknown = []
+    for c in cols:
+        canon = canonical_marker(c)
+        if canon in index and canon not in used:
+            used[canon] = c
+        elif canon not in index:
+            unknown.append(c)
+    return used, unknown
+
+
+def _text_column(df: pd.DataFrame, col: str | None) -> np.ndarray | None:
+    return df[col].astype(str).to_numpy(dtype=object) if col else None
+
+
+def _scale_markers(z, present, df, used, index, normalizer: Normalizer, images, rescale_offset_z: float,
+                   source: str) -> None:
+    """Normalise the ``used`` marker columns into their model columns of ``z`` and flag them ``present``
+    where measured (both in place)."""
+    canon = list(used)
+    raw = df[[used[c] for c in canon]].to_numpy(np.float64)
+    j = [index[c] for c in canon]
+    # scale per image only when asked; the model's statistics otherwise
+    if normalizer.scaling == "image":
+        for im in pd.unique(images):
+            sel = images == im
+            z[np.ix_(sel, j)] = normalizer.transform(raw[sel], canon)
+    else:
+        z[:, j] = normalizer.transform(raw, canon)
+        if rescale_offset_z > 0:
+            _rescale_offset_images(z, raw, j, canon, images, normalizer, rescale_offset_z, source)
+    present[:, j] = np.isfinite(raw)
+
+
+def _no_shared_marker(source: str, cols: list[str], model_markers: list[str]) -> ModelInputError:
+    have = ", ".join(map(str, cols[:12])) + (" ..." if len(cols) > 12 else "")
+    return ModelInputError(
+        source,
+        f"the panel shares no marker with the model (table markers: {have or 'none'}; "
+        f"model markers: {', '.join(model_markers[:12])}{' ...' if len(model_markers) > 12 else ''})",
+    )
+
+
 def _rescale_offset_images(z, raw, j, canon, images, normalizer, limit, source) -> None:
     """Rescale, on itself, each image whose values sit far from the model's training scale."""
-    from dataclasses import replace
-
     own = replace(normalizer, scaling="image")
     for im in pd.unique(images):
         sel = images == im
@@ -408,7 +434,7 @@ def _rescale_offset_images(z, raw, j, canon, images, normalizer, limit, source) 
             warnings.warn(
                 f"{source}: image {im}: intensities far from the model's training scale (median |z| "
                 f"{offset:.1f} > {limit}); markers rescaled on this image",
-                stacklevel=3,
+                stacklevel=4,  # the caller of prepare_cells
             )
             z[np.ix_(sel, j)] = own.transform(raw[sel], canon)
 

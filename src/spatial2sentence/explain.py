@@ -61,14 +61,20 @@ Output per cell (the structure the napari plugin reads)::
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from .errors import ModelInputError
+from .measure import measure_image
 from .numeric import embed_inputs
 from .prompts import BOS
 from .sentences import word_marker
+
+if TYPE_CHECKING:  # the annotations only: torch itself is imported where used (it takes seconds)
+    import torch
 
 BASELINES = ("pad", "unk", "zeros")
 # the whole-image overview map: integrated gradients with one quadrature point (the gradient at the
@@ -148,7 +154,7 @@ def _embedding_layer(lm):
 
 
 def _baseline_vector(lm, tokenizer, baseline: str):
-    import torch
+    import torch  # lazy: importing torch takes seconds, and the CLI checks its inputs first
 
     emb = _embedding_layer(lm).weight
     if baseline == "pad":
@@ -167,7 +173,7 @@ def _target_fn(lm, emb, pos, keep, row_pos, label_ids, targets):
     position never sees the padding after it, and the result equals the unpadded prompt's. ``keep``:
     the distinct last positions of the rows (HF ``logits_to_keep`` as an index tensor); ``row_pos``:
     each row's index into ``keep``."""
-    import torch
+    import torch  # lazy: importing torch takes seconds, and the CLI checks its inputs first
 
     out = lm(inputs_embeds=emb, position_ids=pos, logits_to_keep=keep, use_cache=False)
     logits = out.logits[torch.arange(emb.shape[0], device=emb.device), row_pos]
@@ -191,7 +197,7 @@ def attribute_prompts(lm, tokenizer, seqs: list[list[int]], label_ids: list[int]
     point) of one forward + backward pass, so several prompts share a pass when it allows. Prompts are
     grouped by length (less padding) and right-padded (no attention mask needed, see ``_target_fn``).
     """
-    import torch
+    import torch  # lazy: importing torch takes seconds, and the CLI checks its inputs first
 
     if not seqs:
         return []
@@ -200,84 +206,142 @@ def attribute_prompts(lm, tokenizer, seqs: list[list[int]], label_ids: list[int]
     emb_layer = _embedding_layer(lm)
     base_vec = _baseline_vector(lm, tokenizer, baseline)
     lab = torch.as_tensor(label_ids, device=device)
-    n_steps = len(alphas)
-    per_pass = max(1, int(internal_batch_size) // n_steps)  # prompts per pass
+    per_pass = max(1, int(internal_batch_size) // len(alphas))  # prompts per pass
     order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i]), i))
     results: list[Attribution | None] = [None] * len(seqs)
+    with _inference_only(lm):
+        dtype = next(lm.parameters()).dtype
+        for c0 in range(0, len(order), per_pass):
+            chunk = order[c0:c0 + per_pass]
+            batch = _batch(seqs, values, chunk, tokenizer.pad_id, device)
+            x, b = _input_and_baseline(lm, emb_layer, batch, base_vec, tokenizer.bos_id, keep_bos, keep_last)
+            logp_x, tg, f_x, f_b = _endpoint_scores(lm, batch, x, b, dtype, lab, targets, chunk)
+            attr = _path_integral(lm, batch, x, b, dtype, lab, tg, alphas, weights, internal_batch_size)
+            probs = torch.exp(logp_x)
+            for r, i in enumerate(chunk):
+                results[i] = Attribution(
+                    scores=attr[r, :len(seqs[i])].detach().cpu().numpy().astype(np.float64),
+                    probabilities=probs[r].cpu().numpy().astype(np.float64),
+                    target=int(tg[r]), f_input=float(f_x[r]), f_baseline=float(f_b[r]),
+                )
+    return results  # type: ignore[return-value]
+
+
+@contextmanager
+def _inference_only(lm):
+    """``lm`` in eval mode with its parameters frozen (only the input embeddings need gradients),
+    restored afterwards, also on error."""
     was_training = lm.training
     lm.eval()
     req = [p.requires_grad for p in lm.parameters()]
     for p in lm.parameters():
         p.requires_grad_(False)
-    dtype = next(lm.parameters()).dtype
     try:
-        for c0 in range(0, len(order), per_pass):
-            chunk = order[c0:c0 + per_pass]
-            lens = torch.as_tensor([len(seqs[i]) for i in chunk])
-            n = int(lens.max())
-            B = len(chunk)
-            ids = torch.full((B, n), tokenizer.pad_id, dtype=torch.long)
-            vals = torch.zeros((B, n), dtype=torch.float32) if values is not None else None
-            for r, i in enumerate(chunk):
-                ids[r, :len(seqs[i])] = torch.as_tensor(seqs[i])
-                if vals is not None:
-                    vals[r, :len(seqs[i])] = torch.as_tensor(values[i], dtype=torch.float32)
-            cols = torch.arange(n)
-            real = cols[None, :] < lens[:, None]
-            pos = cols.expand(B, n).to(device)
-            keep, row_pos = torch.unique(lens - 1, return_inverse=True)
-            keep, row_pos = keep.to(device), row_pos.to(device)
-            ids, real = ids.to(device), real.to(device)
-            with torch.no_grad():
-                x = (embed_inputs(lm, ids, vals) if vals is not None else emb_layer(ids)).float()
-                b = base_vec.float().expand_as(x).clone()
-                same = ~real  # padding is identical in input and baseline
-                if keep_bos:
-                    same |= ids == tokenizer.bos_id
-                if keep_last:
-                    same |= real & (cols[None, :].to(device) >= (lens[:, None].to(device) - keep_last))
-                b[same] = x[same]
-                # f(input) (also gives the probabilities and the default target) and f(baseline)
-                zero = torch.zeros(B, dtype=torch.long, device=device)
-                _, logp_x = _target_fn(lm, x.to(dtype), pos, keep, row_pos, lab, zero)
-                if targets is None:
-                    tg = logp_x.argmax(1)
-                else:
-                    tg = torch.as_tensor([
-                        int(logp_x[r].argmax()) if targets[i] is None else int(targets[i])
-                        for r, i in enumerate(chunk)], device=device)
-                f_x = logp_x.gather(1, tg[:, None])[:, 0]
-                f_b, _ = _target_fn(lm, b.to(dtype), pos, keep, row_pos, lab, tg)
-            diff = x - b
-            grads = torch.zeros_like(x)
-            # rows = (prompt, step) pairs, in passes of at most internal_batch_size rows
-            ri_all = torch.arange(B, device=device).repeat_interleave(n_steps)
-            ai_all = torch.as_tensor(alphas, dtype=x.dtype, device=device).repeat(B)
-            wi_all = torch.as_tensor(weights, dtype=x.dtype, device=device).repeat(B)
-            rows_per_pass = max(1, int(internal_batch_size))
-            for s0 in range(0, len(ri_all), rows_per_pass):
-                ri = ri_all[s0:s0 + rows_per_pass]
-                a = ai_all[s0:s0 + rows_per_pass][:, None, None]
-                w = wi_all[s0:s0 + rows_per_pass][:, None, None]
-                e = (b[ri] + a * diff[ri]).to(dtype).requires_grad_(True)
-                with torch.enable_grad():
-                    f, _ = _target_fn(lm, e, pos[ri], keep, row_pos[ri], lab, tg[ri])
-                    (g,) = torch.autograd.grad(f.sum(), e)
-                grads.index_add_(0, ri, g.float() * w)
-            attr = (diff * grads).sum(-1)  # (B, n)
-            probs = torch.exp(logp_x)
-            for r, i in enumerate(chunk):
-                L = len(seqs[i])
-                results[i] = Attribution(
-                    scores=attr[r, :L].detach().cpu().numpy().astype(np.float64),
-                    probabilities=probs[r].cpu().numpy().astype(np.float64),
-                    target=int(tg[r]), f_input=float(f_x[r]), f_baseline=float(f_b[r]),
-                )
+        yield
     finally:
         for p, q in zip(lm.parameters(), req):
             p.requires_grad_(q)
         lm.train(was_training)
-    return results  # type: ignore[return-value]
+
+
+class _Batch(NamedTuple):
+    """A chunk of prompts right-padded into one batch (see ``_target_fn``); tensors on ``device`` except
+    ``lens``, ``cols`` and ``vals``."""
+
+    device: object
+    ids: torch.Tensor  # (B, n) token ids, [PAD] after each prompt
+    vals: torch.Tensor | None  # (B, n) the values the words carry (a model that reads them)
+    lens: torch.Tensor  # (B,) prompt lengths
+    cols: torch.Tensor  # (n,) positions
+    real: torch.Tensor  # (B, n) bool: inside the prompt
+    pos: torch.Tensor  # (B, n) position ids
+    keep: torch.Tensor  # the distinct last positions (``logits_to_keep``)
+    row_pos: torch.Tensor  # each row's index into keep
+
+
+def _batch(seqs, values, chunk, pad_id: int, device) -> _Batch:
+    """Prompts ``chunk`` of ``seqs`` (and their ``values``) as one right-padded batch on ``device``."""
+    import torch  # lazy: importing torch takes seconds, and the CLI checks its inputs first
+
+    lens = torch.as_tensor([len(seqs[i]) for i in chunk])
+    n = int(lens.max())
+    B = len(chunk)
+    ids = torch.full((B, n), pad_id, dtype=torch.long)
+    vals = torch.zeros((B, n), dtype=torch.float32) if values is not None else None
+    for r, i in enumerate(chunk):
+        ids[r, :len(seqs[i])] = torch.as_tensor(seqs[i])
+        if vals is not None:
+            vals[r, :len(seqs[i])] = torch.as_tensor(values[i], dtype=torch.float32)
+    cols = torch.arange(n)
+    real = cols[None, :] < lens[:, None]
+    pos = cols.expand(B, n).to(device)
+    keep, row_pos = torch.unique(lens - 1, return_inverse=True)
+    return _Batch(device, ids.to(device), vals, lens, cols, real.to(device), pos, keep.to(device),
+                  row_pos.to(device))
+
+
+def _input_and_baseline(lm, emb_layer, batch: _Batch, base_vec, bos_id: int, keep_bos: bool, keep_last: int):
+    """The prompts' input embeddings ``x`` and their baseline ``b`` (float32): ``base_vec`` at every
+    content token; padding, ``[BOS]`` (``keep_bos``) and the last ``keep_last`` tokens as in ``x``."""
+    import torch  # lazy: importing torch takes seconds, and the CLI checks its inputs first
+
+    ids, real = batch.ids, batch.real
+    with torch.no_grad():
+        x = (embed_inputs(lm, ids, batch.vals) if batch.vals is not None else emb_layer(ids)).float()
+        b = base_vec.float().expand_as(x).clone()
+        same = ~real  # padding is identical in input and baseline
+        if keep_bos:
+            same |= ids == bos_id
+        if keep_last:
+            last = batch.cols[None, :].to(batch.device) >= (batch.lens[:, None].to(batch.device) - keep_last)
+            same |= real & last
+        b[same] = x[same]
+    return x, b
+
+
+def _endpoint_scores(lm, batch: _Batch, x, b, dtype, lab, targets, chunk):
+    """At the input: the label log-probabilities (also the probabilities and the default target), the
+    target of each prompt and its f; at the baseline: f. ``targets``: as for ``attribute_prompts``."""
+    import torch  # lazy: importing torch takes seconds, and the CLI checks its inputs first
+
+    device = batch.device
+    with torch.no_grad():
+        zero = torch.zeros(len(chunk), dtype=torch.long, device=device)
+        _, logp_x = _target_fn(lm, x.to(dtype), batch.pos, batch.keep, batch.row_pos, lab, zero)
+        if targets is None:
+            tg = logp_x.argmax(1)
+        else:
+            tg = torch.as_tensor([
+                int(logp_x[r].argmax()) if targets[i] is None else int(targets[i])
+                for r, i in enumerate(chunk)], device=device)
+        f_x = logp_x.gather(1, tg[:, None])[:, 0]
+        f_b, _ = _target_fn(lm, b.to(dtype), batch.pos, batch.keep, batch.row_pos, lab, tg)
+    return logp_x, tg, f_x, f_b
+
+
+def _path_integral(lm, batch: _Batch, x, b, dtype, lab, tg, alphas, weights, internal_batch_size: int):
+    """Each token's attribution (B, n): ``(x - b)`` times the quadrature of the gradients of f along the
+    straight path from ``b`` to ``x``, summed over the embedding dimensions."""
+    import torch  # lazy: importing torch takes seconds, and the CLI checks its inputs first
+
+    device = batch.device
+    diff = x - b
+    grads = torch.zeros_like(x)
+    # rows = (prompt, step) pairs, in passes of at most internal_batch_size rows
+    ri_all = torch.arange(x.shape[0], device=device).repeat_interleave(len(alphas))
+    ai_all = torch.as_tensor(alphas, dtype=x.dtype, device=device).repeat(x.shape[0])
+    wi_all = torch.as_tensor(weights, dtype=x.dtype, device=device).repeat(x.shape[0])
+    rows_per_pass = max(1, int(internal_batch_size))
+    for s0 in range(0, len(ri_all), rows_per_pass):
+        ri = ri_all[s0:s0 + rows_per_pass]
+        a = ai_all[s0:s0 + rows_per_pass][:, None, None]
+        w = wi_all[s0:s0 + rows_per_pass][:, None, None]
+        e = (b[ri] + a * diff[ri]).to(dtype).requires_grad_(True)
+        with torch.enable_grad():
+            f, _ = _target_fn(lm, e, batch.pos[ri], batch.keep, batch.row_pos[ri], lab, tg[ri])
+            (g,) = torch.autograd.grad(f.sum(), e)
+        grads.index_add_(0, ri, g.float() * w)
+    return (diff * grads).sum(-1)
 
 
 # ------------------------------------------------------------------------------------- cell level
@@ -439,8 +503,6 @@ def explain_image(model, image, mask, object_ids=None, panel=None, target=None, 
                   max_steps: int = 256) -> list[dict]:
     """Measure an image (:class:`~spatial2sentence.io.IMCImage` or path) with its mask (array or path)
     and explain the chosen cells (default: all), through the same path as ``s2s predict``."""
-    from .measure import measure_image
-
     image, df = measure_image(image, mask, panel)
     cs = model.prepare(df, image.channels, image.name, source=image.name)
     return explain_cells(model, cs, object_ids, target=target, task=task, n_steps=n_steps, method=method,

@@ -62,12 +62,8 @@ def build_pairs(
     xy = np.asarray(xy, dtype=np.float64)
     n = len(xy)
     u = unit_rows(vectors)
-    pos_idx = np.full((n, s.n_pos), -1, np.int64)
-    pos_dist = np.full((n, s.n_pos), np.nan, np.float32)
-    neg_idx = np.full((n, s.n_neg), -1, np.int64)
-    neg_dist = np.full((n, s.n_neg), np.nan, np.float32)
     if n == 0:
-        return Pairs(pos_idx, pos_dist, neg_idx, neg_dist)
+        return Pairs(*_no_partners(n, s.n_pos), *_no_partners(n, s.n_neg))
     if groups is None:
         gcodes = np.zeros(n, np.int64)
     else:
@@ -87,105 +83,160 @@ def build_pairs(
     return Pairs(*out, pos_threshold=res[4], neg_threshold=res[5])
 
 
+def _no_partners(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and distances of ``k`` partner slots for ``n`` cells, all missing (``-1`` / ``nan``)."""
+    return np.full((n, k), -1, np.int64), np.full((n, k), np.nan, np.float32)
+
+
 def _build_sorted(xy, u, gcodes, s: PairSettings, rng):
     """Pairs of cells already sorted by image (indices are positions in this order)."""
     n = len(xy)
-    pos_idx = np.full((n, s.n_pos), -1, np.int64)
-    pos_dist = np.full((n, s.n_pos), np.nan, np.float32)
-    neg_idx = np.full((n, s.n_neg), -1, np.int64)
-    neg_dist = np.full((n, s.n_neg), np.nan, np.float32)
-    order = np.arange(n)
+    pos_idx, pos_dist = _no_partners(n, s.n_pos)
+    neg_idx, neg_dist = _no_partners(n, s.n_neg)
+    # each image is one run [start, end) of the sorted cells
     bounds = np.flatnonzero(np.diff(np.r_[-1, gcodes, -2]))
-    starts, ends = bounds[:-1], bounds[1:]
-
-    # --- neighbourhoods (per image) -------------------------------------------------------------
-    k = min(s.pos_k, n - 1)
-    nb_idx = np.full((n, max(k, 0)), -1, np.int64)
-    nb_dist = np.full((n, max(k, 0)), np.inf, np.float32)
-    if k > 0:
-        for a, b in zip(starts, ends):
-            cells = order[a:b]
-            kk = min(k, len(cells) - 1)
-            if kk <= 0:
-                continue
-            tree = cKDTree(xy[cells])
-            for c0 in range(0, len(cells), _CHUNK):
-                q = cells[c0 : c0 + _CHUNK]
-                d, j = tree.query(xy[q], k=kk + 1, distance_upper_bound=s.pos_radius_um)
-                d, j = d[:, 1:], j[:, 1:]  # drop self (distance 0 comes first)
-                ok = np.isfinite(d)
-                jj = np.where(ok, cells[np.minimum(j, len(cells) - 1)], -1)
-                nb_idx[q, :kk] = jj
-                nb_dist[q, :kk] = np.where(ok, d, np.inf)
-        valid = nb_idx >= 0
-        sims = np.full(nb_idx.shape, -np.inf, np.float32)
-        for c0 in range(0, n, _CHUNK):
-            sl = slice(c0, c0 + _CHUNK)
-            jj = np.where(valid[sl], nb_idx[sl], 0)
-            sims[sl] = np.where(valid[sl], np.einsum("id,ikd->ik", u[sl], u[jj]), -np.inf)
-        vs = sims[valid]
-        if vs.size:
-            sample = vs if vs.size <= 200_000 else rng.choice(vs, 200_000, replace=False)
-            pos_thr = float(np.quantile(sample, s.pos_sim_quantile))
-            good = valid & (sims >= pos_thr)
-            # neighbours come sorted by distance: keep the first n_pos good ones
-            rank = np.cumsum(good, axis=1) - 1
-            rows, cols = np.nonzero(good & (rank < s.n_pos))
-            pos_idx[rows, rank[rows, cols]] = nb_idx[rows, cols]
-            pos_dist[rows, rank[rows, cols]] = nb_dist[rows, cols]
-        else:
-            pos_thr = float("nan")
-        del nb_idx, nb_dist, sims, valid
-    else:
-        pos_thr = float("nan")
-
-    # --- negatives (random candidates of the same image) ----------------------------------------
+    runs = list(zip(bounds[:-1], bounds[1:]))
+    pos_thr = _fill_positives(xy, u, runs, s, rng, pos_idx, pos_dist)
     if s.n_neg <= 0:
         return pos_idx, pos_dist, neg_idx, neg_dist, pos_thr, float("nan")
+    neg_thr = _fill_negatives(xy, u, runs, s, rng, neg_idx, neg_dist)
+    return pos_idx, pos_dist, neg_idx, neg_dist, pos_thr, neg_thr
+
+
+def _place_first(ok, cand, dist, anchors, filled, k: int, out_idx, out_dist) -> np.ndarray:
+    """Write each anchor's qualifying candidates (``ok``), in column order, into its free partner slots
+    (those after its ``filled`` ones, up to ``k``); returns how many each anchor took."""
+    rank = np.cumsum(ok, axis=1) - 1 + filled[:, None]
+    take = ok & (rank < k)
+    rows, cols = np.nonzero(take)
+    slot = rank[rows, cols]
+    out_idx[anchors[rows], slot] = cand[rows, cols]
+    out_dist[anchors[rows], slot] = dist[rows, cols]
+    return take.sum(1)
+
+
+# --- positives ----------------------------------------------------------------------------------
+def _fill_positives(xy, u, runs, s: PairSettings, rng, pos_idx, pos_dist) -> float:
+    """Fill the positive partners in place; returns the similarity threshold (``nan`` without any
+    neighbour pair)."""
+    n = len(xy)
+    k = min(s.pos_k, n - 1)
+    if k <= 0:
+        return float("nan")
+    nb_idx, nb_dist = _neighbours(xy, runs, k, s.pos_radius_um)
+    valid = nb_idx >= 0
+    sims = _neighbour_similarities(u, nb_idx, valid)
+    vs = sims[valid]
+    if not vs.size:
+        return float("nan")
+    # a subsample bounds the quantile's cost on large images
+    sample = vs if vs.size <= 200_000 else rng.choice(vs, 200_000, replace=False)
+    pos_thr = float(np.quantile(sample, s.pos_sim_quantile))
+    # neighbours come sorted by distance: the first n_pos good ones are the nearest
+    _place_first(valid & (sims >= pos_thr), nb_idx, nb_dist, np.arange(n), np.zeros(n, np.int64), s.n_pos,
+                 pos_idx, pos_dist)
+    return pos_thr
+
+
+def _neighbours(xy, runs, k: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's ``k`` nearest other cells of its image within ``radius`` (nearest first) and their
+    distances; ``-1`` / ``inf`` where there are fewer."""
+    n = len(xy)
+    nb_idx = np.full((n, k), -1, np.int64)
+    nb_dist = np.full((n, k), np.inf, np.float32)
+    for a, b in runs:
+        cells = np.arange(a, b)
+        kk = min(k, len(cells) - 1)
+        if kk <= 0:
+            continue
+        tree = cKDTree(xy[cells])
+        for c0 in range(0, len(cells), _CHUNK):
+            q = cells[c0 : c0 + _CHUNK]
+            d, j = tree.query(xy[q], k=kk + 1, distance_upper_bound=radius)
+            d, j = d[:, 1:], j[:, 1:]  # drop self (distance 0 comes first)
+            ok = np.isfinite(d)
+            jj = np.where(ok, cells[np.minimum(j, len(cells) - 1)], -1)
+            nb_idx[q, :kk] = jj
+            nb_dist[q, :kk] = np.where(ok, d, np.inf)
+    return nb_idx, nb_dist
+
+
+def _neighbour_similarities(u, nb_idx, valid) -> np.ndarray:
+    """Cosine similarity of every cell to each of its neighbours (``-inf`` for missing ones), in chunks
+    so the gathered neighbour vectors stay small."""
+    sims = np.full(nb_idx.shape, -np.inf, np.float32)
+    for c0 in range(0, len(u), _CHUNK):
+        sl = slice(c0, c0 + _CHUNK)
+        jj = np.where(valid[sl], nb_idx[sl], 0)
+        sims[sl] = np.where(valid[sl], np.einsum("id,ikd->ik", u[sl], u[jj]), -np.inf)
+    return sims
+
+
+# --- negatives (random candidates of the same image) --------------------------------------------
+def _fill_negatives(xy, u, runs, s: PairSettings, rng, neg_idx, neg_dist) -> float:
+    """Fill the negative partners in place; returns the similarity threshold (``nan``: none drawn)."""
+    n = len(xy)
     gstart = np.empty(n, np.int64)
     gsize = np.empty(n, np.int64)
-    for a, b in zip(starts, ends):
-        gstart[order[a:b]] = a
-        gsize[order[a:b]] = b - a
-    m = max(1, s.neg_candidates)
-    # similarity threshold from random same-image pairs
-    probe = rng.integers(0, n, min(n, 100_000))
-    partner = order[gstart[probe] + rng.integers(0, 1 << 62, len(probe)) % gsize[probe]]
-    psims = _rowdot(u[probe], u[partner])
-    psims = psims[probe != partner]
-    neg_thr = float(np.quantile(psims, s.neg_sim_quantile)) if psims.size else float("nan")
+    for a, b in runs:
+        gstart[a:b] = a
+        gsize[a:b] = b - a
+    neg_thr = _negative_threshold(u, gstart, gsize, s.neg_sim_quantile, rng)
     if not np.isfinite(neg_thr):
-        return pos_idx, pos_dist, neg_idx, neg_dist, pos_thr, neg_thr
+        return neg_thr
     filled = np.zeros(n, np.int64)
-    relaxed_min = 2.0 * s.pos_radius_um
     for rnd in range(s.neg_rounds + 1):
         todo = np.flatnonzero((filled < s.n_neg) & (gsize > 1))
         if todo.size == 0:
             break
-        last = rnd == s.neg_rounds
         for c0 in range(0, len(todo), _CHUNK):
             q = todo[c0 : c0 + _CHUNK]
-            cand = order[gstart[q, None] + rng.integers(0, 1 << 62, (len(q), m)) % gsize[q, None]]
-            d = np.linalg.norm(xy[cand] - xy[q, None, :], axis=2).astype(np.float32)
-            sim = np.einsum("id,ikd->ik", u[q], u[cand])
-            ok = (sim <= neg_thr) & (cand != q[:, None])
-            ok &= d >= (relaxed_min if last else s.neg_min_dist_um)
-            if last:  # farthest first
-                srt = np.argsort(-np.where(ok, d, -1), axis=1)
-                cand = np.take_along_axis(cand, srt, 1)
-                d = np.take_along_axis(d, srt, 1)
-                ok = np.take_along_axis(ok, srt, 1)
-            # avoid duplicates of already chosen negatives
-            for j in range(s.n_neg):
-                ok &= cand != neg_idx[q, j : j + 1]
-            if s.n_neg > 1:  # a candidate drawn twice in one round counts once
-                for j in range(1, m):
-                    ok[:, j] &= ~(cand[:, :j] == cand[:, j : j + 1]).any(1)
-            rank = np.cumsum(ok, axis=1) - 1 + filled[q, None]
-            take = ok & (rank < s.n_neg)
-            rows, cols = np.nonzero(take)
-            slot = rank[rows, cols]
-            neg_idx[q[rows], slot] = cand[rows, cols]
-            neg_dist[q[rows], slot] = d[rows, cols]
-            filled[q] = np.minimum(s.n_neg, filled[q] + take.sum(1))
-    return pos_idx, pos_dist, neg_idx, neg_dist, pos_thr, neg_thr
+            took = _draw_negatives(q, xy, u, gstart, gsize, s, rng, neg_thr, rnd == s.neg_rounds, filled,
+                                   neg_idx, neg_dist)
+            filled[q] = np.minimum(s.n_neg, filled[q] + took)
+    return neg_thr
+
+
+def _same_image_draws(q, count, gstart, gsize, rng) -> np.ndarray:
+    """``count`` random cells of the image of each cell ``q`` (uniform over the image, self included)."""
+    return gstart[q] + rng.integers(0, 1 << 62, count) % gsize[q]
+
+
+def _negative_threshold(u, gstart, gsize, quantile: float, rng) -> float:
+    """The ``quantile`` of cosine similarities of random same-image pairs."""
+    n = len(u)
+    probe = rng.integers(0, n, min(n, 100_000))
+    partner = _same_image_draws(probe, len(probe), gstart, gsize, rng)
+    psims = _rowdot(u[probe], u[partner])
+    psims = psims[probe != partner]
+    return float(np.quantile(psims, quantile)) if psims.size else float("nan")
+
+
+def _draw_negatives(q, xy, u, gstart, gsize, s: PairSettings, rng, neg_thr, last, filled, neg_idx,
+                    neg_dist) -> np.ndarray:
+    """One round of random candidates for anchors ``q``: the qualifying ones go into their free slots;
+    returns how many each anchor took. The ``last`` round relaxes the distance (small images) and takes
+    the farthest first."""
+    m = max(1, s.neg_candidates)
+    cand = _same_image_draws(q[:, None], (len(q), m), gstart, gsize, rng)
+    d = np.linalg.norm(xy[cand] - xy[q, None, :], axis=2).astype(np.float32)
+    sim = np.einsum("id,ikd->ik", u[q], u[cand])
+    ok = (sim <= neg_thr) & (cand != q[:, None])
+    ok &= d >= (2.0 * s.pos_radius_um if last else s.neg_min_dist_um)
+    if last:
+        srt = np.argsort(-np.where(ok, d, -1), axis=1)
+        cand = np.take_along_axis(cand, srt, 1)
+        d = np.take_along_axis(d, srt, 1)
+        ok = np.take_along_axis(ok, srt, 1)
+    _drop_repeats(ok, cand, neg_idx[q])
+    return _place_first(ok, cand, d, q, filled[q], s.n_neg, neg_idx, neg_dist)
+
+
+def _drop_repeats(ok, cand, chosen) -> None:
+    """Clear ``ok`` (in place) for candidates an anchor already has (``chosen``) and, with more than one
+    slot, for a candidate's repeats within one round: a partner counts once."""
+    for j in range(chosen.shape[1]):
+        ok &= cand != chosen[:, j : j + 1]
+    if chosen.shape[1] > 1:
+        for j in range(1, cand.shape[1]):
+            ok[:, j] &= ~(cand[:, :j] == cand[:, j : j + 1]).any(1)
