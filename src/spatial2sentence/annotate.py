@@ -136,32 +136,14 @@ class Annotation:
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)
 
-    @property
-    def image_status(self) -> dict:
-        """``status``, ``status_probability``, ``status_confident``, ``p_status_<label>`` ({} when the
-        model has no clinical labels or the run was cancelled before any cell)."""
-        st = self.predictions.image_status
-        return st.iloc[0].to_dict() if len(st) else {}
-
-    @property
-    def cancelled(self) -> bool:
-        return bool(self.predictions.cancelled)
-
-    @property
-    def type_labels(self) -> list[str]:
-        return list(self.model.type_labels)
-
-    @property
-    def status_labels(self) -> list[str]:
-        return list(self.model.status_labels)
-
-    @property
-    def used_markers(self) -> list[str]:
-        return list(self.predictions.used_markers)
-
-    @property
-    def unknown_markers(self) -> list[str]:
-        return list(self.predictions.unknown_markers)
+    # read from the predictions and the model when the run ends (see annotate_cells)
+    image_status: dict = field(default_factory=dict)  # status, status_probability, status_confident,
+    # p_status_<label>; {} when the model has no clinical labels or nothing was predicted
+    cancelled: bool = False
+    type_labels: list[str] = field(default_factory=list)
+    status_labels: list[str] = field(default_factory=list)
+    used_markers: list[str] = field(default_factory=list)
+    unknown_markers: list[str] = field(default_factory=list)
 
     def class_id_mask(self, mask: np.ndarray) -> np.ndarray:
         return class_id_mask(mask, self.table["Object"].to_numpy(), self.table["cell_type"].tolist(),
@@ -212,9 +194,13 @@ def annotate_cells(model: S2SModel, cells: pd.DataFrame, markers: Sequence[str],
                                threads=threads, allow_partial_panel=allow_partial_panel)
     timings = dict(timings or {})
     timings["predict_s"] = time.perf_counter() - t0
+    st = pred.image_status
     return Annotation(image=image, cells=cells, table=merge_predictions(cells, pred, image), predictions=pred,
                       model=model, markers=markers, cellset=cellset, coverage=coverage,
-                      seconds=sum(timings.values()), timings=timings)
+                      seconds=sum(timings.values()), timings=timings,
+                      image_status=st.iloc[0].to_dict() if len(st) else {}, cancelled=bool(pred.cancelled),
+                      type_labels=list(model.type_labels), status_labels=list(model.status_labels),
+                      used_markers=list(pred.used_markers), unknown_markers=list(pred.unknown_markers))
 
 
 def annotate_image(model: S2SModel, image, mask: np.ndarray, channels: Sequence[str] | None = None,
