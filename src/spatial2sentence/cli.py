@@ -8,7 +8,10 @@ exit code 1, never as a traceback.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -44,10 +47,6 @@ def version_text() -> str:
     """``s2s --version``: the package version and the embedded default model (name, version: its
     ``info.version`` or the weights' SHA-256, training recipe), read from the model folder's
     ``s2s_config.json`` without importing torch."""
-    import hashlib
-    import json
-    from pathlib import Path
-
     lines = [f"s2s (napari-s2s) {__version__}"]
     model_dir = Path(__file__).resolve().parent / "data" / "default_model"
     try:
@@ -82,7 +81,6 @@ def main():
     Read IMC images and segmentation masks, measure every cell, and (with the other subcommands) turn
     cells into sentences, train and run the Spatial2Sentence model, and annotate whole folders.
     """
-
 
 # Subcommands, each a click command named like its module in spatial2sentence.commands.
 _COMMANDS = (

@@ -21,6 +21,7 @@ import pandas as pd
 
 from .errors import MaskError
 from .io import IMCImage
+from .io import read_image, read_mask
 
 # Channels summed per scatter-add: bounds the float32 copy made of integer images.
 _CHANNEL_BLOCK = 8
@@ -164,8 +165,6 @@ def measure_image(image, mask, panel=None) -> tuple[IMCImage, pd.DataFrame]:
     ``image`` is an :class:`IMCImage` or a path, ``mask`` an array or a path; the path the CLI,
     prediction and explanations all share.
     """
-    from .io import read_image, read_mask
-
     if not isinstance(image, IMCImage):
         image = read_image(image, panel=panel)
     if not hasattr(mask, "shape"):

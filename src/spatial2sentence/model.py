@@ -24,17 +24,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from safetensors import safe_open
 
 from .aliases import canonical_marker
+from .anndata_io import predict_anndata
 from .cellset import CellSet, marker_columns, prepare_cells
 from .check_cells import panel_check
 from .domain import DEFAULT_MIN_MARKER_FRACTION, PanelCoverage, PanelCoverageError, panel_coverage
 from .errors import ModelInputError, S2SInputError, first_line
 from .normalize import Normalizer
-from .anndata_io import predict_anndata
 from .numeric import attach_value_embedding, load_value_embedding
 from .predict import PREDICT_BATCH_SIZE, Predictions, predict_cellset
-from .prompts import PAIR_ANSWERS, task_words
+from .prompts import PAIR_ANSWERS, direction_word, task_words
 from .sentences import status_token, type_token
 from .settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings
 from .tokenizer import WordTokenizer
@@ -198,8 +199,6 @@ def check_model_dir(path: str | Path) -> dict:
     if lacking:
         raise bad(f"tokenizer.json lacks the label words {', '.join(lacking[:5])}")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path / "model.safetensors"), framework="pt") as fh:
             keys = list(fh.keys())
         size = (path / "model.safetensors").stat().st_size
@@ -354,8 +353,6 @@ class S2SModel:
         """The prompt of each chosen cell (``object_ids``: values of the ``Object`` column; default all):
         dicts with ``Object``, ``image``, ``text``, ``tokens`` (ids), ``task`` and ``partners`` (list of
         dicts ``Object``, ``image``, ``role`` positive/negative, ``distance_um``, ``direction``)."""
-        from .prompts import direction_word
-
         cs = self.prepare(cells, markers)
         if object_ids is None:
             idx = np.arange(len(cs))

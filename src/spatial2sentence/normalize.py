@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .errors import S2SInputError
+
 
 @dataclass
 class Normalizer:
@@ -86,8 +88,6 @@ class Normalizer:
         ``quantile``: the (1/n .. (n-1)/n) quantiles of the range values of the cells above ``threshold``
         (a marker with fewer than 5 such cells per level falls back to equal bins); ``equal``: even bins of
         [threshold, 1]."""
-        from .errors import S2SInputError
-
         if bins not in ("quantile", "equal"):
             raise S2SInputError("sentence settings", f"unknown level_bins {bins!r} (use 'quantile' or 'equal')")
         n = max(1, int(n_levels))

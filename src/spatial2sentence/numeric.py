@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from safetensors import safe_open
+
 VALUE_KEY = "s2s_value_embedding.weight"
 VALUE_MAX = 1.5  # values above the 99th training percentile (1.0) are kept up to this, then clipped
 
@@ -40,8 +42,6 @@ def has_values(lm) -> bool:
 
 def load_value_embedding(lm, path: str | Path) -> None:
     """Read ``V`` from a saved model's ``model.safetensors`` into ``lm`` (which must have one attached)."""
-    from safetensors import safe_open
-
     with safe_open(str(Path(path) / "model.safetensors"), framework="pt") as f:
         if VALUE_KEY not in f.keys():
             raise KeyError(f"model.safetensors has no {VALUE_KEY} (the model's sentences carry values)")

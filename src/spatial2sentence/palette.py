@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+from skimage.color import deltaE_ciede2000, rgb2lab
+
 UNASSIGNED = "#808080"  # cells without a prediction (e.g. too few markers)
 LOW_CONFIDENCE = "#ffffff"  # outline of low-confidence cells: no type, channel or partner colour is white
 
@@ -71,8 +74,6 @@ _CVD = {
 
 def simulate_vision(colors: Sequence[str], vision: str = "normal") -> list[str]:
     """The colours as seen with ``vision``: ``normal``, ``deuteranopia`` or ``protanopia``."""
-    import numpy as np
-
     rgb = np.array([hex_to_rgba(c)[:3] for c in colors], dtype=float)
     if vision != "normal":
         lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
@@ -84,9 +85,6 @@ def simulate_vision(colors: Sequence[str], vision: str = "normal") -> list[str]:
 def delta_e(a: str, b: str) -> float:
     """CIEDE2000 colour difference of two hex colours (about 2: just noticeable; above 10: clearly
     different colours)."""
-    import numpy as np
-    from skimage.color import deltaE_ciede2000, rgb2lab
-
     lab = rgb2lab(np.array([[hex_to_rgba(a)[:3], hex_to_rgba(b)[:3]]]))[0]
     return float(deltaE_ciede2000(lab[0], lab[1]))
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
 
 from .prompts import BOS, DIRECTIONS, EOS, PAD, SPECIALS, TEMPLATE, UNK, distance_words
 from .sentences import NIL, PHENOTYPE, level_word
@@ -57,10 +60,6 @@ class WordTokenizer:
     # --- Hugging Face files ----------------------------------------------------------------------
     def hf_tokenizer(self):
         """A ``tokenizers.Tokenizer`` with this vocabulary (WordLevel, whitespace split)."""
-        from tokenizers import Tokenizer
-        from tokenizers.models import WordLevel
-        from tokenizers.pre_tokenizers import WhitespaceSplit
-
         tok = Tokenizer(WordLevel(self.vocab, unk_token=UNK))
         tok.pre_tokenizer = WhitespaceSplit()
         return tok
@@ -70,7 +69,6 @@ class WordTokenizer:
 
     @classmethod
     def load(cls, directory: str | Path) -> "WordTokenizer":
-        from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
         return cls(tok.get_vocab())

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import contextmanager
+import pickle
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from tqdm import tqdm
 
 from .anndata_io import anndata_cells
@@ -102,8 +102,6 @@ def load_checkpoint(path: Path) -> dict:
     tensors and plain containers only (the RNG state is stored as JSON text for that reason), so a crafted
     ``state.pt`` is refused instead of executed.
     """
-    import pickle
-
     import torch
 
     try:
@@ -137,8 +135,6 @@ def fit_positions(ms: ModelSettings, sentence, pairs, prompt, n_markers: int, lo
                   n_labels: int = 0) -> ModelSettings:
     """``ms`` with ``max_positions`` raised (to a multiple of 32) when the longest prompt would not fit:
     levels sentences carry every present marker, so a 37-marker panel with 3 partners needs 172 tokens."""
-    from dataclasses import replace
-
     need = prompt_length(sentence, pairs, prompt, n_markers, n_labels)
     if need <= ms.max_positions:
         return ms
