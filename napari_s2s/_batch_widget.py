@@ -2,28 +2,34 @@
 
 Pick an input folder (a steinbock folder, image + mask TIFFs, or ``.mcd`` files with ``masks/``; see
 :mod:`spatial2sentence.batch`), an output folder, the model and the device, then Run. The run is
-:func:`spatial2sentence.batch.run_batch` in a ``thread_worker`` generator that yields one message per
-finished image: napari's activity dock shows the progress and a live table lists every image (name,
-cells, predicted clinical status, error). Cancel stops after the current image (finished images are
-kept and the run-level files are written); Run again resumes. Double-click a finished row to open its
-type overlay in the viewer.
+:func:`spatial2sentence.batch.run_batch` in a napari worker (:func:`batch_steps`) that yields one
+message per finished image: the dock's own progress bar counts the images done, the status line names
+the last one, and a live table lists every image (name, cells, predicted clinical status, error).
+Cancel stops after the current image (finished images are kept and the run-level files are written);
+Run again resumes. Double-click a finished row to open its type overlay in the viewer.
 """
 
 from __future__ import annotations
 
-import queue
+import inspect
 import re
 import threading
 from functools import partial
 from pathlib import Path
 
+import numpy as np
+from napari.qt.threading import create_worker
+from PIL import Image
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView, QLineEdit,
-    QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QWidget,
+    QCheckBox, QComboBox, QFormLayout, QGroupBox, QHeaderView, QLineEdit, QSpinBox, QTableWidget,
+    QTableWidgetItem, QWidget,
 )
 
-from ._controls import DEVICES, RunControls, fit_width, one_line, scroll_body
+from spatial2sentence.batch import output_paths, run_batch
+
+from ._bridge import run_in_thread
+from ._controls import DEVICES, RunControls, fit_width, folder_row, one_line, scroll_body
 from ._controls import notify as _notify
 
 COLUMNS = ["image", "cells", "status", "error"]
@@ -32,42 +38,26 @@ _one_line = partial(one_line, failure="Batch annotation failed")
 
 
 def batch_steps(input_dir, out_dir, model=None, device="auto", workers=0, overwrite=False, cancel=None):
-    """Generator for a ``thread_worker``: yields ``("start", total)`` then ``("image", record, done,
-    total)`` per finished image; returns the :class:`~spatial2sentence.batch.BatchResult`.
+    """Generator for a napari worker: yields ``("start", total)`` then ``("image", record, done, total)``
+    per finished image (and ``None`` while it waits); returns the
+    :class:`~spatial2sentence.batch.BatchResult`.
 
-    ``run_batch`` runs in a helper thread and reports through a queue, so the generator can yield
-    while it works; ``cancel`` (a ``threading.Event``) stops it after the current image.
+    ``run_batch`` runs in a helper thread (:func:`._bridge.run_in_thread`); ``cancel`` (a
+    ``threading.Event``) stops it after the current image: its progress callback then returns False.
     """
-    from spatial2sentence.batch import run_batch
+    cancel = cancel or threading.Event()
+    # until run_batch's should_stop argument is gone (returning False from progress replaces it)
+    stop = {"should_stop": cancel.is_set} if "should_stop" in inspect.signature(run_batch).parameters else {}
 
-    messages: queue.Queue = queue.Queue()
-    outcome: dict = {}
+    def work(emit):
+        def progress(rec, done, total):
+            emit(("start", total) if rec is None else ("image", rec, done, total))
+            return not cancel.is_set()
 
-    def progress(rec, done, total):
-        messages.put(("start", total) if rec is None else ("image", rec, done, total))
+        return run_batch(input_dir, out_dir, model=model, device=device, workers=workers, overwrite=overwrite,
+                         progress=progress, **stop)
 
-    def target():
-        try:
-            outcome["result"] = run_batch(
-                input_dir, out_dir, model=model, device=device, workers=workers, overwrite=overwrite,
-                progress=progress, should_stop=(cancel.is_set if cancel is not None else None),
-            )
-        except BaseException as err:  # re-raised in the worker thread below
-            outcome["error"] = err
-        finally:
-            messages.put(None)
-
-    thread = threading.Thread(target=target, name="s2s-batch", daemon=True)
-    thread.start()
-    while True:
-        msg = messages.get()
-        if msg is None:
-            break
-        yield msg
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+    return (yield from run_in_thread(work, cancel, name="s2s-batch"))
 
 
 class BatchAnnotateWidget(QWidget):
@@ -82,14 +72,6 @@ class BatchAnnotateWidget(QWidget):
         self._build_ui()
 
     # ------------------------------------------------------------------------------------- UI
-    def _folder_row(self, edit: QLineEdit, title: str) -> QHBoxLayout:
-        row = QHBoxLayout()
-        button = QPushButton("Folder…")
-        button.clicked.connect(lambda: self._browse(edit, title))
-        row.addWidget(edit)
-        row.addWidget(button)
-        return row
-
     def _build_ui(self):
         root = scroll_body(self)
         box = QGroupBox("Folders and model")
@@ -111,9 +93,9 @@ class BatchAnnotateWidget(QWidget):
         self.workers_spin.setRange(0, 64)
         self.workers_spin.setToolTip("0: annotate in napari's process; N: a local Dask cluster of N processes")
         self.overwrite_check = QCheckBox("redo images already done")
-        form.addRow("Input", self._folder_row(self.input_edit, "Input folder"))
-        form.addRow("Output", self._folder_row(self.output_edit, "Output folder"))
-        form.addRow("Model", self._folder_row(self.model_edit, "spatial2sentence model folder"))
+        form.addRow("Input", folder_row(self.input_edit, "Input folder"))
+        form.addRow("Output", folder_row(self.output_edit, "Output folder"))
+        form.addRow("Model", folder_row(self.model_edit, "spatial2sentence model folder"))
         form.addRow("Device", self.device_combo)
         form.addRow("Workers", self.workers_spin)
         form.addRow("", self.overwrite_check)
@@ -144,16 +126,9 @@ class BatchAnnotateWidget(QWidget):
         root.addWidget(self.table, 1)
         fit_width(self, 380)
 
-    def _browse(self, edit: QLineEdit, title: str):
-        d = QFileDialog.getExistingDirectory(self, title, edit.text() or "")
-        if d:
-            edit.setText(d)
-
     # ------------------------------------------------------------------------------------- run
     def run(self):
         """Start the batch worker; returns it (None when the folders are missing)."""
-        from napari.qt.threading import create_worker
-
         if self.worker is not None:
             _notify("warning", "A batch run is already going; cancel it first")
             return None
@@ -185,6 +160,8 @@ class BatchAnnotateWidget(QWidget):
             self.status_label.setText("Cancelling after the current image…")
 
     def _on_yielded(self, msg):
+        if not msg:
+            return
         if msg[0] == "start":
             total = msg[1]
             self.controls.progress(0, total)
@@ -251,11 +228,6 @@ class BatchAnnotateWidget(QWidget):
     # ------------------------------------------------------------------------------------- results
     def open_overlay(self, name: str):
         """Add the type overlay PNG of a finished image to the viewer (RGB image layer)."""
-        import numpy as np
-        from PIL import Image
-
-        from spatial2sentence.batch import output_paths
-
         out = self.output_edit.text().strip()
         path = output_paths(out, name)["overlay"] if out else None
         if path is None or not path.is_file():

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget,
+    QDockWidget, QFileDialog, QFrame, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QScrollArea,
+    QVBoxLayout, QWidget,
 )
 
 from spatial2sentence.errors import S2SInputError
+
+try:  # PyQt: sip knows whether Qt deleted a wrapped object
+    from qtpy.sip import isdeleted as _isdeleted
+except ImportError:  # PySide6
+    try:
+        from shiboken6 import isValid as _is_valid
+
+        def _isdeleted(obj) -> bool:
+            return not _is_valid(obj)
+    except ImportError:  # neither: nothing to ask, treat every object as alive
+        def _isdeleted(obj) -> bool:
+            return False
 
 # Device choices shown in the widgets -> the core's device argument.
 DEVICES = {"auto": "auto", "CPU": "cpu", "CUDA": "cuda"}
@@ -15,8 +29,6 @@ DEVICES = {"auto": "auto", "CPU": "cpu", "CUDA": "cuda"}
 
 def notify(kind: str, message: str) -> None:
     """A napari notification: ``kind`` is error, warning or info."""
-    from napari.utils.notifications import show_error, show_info, show_warning
-
     {"error": show_error, "warning": show_warning, "info": show_info}[kind](message)
 
 
@@ -32,17 +44,15 @@ def one_line(err: BaseException, failure: str = "Failed") -> str:
 def is_deleted(obj) -> bool:
     """True once Qt has deleted the C++ side of ``obj`` (a widget of a closed viewer): worker callbacks
     arriving after that must not touch it."""
-    try:
-        from qtpy import sip
+    return _isdeleted(obj)
 
-        return sip.isdeleted(obj)
-    except ImportError:  # PySide
-        try:
-            import shiboken6
 
-            return not shiboken6.isValid(obj)
-        except ImportError:
-            return False
+def dock_of(widget):
+    """The ``QDockWidget`` holding ``widget`` (None when it is not docked)."""
+    w = widget.parentWidget()
+    while w is not None and not isinstance(w, QDockWidget):
+        w = w.parentWidget()
+    return w
 
 
 def eta_text(done: int, total: int, seconds: float) -> str:
@@ -76,6 +86,22 @@ def scroll_body(widget: QWidget, margins: int = 6) -> QVBoxLayout:
     outer.addWidget(area)
     widget.scroll_area = area
     return root
+
+
+def folder_row(edit: QLineEdit, title: str) -> QHBoxLayout:
+    """``edit`` with a "Folder…" button beside it that picks a folder (dialog ``title``) into it."""
+
+    def browse():
+        folder = QFileDialog.getExistingDirectory(edit, title, edit.text() or "")
+        if folder:
+            edit.setText(folder)
+
+    row = QHBoxLayout()
+    button = QPushButton("Folder…")
+    button.clicked.connect(browse)
+    row.addWidget(edit)
+    row.addWidget(button)
+    return row
 
 
 def fit_width(widget: QWidget, at_least: int) -> None:

@@ -1,12 +1,14 @@
 """Finding an IMC image (its channel layers), its mask and marker names in napari's layer list: shared by
-the Annotate cells and Train model widgets (a mixin over a widget with ``viewer``, ``image_combo``,
-``mask_combo`` and ``markers_edit``)."""
+the Annotate cells and Train model widgets (a mixin over a widget with ``viewer``; :meth:`LayerInputs.
+layer_rows` adds its ``image_combo``, ``mask_combo`` and ``markers_edit``)."""
 
 from __future__ import annotations
 
 import re
 
 import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLineEdit
 
 from spatial2sentence.errors import S2SInputError
 
@@ -60,10 +62,19 @@ def separate_copies(layers) -> None:
 
 
 class LayerInputs:
+    def layer_rows(self, form: QFormLayout, markers_tip: str) -> None:
+        """The Image, Mask and Markers rows of ``form`` (``markers_tip``: the Markers field's tooltip)."""
+        self.image_combo = QComboBox()
+        self.image_combo.currentIndexChanged.connect(self._on_image_changed)
+        self.mask_combo = QComboBox()
+        self.markers_edit = QLineEdit()
+        self.markers_edit.setToolTip(markers_tip)
+        form.addRow("Image", self.image_combo)
+        form.addRow("Mask", self.mask_combo)
+        form.addRow("Markers", self.markers_edit)
+
     def image_groups(self) -> dict[str, list]:
         """{display name: [channel layers in order]} for every image found in the layer list."""
-        from napari.layers import Image
-
         separate_copies(list(self.viewer.layers))
         groups: dict[str, list] = {}
         loose: dict[tuple, list] = {}
@@ -86,8 +97,6 @@ class LayerInputs:
         return groups
 
     def mask_layers(self) -> list:
-        from napari.layers import Labels
-
         return [lay for lay in self.viewer.layers if isinstance(lay, Labels)
                 and meta(lay).get("role", "mask") == "mask"]
 

@@ -11,7 +11,6 @@ round of labelling.
 
 from __future__ import annotations
 
-import queue
 import re
 import threading
 import time
@@ -19,13 +18,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from napari.layers import Points
+from napari.qt.threading import create_worker
 from qtpy.QtWidgets import (
     QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QTableWidget,
     QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
 from spatial2sentence.errors import S2SInputError
+from spatial2sentence.io import check_output_path
+from spatial2sentence.measure import measure_cells
+from spatial2sentence.settings import TrainSettings
 
+from ._bridge import run_in_thread
 from ._controls import RunControls, fit_width, notify, one_line, scroll_body
 from ._inputs import LayerInputs, meta
 
@@ -61,11 +66,10 @@ def training_table(cells: pd.DataFrame, labels: dict, image: str) -> pd.DataFram
 
 def train_steps(data, channels, mask, labels: dict, image: str, out: str, steps: int, pixel_size_um: float,
                 cancel: threading.Event):
-    """Generator run by the worker: measure, train (in a helper thread), yield progress; returns the
-    model. Yields ``("stage", text)`` and ``("step", done, total, validation_accuracy_or_None)``."""
-    from spatial2sentence.measure import measure_cells
-    from spatial2sentence.settings import TrainSettings
-    from spatial2sentence.training import observe_steps, train
+    """Generator run by the worker: measure, train (in a helper thread, :func:`._bridge.run_in_thread`),
+    yield progress; returns (model, training table), or None when cancelled. Yields ``("stage", text)``,
+    ``("step", done, total, validation_accuracy_or_None)`` and ``None`` while it waits."""
+    from spatial2sentence.training import observe_steps, train  # lazy: torch, 7 s; opening the widget must not wait
 
     yield ("stage", "measuring cells")
     cells = measure_cells(np.asarray(data), np.asarray(mask), channels=channels, pixel_size_um=pixel_size_um)
@@ -74,48 +78,29 @@ def train_steps(data, channels, mask, labels: dict, image: str, out: str, steps:
     eval_every = max(10, min(25, steps // 20))
     ts = TrainSettings(steps=steps, batch_size=32, eval_every=eval_every, eval_prompts=300,
                        checkpoint_every=10 ** 9, val_split="blocks", num_threads=1, patience=8)
-    q: queue.Queue = queue.Queue()
-    result: dict = {}
 
-    def observer(step, model):
-        q.put(("step", step, steps, None))
-        if cancel.is_set():
-            raise TrainingCancelled()
+    def work(emit):
+        def observer(step, model):
+            emit(("step", step, steps, None))
+            if cancel.is_set():
+                raise TrainingCancelled()
 
-    def log(msg):
-        m = re.search(r"step (\d+):.*type_acc=([0-9.]+)", str(msg))
-        if m:
-            q.put(("step", int(m.group(1)), steps, float(m.group(2))))
+        def log(msg):
+            m = re.search(r"step (\d+):.*type_acc=([0-9.]+)", str(msg))
+            if m:
+                emit(("step", int(m.group(1)), steps, float(m.group(2))))
 
-    def run():
-        try:
-            with observe_steps(observer):
-                result["model"] = train(table, out, train_settings=ts, progress_bar=False, log=log,
-                                        info={"name": f"trained in napari on {image}",
-                                              "description": f"{len(labels)} labelled cells of {image}"}).model
-        except BaseException as err:  # handed to the worker's thread
-            result["error"] = err
-        finally:
-            q.put(("done",))
+        with observe_steps(observer):
+            return train(table, out, train_settings=ts, progress_bar=False, log=log,
+                         info={"name": f"trained in napari on {image}",
+                               "description": f"{len(labels)} labelled cells of {image}"}).model
 
     yield ("stage", f"training on {len(labels)} labelled cells ({len(table)} cells as context)")
-    t = threading.Thread(target=run, name="s2s-train", daemon=True)
-    t.start()
-    while True:
-        try:
-            msg = q.get(timeout=0.1)
-        except queue.Empty:
-            yield None
-            continue
-        if msg[0] == "done":
-            break
-        yield msg
-    t.join()
-    if "error" in result:
-        if isinstance(result["error"], TrainingCancelled):
-            return None
-        raise result["error"]
-    return result["model"], table
+    try:
+        model = yield from run_in_thread(work, cancel, name="s2s-train")
+    except TrainingCancelled:
+        return None
+    return model, table
 
 
 def suggest_cells(model, table: pd.DataFrame, markers: list[str], n: int = 12) -> pd.DataFrame:
@@ -151,15 +136,7 @@ class TrainModelWidget(LayerInputs, QWidget):
     def _build_ui(self):
         root = scroll_body(self)
         inputs = QGroupBox("Image")
-        form = QFormLayout(inputs)
-        self.image_combo = QComboBox()
-        self.image_combo.currentIndexChanged.connect(self._on_image_changed)
-        self.mask_combo = QComboBox()
-        self.markers_edit = QLineEdit()
-        self.markers_edit.setToolTip("One marker name per channel, in channel order: the model's panel")
-        form.addRow("Image", self.image_combo)
-        form.addRow("Mask", self.mask_combo)
-        form.addRow("Markers", self.markers_edit)
+        self.layer_rows(QFormLayout(inputs), "One marker name per channel, in channel order: the model's panel")
         root.addWidget(inputs)
 
         lab = QGroupBox("Labels")
@@ -232,8 +209,6 @@ class TrainModelWidget(LayerInputs, QWidget):
         return next((m for m in self.mask_layers() if m.name == self.mask_combo.currentText()), None)
 
     def class_layers(self) -> list:
-        from napari.layers import Points
-
         return [lay for lay in self.viewer.layers if isinstance(lay, Points) and meta(lay).get("role") == POINTS_ROLE]
 
     def add_class(self, name: str | None = None):
@@ -276,8 +251,6 @@ class TrainModelWidget(LayerInputs, QWidget):
 
     # ------------------------------------------------------------------------------------- training
     def run(self):
-        from napari.qt.threading import create_worker
-
         if self.worker is not None:
             notify("warning", "Training is already running; cancel it first")
             return None
@@ -291,8 +264,6 @@ class TrainModelWidget(LayerInputs, QWidget):
                 raise S2SInputError(image, f"class {counts.idxmin()!r} has {counts.min()} labelled cell(s); "
                                            "label at least 3 per class")
             out = Path(self.out_edit.text().strip()).expanduser()
-            from spatial2sentence.io import check_output_path
-
             check_output_path(out, folder=True)
         except S2SInputError as err:
             notify("error", one_line(err, "Training failed"))
