@@ -1,6 +1,7 @@
-"""Adapter to token attributions (``spatial2sentence.explain``), which may not be installed.
+"""Token attributions for the plugin: :func:`spatial2sentence.explain.explain_cells` keyed by cell.
 
-The plugin consumes one attribution object per cell::
+The plugin consumes one attribution object per cell (the core's structure, see
+:mod:`spatial2sentence.explain`)::
 
     {"object": 12, "predicted": "beta", "probabilities": {"beta": 0.8, ...},
      "tokens": [{"token": "PIN", "score": 0.31, "part": "anchor"}, ...],
@@ -8,41 +9,26 @@ The plugin consumes one attribution object per cell::
      "partners": [{"object": 40, "role": "positive", "distance_um": 8.2, "direction": "north",
                    "score": 0.05}, ...]}
 
-:func:`explain_cells` returns ``{str(object id): attribution}``; when the core has no explainer it raises
-:class:`AttributionsUnavailable` (the panel then shows the prompt without shading and says so).
-Tests may set :data:`OVERRIDE` to a function ``(model, cells, object_ids, markers) -> list[dict]``.
+:func:`explain_cells` returns ``{str(object id): attribution}``; when the explainer fails it raises
+:class:`AttributionsUnavailable` with a one-line message (the panel then shows the prompt without
+shading and says why).
 """
 
 from __future__ import annotations
 
-OVERRIDE = None
-_NAMES = ("explain_cells", "explain", "attributions", "attribute_cells")
+from spatial2sentence import explain as core
+from spatial2sentence.errors import first_line
 
 
-class AttributionsUnavailable(RuntimeError):
-    pass
-
-
-def _core_function():
-    if OVERRIDE is not None:
-        return OVERRIDE
-    try:
-        from spatial2sentence import explain as core  # noqa: F401
-    except Exception as err:  # not written yet, or broken: degrade, never crash
-        raise AttributionsUnavailable(f"attributions unavailable ({type(err).__name__})") from None
-    for name in _NAMES:
-        fn = getattr(core, name, None)
-        if callable(fn):
-            return fn
-    raise AttributionsUnavailable("attributions unavailable (spatial2sentence.explain has no explain_cells)")
+class AttributionsUnavailable(Exception):
+    """Not a ``RuntimeError``: superqt's generator worker takes a RuntimeError for "the worker was
+    deleted" and ends without ``errored`` or ``finished`` (the attribution map's progress row then
+    stayed up for good when the explainer failed)."""
 
 
 def available() -> bool:
-    try:
-        _core_function()
-        return True
-    except AttributionsUnavailable:
-        return False
+    """Always True: the explainer is part of the core (kept for ``benchmarks/plugin.py``, which asks)."""
+    return True
 
 
 def _key(v) -> str:
@@ -53,24 +39,11 @@ def _key(v) -> str:
 
 
 def explain_cells(model, cells, object_ids, markers=None, progress=None, overview: bool = False) -> dict[str, dict]:
-    """``overview``: the core's fast settings for whole-image maps (``spatial2sentence.explain.OVERVIEW``)."""
-    fn = _core_function()
-    options = {}
-    if overview and OVERRIDE is None:
-        from spatial2sentence.explain import OVERVIEW
-
-        options = dict(OVERVIEW)
+    """The attributions of ``object_ids`` (``cells``: a cells table or the run's prepared CellSet);
+    ``overview``: the core's fast settings for whole-image maps (``spatial2sentence.explain.OVERVIEW``)."""
+    options = dict(core.OVERVIEW) if overview else {}
     try:
-        try:
-            res = fn(model, cells, list(object_ids), markers=markers, progress=progress, **options)
-        except TypeError:
-            res = fn(model, cells, list(object_ids))
-    except AttributionsUnavailable:
-        raise
-    except Exception as err:
-        raise AttributionsUnavailable(f"attributions failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-    if isinstance(res, dict) and "tokens" in res:
-        res = [res]
-    if isinstance(res, dict):
-        return {_key(k): v for k, v in res.items()}
-    return {_key(a.get("object", a.get("Object"))): a for a in res}
+        res = core.explain_cells(model, cells, list(object_ids), markers=markers, progress=progress, **options)
+    except Exception as err:  # noqa: BLE001 - shown as one line in the panel, never a traceback
+        raise AttributionsUnavailable(f"attributions failed: {first_line(err)}") from None
+    return {_key(a.get("object")): a for a in res}

@@ -20,6 +20,8 @@ from spatial2sentence.aliases import canonical_marker
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
+from spatial2sentence import explain as core_explain  # noqa: E402
+
 from napari_s2s import _explain, _layers  # noqa: E402
 from napari_s2s._sample_data import damond_dir, load_damond  # noqa: E402
 
@@ -303,7 +305,7 @@ def test_attribution_overlay_with_stand_in_explainer(annotated, monkeypatch, qtb
     """The attribution object shape of the brief, from a stand-in explainer (fast, exact values)."""
     viewer, widget = annotated
 
-    def fake(model, cells, object_ids, markers=None, progress=None):
+    def fake(model, cells, object_ids, markers=None, progress=None, **options):
         out = []
         for o in object_ids:
             r = widget.annotation.cells.set_index("Object").loc[o]
@@ -316,7 +318,7 @@ def test_attribution_overlay_with_stand_in_explainer(annotated, monkeypatch, qtb
             progress(len(out), len(out))
         return out
 
-    monkeypatch.setattr(_explain, "OVERRIDE", fake)
+    monkeypatch.setattr(core_explain, "explain_cells", fake)
     widget._fill_attr_combo(widget.annotation)
     assert widget.attr_combo.isEnabled()
     widget.show_attributions("PIN")
@@ -333,8 +335,6 @@ def test_attribution_overlay_with_stand_in_explainer(annotated, monkeypatch, qtb
 
 def test_real_attributions_shade_the_prompt(annotated, qtbot):
     viewer, widget = annotated
-    if not _explain.available():
-        pytest.skip("spatial2sentence.explain not installed")
     obj, _ = _centroid_cell(widget)
     widget.explain_cell(obj)
     _wait(qtbot, widget)
@@ -349,8 +349,6 @@ def test_stale_attribution_result_is_dropped(annotated, monkeypatch, qtbot):
     """A click's attributions that arrive after the annotation was replaced (a new Run) or cleared
     must not be drawn on the new one, nor raise in the Qt callback."""
     viewer, widget = annotated
-    if not _explain.available():
-        pytest.skip("spatial2sentence.explain not installed")
     real = _explain.explain_cells
     release = threading.Event()
 
@@ -381,7 +379,6 @@ def test_stale_attribution_result_is_dropped(annotated, monkeypatch, qtbot):
 
 def test_attributions_unavailable_degrades(annotated, monkeypatch, notes):
     viewer, widget = annotated
-    monkeypatch.setattr(_explain, "OVERRIDE", None)
     monkeypatch.setattr(_explain, "available", lambda: False)
     widget._fill_attr_combo(widget.annotation)
     assert not widget.attr_combo.isEnabled() and "attributions unavailable" in widget.attr_note.text()

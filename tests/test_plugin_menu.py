@@ -358,7 +358,7 @@ def _slow_explainer(seen, delay=0.02):
     when its progress callback says so (Cancel); records the object ids asked for in ``seen``."""
     import time
 
-    def explain(model, cells, object_ids, markers=None, progress=None):
+    def explain(model, cells, object_ids, markers=None, progress=None, **options):
         out = []
         for i, o in enumerate(object_ids):
             time.sleep(delay)
@@ -375,13 +375,13 @@ def _slow_explainer(seen, delay=0.02):
 def test_whole_image_attributions_progress_eta_cancel(menu_viewer, qtbot, monkeypatch):
     """Show: a progress bar of cells done / total, the time left, the cells in view first, the overlay
     filling in; Cancel keeps the cells done; Show again computes only the others."""
-    from napari_s2s import _explain
+    from spatial2sentence import explain as core_explain
 
     viewer, docks = menu_viewer
     dock, widget = docks["Annotate cells"]
     widget.show_controls()
     seen = []
-    monkeypatch.setattr(_explain, "OVERRIDE", _slow_explainer(seen, 0.06))  # ~7 s for 113 cells
+    monkeypatch.setattr(core_explain, "explain_cells", _slow_explainer(seen, 0.06))  # ~7 s for 113 cells
     ann = widget.annotation
     total = len(ann.table)
     # look at the bottom-right corner of the image: its cells come first
@@ -434,12 +434,12 @@ def test_closing_the_viewer_while_attributions_run(make_napari_viewer, qtbot, ti
     import sys
     import time
 
-    from napari_s2s import _explain
+    from spatial2sentence import explain as core_explain
 
     errors = []
     monkeypatch.setattr(sys, "excepthook", lambda *exc: errors.append(exc))
     seen = []
-    monkeypatch.setattr(_explain, "OVERRIDE", _slow_explainer(seen, 0.05))
+    monkeypatch.setattr(core_explain, "explain_cells", _slow_explainer(seen, 0.05))
     viewer = make_napari_viewer(show=True)
     viewer.open_sample("napari-s2s", "damond_e34")
     dock, widget = viewer.window.add_plugin_dock_widget("napari-s2s", "Annotate cells")
