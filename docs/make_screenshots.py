@@ -1,17 +1,18 @@
 """Screenshots of the napari plugin for the docs, taken headlessly the way a user gets there.
 
-    QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1200x24" python docs/make_screenshots.py [--model DIR]
+    QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1200x24" python docs/make_screenshots.py [--model DIR] [--out DIR]
 
 Everything goes through napari's own menu paths: the sample from *File > Open Sample*
 (``viewer.open_sample``), the widgets from the *Plugins* menu (``viewer.window.add_plugin_dock_widget``,
 so the widgets get napari's ``PublicOnlyProxy`` viewer, as a user's do), the window at 1600 x 1000.
 
-Writes ``docs/plugin_annotated.png`` (the semi-synthetic islet annotated, cell types opaque as in the
-legend), ``docs/plugin_explanation.png`` (a clicked beta-predicted cell: the Cell explanation tab with
-its plain sentence, probabilities, the prompt with levels and word shading, partners drawn),
-``docs/plugin_attributions.png`` (Attribution of INS computing: the cells in view first, progress bar,
-time left, Cancel) and ``docs/plugin_batch.png`` (Batch annotate folder on a folder with the islet, a
-5-marker crop and a broken file: the table with its errors, the islet's overlay opened). Model:
+Writes ``plugin_annotated.png`` (the semi-synthetic islet annotated, cell types opaque as in the
+legend), ``plugin_explanation.png`` (a clicked beta-predicted cell: the Cell explanation tab with its
+plain sentence, probabilities, the prompt with levels and word shading, partners drawn),
+``plugin_attributions.png`` (Attribution of INS computing: the cells in view first, progress bar, time
+left, Cancel) and ``plugin_batch.png`` (Batch annotate folder on a folder with the islet, a 5-marker
+crop and a broken file: the table with its errors, the islet's overlay opened) into ``docs/`` (or
+``--out``, e.g. to compare with the committed ones before replacing them). Model:
 ``--model`` or the embedded default model (else a tiny untrained one, and the window title says so).
 """
 
@@ -53,11 +54,11 @@ def wait(cond, timeout=900, settle=10):
         time.sleep(0.02)
 
 
-def shot(viewer, name):
+def shot(viewer, out: Path, name: str):
     close_toasts(viewer)
     wait(lambda: True)
-    viewer.screenshot(str(DOCS / name), canvas_only=False, flash=False)
-    print("wrote", DOCS / name)
+    viewer.screenshot(str(out / name), canvas_only=False, flash=False)
+    print("wrote", out / name)
 
 
 def batch_folder(root: Path) -> Path:
@@ -79,7 +80,10 @@ def main(argv=None):
     ap.add_argument("--model", default=None)
     ap.add_argument("--marker", default="INS", help="marker of the attribution overlay")
     ap.add_argument("--only", default=None, help="annotated, explanation, attributions or batch")
+    ap.add_argument("--out", default=str(DOCS), help="folder for the PNGs (default: docs/)")
     args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
 
     import napari
 
@@ -102,11 +106,11 @@ def main(argv=None):
     wait(lambda: widget.worker is None)
     ann = widget.annotation
     assert ann is not None, widget.status_label.text()
-    widget.opaque_check.setChecked(True)  # the canvas in exactly the legend's colours
+    widget.results.opaque_check.setChecked(True)  # the canvas in exactly the legend's colours
     viewer.reset_view()
     main_window.resize(W, H)
     if args.only in (None, "annotated"):
-        shot(viewer, "plugin_annotated.png")
+        shot(viewer, out, "plugin_annotated.png")
 
     # explanation: the most confident beta-predicted cell near the image centre (else any central cell)
     t = ann.table.copy()
@@ -117,9 +121,9 @@ def main(argv=None):
     pick = central[central["cell_type"] == "beta"]
     pick = (pick if len(pick) else central).sort_values("cell_type_probability", ascending=False)
     obj = int(pick["Object"].iloc[0])
-    widget.opaque_check.setChecked(False)
+    widget.results.opaque_check.setChecked(False)
     mask.opacity = 0.5
-    info = widget.explain_cell(obj, attributions="sync")
+    info = widget.explainer.explain_cell(obj, attributions="sync")
     by_id = t.set_index("Object")
     pts = np.array([by_id.loc[obj, ["y", "x"]].to_numpy(float)]
                    + [by_id.loc[p["Object"], ["y", "x"]].to_numpy(float) for p in info["partners"]])
@@ -128,7 +132,7 @@ def main(argv=None):
     span = float(np.max(pts.max(0) - pts.min(0))) + 40
     cam.zoom = 0.8 * min(main_window.centralWidget().width(), main_window.centralWidget().height()) / span
     if args.only in (None, "explanation"):
-        shot(viewer, "plugin_explanation.png")
+        shot(viewer, out, "plugin_explanation.png")
 
     # attribution overlay while it is computed: the cells in view first, progress, time left, Cancel
     widget.show_controls()
@@ -138,11 +142,11 @@ def main(argv=None):
     cam.center = (h * 0.45, w * 0.5)
     canvas = main_window.centralWidget()
     cam.zoom = min(canvas.width(), canvas.height()) / (0.45 * min(h, w))  # a part of the islet in view
-    if args.only in (None, "attributions") and widget.attr_combo.isEnabled():
-        worker = widget.show_attributions(args.marker)
-        wait(lambda: widget.attr_progress.value() >= 96 or widget.attribution_worker is None, settle=20)
-        shot(viewer, "plugin_attributions.png")
-        widget.cancel_attributions()
+    if args.only in (None, "attributions"):
+        worker = widget.attribution_map.show_attributions(args.marker)
+        wait(lambda: widget.attribution_map.progress.value() >= 96 or widget.attribution_worker is None, settle=20)
+        shot(viewer, out, "plugin_attributions.png")
+        widget.attribution_map.cancel()
         wait(lambda: widget.attribution_worker is None)
         del worker
 
@@ -161,7 +165,7 @@ def main(argv=None):
         batch.open_overlay("R13_islet")
         viewer.reset_view()
         main_window.resize(W, H)
-        shot(viewer, "plugin_batch.png")
+        shot(viewer, out, "plugin_batch.png")
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"cell {obj}; attribution of {args.marker}; {len(t)} cells")
     viewer.close()

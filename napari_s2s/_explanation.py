@@ -1,7 +1,7 @@
 """The "Cell explanation" panel: one cell's prediction, prompt, markers and partners.
 
-It is filled by :meth:`napari_s2s._widget.AnnotateCellsWidget.explain_cell` (a click on the mask, a
-selected label, or a click on a partner in this panel) with a plain dict (see :meth:`show`).
+It is filled by :meth:`napari_s2s._explain_view.CellExplainer.explain_cell` (a click on the mask, a
+selected label, or a click on a partner in this panel) with a plain dict (see :meth:`show_cell`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from qtpy.QtWidgets import (
     QGridLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar, QSizePolicy, QTextBrowser,
     QWidget,
 )
+
+from spatial2sentence.aliases import canonical_marker
 
 from ._controls import fit_width, scroll_body
 from ._layers import NEGATIVE_COLOR, POSITIVE_COLOR
@@ -45,6 +47,30 @@ def prob_bar(value: float, color: str, text: str | None = None) -> QWidget:
     row.addWidget(label)
     box.bar, box.label = bar, label
     return box
+
+
+class ProbBars(QWidget):
+    """Rows of a name and its probability bar (:func:`prob_bar`): a cell's types, an image's status."""
+
+    def __init__(self, name_width: int = 0):
+        super().__init__()
+        self.name_width = name_width
+        self.grid = QGridLayout(self)
+        self.grid.setContentsMargins(0, 0, 0, 0)
+        self.grid.setVerticalSpacing(2)
+
+    def set_rows(self, rows) -> None:
+        """``rows``: (name, probability, colour) each, in the order shown."""
+        while self.grid.count():
+            w = self.grid.takeAt(0).widget()
+            if w is not None:
+                w.deleteLater()
+        for r, (name, value, color) in enumerate(rows):
+            label = QLabel(name)
+            if self.name_width:
+                label.setMinimumWidth(self.name_width)
+            self.grid.addWidget(label, r, 0)
+            self.grid.addWidget(prob_bar(value, color), r, 1)
 
 
 def shade(score: float, vmax: float) -> str:
@@ -79,6 +105,11 @@ def align_scores(words: list[str], tokens: list[dict] | None) -> list[float | No
 
 # template words the model needs but a reader does not: the task line is not shown
 HIDDEN_WORDS = {"task", "type", "status", "answer"}
+
+
+def display_names(markers) -> dict[str, str]:
+    """The model's canonical marker name -> the name the user gave (the Markers field of the run)."""
+    return {canonical_marker(m): m for m in markers}
 
 
 def display_word(word: str, names: dict[str, str] | None) -> str:
@@ -210,8 +241,6 @@ def plain_summary(info: dict) -> str:
     10 um north, also beta, supported it.`` From the attributions when they are there (the two markers
     that most drove the call, the partner that mattered most); before that, the cell's strongest marker
     words, saying the reasons are still being computed."""
-    from spatial2sentence.aliases import canonical_marker
-
     pred, p = info.get("predicted"), info.get("probability")
     if not pred:
         return "No call: the model gave this cell no type."
@@ -264,11 +293,8 @@ class ExplanationPanel(QWidget):
         self.summary.setWordWrap(True)
         self.summary.setStyleSheet("font-size:13px;padding:2px 0;")
         lay.addWidget(self.summary)
-        self.bars_box = QWidget()
-        self.bars = QGridLayout(self.bars_box)
-        self.bars.setContentsMargins(0, 0, 0, 0)
-        self.bars.setVerticalSpacing(2)
-        lay.addWidget(self.bars_box)
+        self.bars = ProbBars(name_width=90)
+        lay.addWidget(self.bars)
         lay.addWidget(self._heading("What the model read (one cell a line, its measured level after each "
                                     "marker; red: drove the call, blue: against it)"))
         self.prompt = QTextBrowser()
@@ -323,16 +349,9 @@ class ExplanationPanel(QWidget):
         ptxt = f" ({p:.2f})" if p is not None and np.isfinite(p) else ""
         self.title.setText(f"Cell {obj} of {info.get('image', '')}: {pred or 'unassigned'}{ptxt}")
         self.summary.setText(plain_summary(info))
-        while self.bars.count():
-            w = self.bars.takeAt(0).widget()
-            if w is not None:
-                w.deleteLater()
         probs = sorted(info.get("probabilities", {}).items(), key=lambda kv: -np.nan_to_num(kv[1], nan=-1))
-        for r, (lab, v) in enumerate(probs[:6]):
-            name = QLabel(lab)
-            name.setMinimumWidth(90)
-            self.bars.addWidget(name, r, 0)
-            self.bars.addWidget(prob_bar(v, info.get("colors", {}).get(lab, "#808080")), r, 1)
+        colors = info.get("colors", {})
+        self.bars.set_rows([(lab, v, colors.get(lab, "#808080")) for lab, v in probs[:6]])
         attr = info.get("attribution")
         names = info.get("display_names") or {}
         self.prompt.setHtml(prompt_html(info.get("text", ""), attr.get("tokens") if attr else None, names,
@@ -340,8 +359,6 @@ class ExplanationPanel(QWidget):
         self.note.setText(info.get("note", ""))
         self.note.setVisible(bool(info.get("note")))
         if attr and attr.get("markers"):
-            from spatial2sentence.aliases import canonical_marker
-
             ms = sorted(attr["markers"], key=lambda m: -abs(float(m.get("score", 0))))[:8]
             vmax = max(abs(float(m.get("score", 0))) for m in ms) or 1.0
             self.markers.setText(" ".join(

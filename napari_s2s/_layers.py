@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from spatial2sentence.aliases import canonical_marker
 from spatial2sentence.palette import LOW_CONFIDENCE, UNASSIGNED, hex_to_rgba, label_colors
 
 # additive colormaps for channels, cycled; the first ones are the most distinguishable
@@ -32,6 +33,13 @@ ANCHOR_COLOR = "#ffc400"
 
 def s2s_meta(role: str, image: str, **extra) -> dict:
     return {"s2s": {"role": role, "image": str(image), **extra}}
+
+
+def direct_colormap(color_dict: dict):
+    """napari's ``DirectLabelColormap`` of ``color_dict`` (label -> RGBA), background 0."""
+    from napari.utils.colormaps import DirectLabelColormap  # lazy: 3.5 s to import, the headless demo never needs it
+
+    return DirectLabelColormap(color_dict=color_dict, background_value=0)
 
 
 def contrast_limits(channel: np.ndarray, q: float = 99.5) -> tuple[float, float]:
@@ -92,48 +100,19 @@ def type_colors(type_labels: list[str]) -> dict[str, str]:
 def cell_type_colormap(objects, cell_types, type_labels: list[str], opacity: float = 1.0):
     """``DirectLabelColormap``: each cell (mask label) in its predicted type's colour, background
     transparent, cells without a prediction (and labels not in the table) grey."""
-    from napari.utils.colormaps import DirectLabelColormap
-
     colors = {t: hex_to_rgba(c, opacity) for t, c in type_colors(type_labels).items()}
     grey = hex_to_rgba(UNASSIGNED, opacity)
     cdict = {None: grey, 0: TRANSPARENT}
     for o, t in zip(np.asarray(objects).tolist(), list(cell_types)):
         cdict[int(o)] = colors.get(t, grey) if isinstance(t, str) else grey
-    return DirectLabelColormap(color_dict=cdict, background_value=0)
+    return direct_colormap(cdict)
 
 
 def class_id_colormap(type_labels: list[str]):
-    from napari.utils.colormaps import DirectLabelColormap
-
     cdict = {None: hex_to_rgba(UNASSIGNED), 0: TRANSPARENT}
     for k, c in enumerate(type_colors(type_labels).values(), start=1):
         cdict[k] = hex_to_rgba(c)
-    return DirectLabelColormap(color_dict=cdict, background_value=0)
-
-
-def lookup(mask: np.ndarray, objects, values, fill=0, dtype=None) -> np.ndarray:
-    """``values`` painted on ``mask`` (label ``objects[i]`` -> ``values[i]``; other pixels ``fill``)."""
-    objects = np.asarray(objects, dtype=np.int64)
-    values = np.asarray(values)
-    dtype = dtype or values.dtype
-    top = int(max(int(mask.max()) if mask.size else 0, int(objects.max()) if objects.size else 0))
-    lut = np.full(top + 1, fill, dtype=dtype)
-    ok = objects >= 0
-    lut[objects[ok]] = values[ok]
-    lut[0] = fill
-    return lut[mask]
-
-
-def class_ids(cell_types, type_labels: list[str]) -> np.ndarray:
-    """1-based class id of each cell (0: no prediction)."""
-    pos = {t: k for k, t in enumerate(type_labels, start=1)}
-    return np.array([pos.get(t, 0) if isinstance(t, str) else 0 for t in cell_types], dtype=np.uint16)
-
-
-def class_id_mask(mask: np.ndarray, objects, cell_types, type_labels) -> np.ndarray:
-    ids = class_ids(cell_types, type_labels)
-    dtype = np.uint8 if len(type_labels) < 255 else np.uint16
-    return lookup(mask, objects, ids, 0, dtype)
+    return direct_colormap(cdict)
 
 
 def mask_features(table: pd.DataFrame, type_labels: list[str]) -> pd.DataFrame:
@@ -176,14 +155,12 @@ def percent_text(count: int, total: int) -> str:
 
 def low_confidence_colormap(objects, probabilities, threshold: float):
     """Only the cells whose predicted-type probability is below ``threshold`` (outlined in white)."""
-    from napari.utils.colormaps import DirectLabelColormap
-
     cdict = {None: TRANSPARENT, 0: TRANSPARENT}
     p = np.asarray(probabilities, dtype=float)
     for o, v in zip(np.asarray(objects).tolist(), p.tolist()):
         if not np.isfinite(v) or v < threshold:
             cdict[int(o)] = LOW_CONFIDENCE_COLOR
-    return DirectLabelColormap(color_dict=cdict, background_value=0)
+    return direct_colormap(cdict)
 
 
 # ------------------------------------------------------------------------------------- attributions
@@ -202,14 +179,12 @@ def diverging_rgba(score: float, vmax: float) -> tuple[float, float, float, floa
 
 
 def attribution_colormap(objects, scores):
-    from napari.utils.colormaps import DirectLabelColormap
-
     s = np.asarray(scores, dtype=float)
     vmax = float(np.nanmax(np.abs(s))) if np.isfinite(s).any() else 0.0
     cdict = {None: TRANSPARENT, 0: TRANSPARENT}
     for o, v in zip(np.asarray(objects).tolist(), s.tolist()):
         cdict[int(o)] = diverging_rgba(v, vmax)
-    return DirectLabelColormap(color_dict=cdict, background_value=0), vmax
+    return direct_colormap(cdict), vmax
 
 
 def score_of(attribution: dict, what: str) -> float:
@@ -218,8 +193,6 @@ def score_of(attribution: dict, what: str) -> float:
     if what == "partners":
         parts = attribution.get("partners", [])
         return float(sum(float(p.get("score", 0.0)) for p in parts)) if parts else float("nan")
-    from spatial2sentence.aliases import canonical_marker
-
     want = canonical_marker(what)  # the user's name (CD45) or the model's (PTPRC): the same marker
     for m in attribution.get("markers", []):
         if str(m.get("marker")) == what or canonical_marker(str(m.get("marker"))) == want:

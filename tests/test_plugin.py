@@ -185,18 +185,18 @@ def test_widget_annotates_sample(annotated, tmp_path):
     k = ann.type_labels.index(ann.table["cell_type"].iloc[0]) + 1
     assert np.all(cls.data[np.asarray(mask_layer.data) == o] == k)
     # legend counts = table counts; clinical status shown
-    assert sum(n for _, n in widget.legend_rows()) == len(ann.table) == 113
+    assert sum(n for _, n in widget.results.legend_rows()) == len(ann.table) == 113
     # the dock's own progress bar counted every cell, and hides once the run is over
     bar = widget.controls.progress_bar
     assert bar.maximum() == bar.value() == 113 and not bar.isVisible()
-    assert ann.image_status["status"] in widget.clinical_label.text()
+    assert ann.image_status["status"] in widget.results.clinical_label.text()
     # exports (atomic writes through spatial2sentence.io)
-    csv = widget.export_csv(tmp_path / "cells.csv")
+    csv = widget.results.export_csv(tmp_path / "cells.csv")
     back = pd.read_csv(csv)
     assert len(back) == 113 and "cell_type" in back.columns and "p_beta" in back.columns
     import tifffile
 
-    tif = widget.export_class_mask(tmp_path / "classes.tiff")
+    tif = widget.results.export_class_mask(tmp_path / "classes.tiff")
     np.testing.assert_array_equal(tifffile.imread(tif), cls.data)
     assert (tmp_path / "classes_classes.csv").exists()
 
@@ -319,9 +319,9 @@ def test_attribution_overlay_with_stand_in_explainer(annotated, monkeypatch, qtb
         return out
 
     monkeypatch.setattr(core_explain, "explain_cells", fake)
-    widget._fill_attr_combo(widget.annotation)
-    assert widget.attr_combo.isEnabled()
-    widget.show_attributions("PIN")
+    widget.attribution_map.fill(widget.annotation)
+    assert widget.attribution_map.combo.isEnabled()
+    widget.attribution_map.show_attributions("PIN")
     _wait(qtbot, widget)
     lay = next(lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "attribution")
     assert lay.metadata["s2s"]["what"] == "PIN"
@@ -330,13 +330,13 @@ def test_attribution_overlay_with_stand_in_explainer(annotated, monkeypatch, qtb
     np.testing.assert_allclose(lay.colormap.color_dict[obj], _layers.diverging_rgba(v, lay.metadata["s2s"]["vmax"]),
                                atol=1e-6)
     # repaint for another marker without recomputing
-    assert widget.show_attributions("H3") is lay
+    assert widget.attribution_map.show_attributions("H3") is lay
 
 
 def test_real_attributions_shade_the_prompt(annotated, qtbot):
     viewer, widget = annotated
     obj, _ = _centroid_cell(widget)
-    widget.explain_cell(obj)
+    widget.explainer.explain_cell(obj)
     _wait(qtbot, widget)
     qtbot.waitUntil(lambda: widget.explanation.current.get("attribution") is not None, timeout=10_000)
     att = widget.explanation.current["attribution"]
@@ -359,7 +359,7 @@ def test_stale_attribution_result_is_dropped(annotated, monkeypatch, qtbot):
     monkeypatch.setattr(_explain, "explain_cells", slow)
     obj, _ = _centroid_cell(widget)
     widget._attributions.clear()
-    widget.explain_cell(obj)
+    widget.explainer.explain_cell(obj)
     assert widget.attribution_worker is not None
     first = widget.annotation
     widget.annotation = None  # cleared while the worker runs
@@ -370,24 +370,34 @@ def test_stale_attribution_result_is_dropped(annotated, monkeypatch, qtbot):
     # replaced by another annotation while the worker runs
     release.clear()
     widget._attributions.clear()
-    widget.explain_cell(obj)
+    widget.explainer.explain_cell(obj)
     widget.annotation = dataclasses.replace(first)
     release.set()
     _wait(qtbot, widget)
     assert widget.explanation.current.get("attribution") is None
 
 
-def test_attributions_unavailable_degrades(annotated, monkeypatch, notes):
+def test_failing_attributions_degrade(annotated, monkeypatch, notes, qtbot):
+    """The explainer failing: the panel still shows the prompt, without shading, and says why in one
+    line; the whole-image map says so too. Nothing raises."""
     viewer, widget = annotated
-    monkeypatch.setattr(_explain, "available", lambda: False)
-    widget._fill_attr_combo(widget.annotation)
-    assert not widget.attr_combo.isEnabled() and "attributions unavailable" in widget.attr_note.text()
-    assert widget.show_attributions("PIN") is None
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no gradients here\nsecond line")
+
+    monkeypatch.setattr(core_explain, "explain_cells", broken)
+    widget._attributions.clear()
     obj, _ = _centroid_cell(widget)
-    info = widget.explain_cell(obj)
+    info = widget.explainer.explain_cell(obj, attributions="sync")
     assert info is not None and info["attribution"] is None
-    assert "attributions unavailable" in widget.explanation.note.text()
+    assert widget.explanation.note.text() == "attributions failed: no gradients here"
     assert "cell :" in widget.explanation.prompt_text()
+    widget.attribution_map.fill(widget.annotation)
+    assert widget.attribution_map.show_attributions("PIN") is not None
+    _wait(qtbot, widget)
+    assert widget.attribution_map.note.text() == "attributions failed: no gradients here"
+    assert notes[-1][0] == "error" and "\n" not in notes[-1][1]
+    assert widget.attribution_map.button.isEnabled() and not widget.attribution_map.progress_box.isVisible()
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -461,9 +471,9 @@ def test_attribution_box_starts_on_the_distinctive_marker(annotated):
 
     _, widget = annotated
     ann = widget.annotation
-    widget._fill_attr_combo(ann)
+    widget.attribution_map.fill(ann)
     best = distinctive_marker(ann.cells, ann.table, list(ann.used_markers or ann.markers))
-    assert widget.attr_combo.currentText() == (best or widget.attr_combo.itemText(0))
+    assert widget.attribution_map.combo.currentText() == (best or widget.attribution_map.combo.itemText(0))
 
 
 def test_prompt_shows_the_users_marker_names_and_no_template_words():

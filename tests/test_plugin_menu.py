@@ -116,7 +116,7 @@ def menu_viewer(make_napari_viewer, qtbot, tiny_model, notes):
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
     assert widget.annotation is not None, notes
     obj = int(widget.annotation.table.sort_values("area")["Object"].iloc[-1])
-    assert widget.explain_cell(obj, attributions="none") is not None
+    assert widget.explainer.explain_cell(obj, attributions="none") is not None
     settle(qtbot)
     return viewer, docks
 
@@ -140,7 +140,7 @@ def test_explanation_is_a_tab_beside_annotate_cells(menu_viewer, qtbot, notes):
     assert shown(dock) and not shown(exp_dock)
     # a second click reuses the same dock (no second "Cell explanation")
     obj = int(widget.annotation.table["Object"].iloc[0])
-    widget.explain_cell(obj, attributions="none")
+    widget.explainer.explain_cell(obj, attributions="none")
     settle(qtbot)
     titles = [d.windowTitle() for d in main.findChildren(QDockWidget)]
     assert titles.count("Cell explanation") == 1 and shown(exp_dock)
@@ -170,7 +170,7 @@ def test_no_widget_overlaps_and_the_window_fits_the_screen(menu_viewer, qtbot):
             if shown(d):
                 problems += [f"{d.windowTitle()}: {p}" for p in overlapping_widgets(w)]
         exp = widget.explanation
-        if shown(widget._explanation_dock):
+        if shown(widget.explainer.dock):
             problems += [f"Cell explanation: {p}" for p in overlapping_widgets(exp)]
         assert not problems, "\n".join(problems)
     # and at a small window the panels scroll rather than overlap
@@ -255,14 +255,14 @@ def test_marker_name_edits_survive_runs(make_napari_viewer, qtbot, tiny_model, n
         assert "INS" in ann.cells.columns
         assert widget.markers_edit.text() == "H3, CD99, INS, CD8a, CDH", run
         # the user's name is what the attribution box offers
-        names = [widget.attr_combo.itemText(i) for i in range(widget.attr_combo.count())]
+        names = [widget.attribution_map.combo.itemText(i) for i in range(widget.attribution_map.combo.count())]
         assert "PIN" not in names and "CDH1" not in names and "CD8A" not in names, names
         assert {"INS", "CDH", "CD8a"} <= set(names), names
-        tip = widget.attr_combo.itemData(names.index("CDH"), Qt.ToolTipRole)
+        tip = widget.attribution_map.combo.itemData(names.index("CDH"), Qt.ToolTipRole)
         assert tip == "model's name: CDH1"
     # the explanation speaks the same names: the prompt, the strongest markers, the plain sentence
     obj = int(ann.table.sort_values("area")["Object"].iloc[-1])
-    info = widget.explain_cell(obj, attributions="none")
+    info = widget.explainer.explain_cell(obj, attributions="none")
     panel = widget.explanation
     text = panel.prompt_text()
     assert "CDH1" not in text and "CD8A" not in text and "PIN" not in text
@@ -322,7 +322,7 @@ def test_opaque_types_match_the_legend(menu_viewer, qtbot):
     channels = [lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "channel"]
     before = [lay.visible for lay in channels]
     assert any(before)
-    widget.opaque_check.setChecked(True)
+    widget.results.opaque_check.setChecked(True)
     assert not any(lay.visible for lay in channels) and widget.mask_layer.opacity == 1.0
     for lay in viewer.layers:  # only the mask on the canvas (the outline layer is drawn on top)
         if lay is not widget.mask_layer:
@@ -338,14 +338,14 @@ def test_opaque_types_match_the_legend(menu_viewer, qtbot):
     px = shot[shot.shape[0] // 2, shot.shape[1] // 2, :3].astype(int)
     want = np.round(np.array(_layers.hex_to_rgba(label_colors(ann.type_labels)[row["cell_type"]])[:3]) * 255)
     assert np.abs(px - want).max() <= 3, (px, want)
-    widget.opaque_check.setChecked(False)
+    widget.results.opaque_check.setChecked(False)
     assert [lay.visible for lay in channels] == before and widget.mask_layer.opacity == pytest.approx(0.6)
     for lay in channels:  # whatever the user had shown: hidden by the toggle, then restored as it was
         lay.visible = True
     channels[0].visible = False
-    widget.opaque_check.setChecked(True)
+    widget.results.opaque_check.setChecked(True)
     assert not any(lay.visible for lay in channels)
-    widget.opaque_check.setChecked(False)
+    widget.results.opaque_check.setChecked(False)
     assert [lay.visible for lay in channels] == [False] + [True] * (len(channels) - 1)
     low = next(lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "low_confidence")
     colours = {tuple(np.round(c, 3)) for k, c in low.colormap.color_dict.items() if k and c[3] > 0}
@@ -387,11 +387,11 @@ def test_whole_image_attributions_progress_eta_cancel(menu_viewer, qtbot, monkey
     # look at the bottom-right corner of the image: its cells come first
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     camera.center = (float(ann.table["y"].max()), float(ann.table["x"].max()))
-    worker = widget.show_attributions("CDH")
-    assert worker is not None and widget.attr_progress_box.isVisible()
-    assert widget.attr_progress.maximum() == total
-    qtbot.waitUntil(lambda: widget.attr_progress.value() >= 40, timeout=60_000)
-    assert "left" in widget.attr_eta.text() and f"/ {total} cells" in widget.attr_eta.text()
+    worker = widget.attribution_map.show_attributions("CDH")
+    assert worker is not None and widget.attribution_map.progress_box.isVisible()
+    assert widget.attribution_map.progress.maximum() == total
+    qtbot.waitUntil(lambda: widget.attribution_map.progress.value() >= 40, timeout=60_000)
+    assert "left" in widget.attribution_map.eta.text() and f"/ {total} cells" in widget.attribution_map.eta.text()
     settle(qtbot, 100)
     assert not overlapping_widgets(widget)  # the progress row and the time left fit the dock
     # the first cells computed are the ones nearest the canvas centre
@@ -402,28 +402,28 @@ def test_whole_image_attributions_progress_eta_cancel(menu_viewer, qtbot, monkey
     # the overlay fills in while the rest is computed: done cells coloured, the others clear
     qtbot.waitUntil(lambda: any(lay.metadata.get("s2s", {}).get("role") == "attribution" for lay in viewer.layers),
                     timeout=10_000)
-    widget.cancel_attributions()
+    widget.attribution_map.cancel()
     qtbot.waitUntil(lambda: widget.attribution_worker is None, timeout=30_000)
-    assert not widget.attr_progress_box.isVisible()
+    assert not widget.attribution_map.progress_box.isVisible()
     n_done = len(widget._attributions)
-    assert 0 < n_done < total and not widget._all_attributions
+    assert 0 < n_done < total and not widget.attribution_map.complete
     lay = next(lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "attribution")
     cd = lay.colormap.color_dict
     clear = [o for o in ann.table["Object"] if str(o) not in widget._attributions]
     assert all(cd[int(o)][3] == 0 for o in clear)
     assert all(cd[int(o)][3] > 0 for o in ann.table["Object"] if str(o) in widget._attributions)
-    assert "so far" in widget.attr_note.text()
+    assert "so far" in widget.attribution_map.note.text()
     # Show again: only the cells not done; a click meanwhile explains its cell without upsetting it
     seen.clear()
-    worker = widget.show_attributions("CDH")
-    assert widget.show_attributions("CDH") is worker  # a second Show while it runs starts nothing
+    worker = widget.attribution_map.show_attributions("CDH")
+    assert widget.attribution_map.show_attributions("CDH") is worker  # a second Show while it runs starts nothing
     clicked = int(clear[-1])
-    widget.explain_cell(clicked)
+    widget.explainer.explain_cell(clicked)
     qtbot.waitUntil(lambda: widget.attribution_worker is None, timeout=60_000)
-    assert not widget.attr_progress_box.isVisible() and widget.attr_button.isEnabled()
+    assert not widget.attribution_map.progress_box.isVisible() and widget.attribution_map.button.isEnabled()
     assert widget.explanation.current["object"] == clicked
     assert sorted(set(seen)) == sorted(int(o) for o in clear)  # (the clicked cell may be computed twice)
-    assert widget._all_attributions and len(widget._attributions) == total
+    assert widget.attribution_map.complete and len(widget._attributions) == total
     lay = next(lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "attribution")
     assert all(lay.colormap.color_dict[int(o)][3] > 0 for o in ann.table["Object"])
 
@@ -447,7 +447,7 @@ def test_closing_the_viewer_while_attributions_run(make_napari_viewer, qtbot, ti
     widget.device_combo.setCurrentText("CPU")
     widget.run()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
-    worker = widget.show_attributions("CDH")
+    worker = widget.attribution_map.show_attributions("CDH")
     qtbot.waitUntil(lambda: len(seen) >= 5, timeout=30_000)
     finished = []
     worker.finished.connect(lambda: finished.append(True))

@@ -1,0 +1,280 @@
+"""Cell explanations of the Annotate cells dock: a click on a cell of the annotated mask (or a selected
+label, or a partner clicked in the panel) fills the "Cell explanation" panel (:mod:`._explanation`)
+and draws the cell's partners on the image.
+
+The prompt, probabilities and partners appear at once; the word shading (integrated gradients,
+:mod:`._explain`) follows from a worker. The panel is docked as a tab beside Annotate cells on first
+use. One cell's attributions go into the dock widget's cache (``owner._attributions``), which the
+attribution map shares; the explainer reads the run's state from the widget (``annotation``,
+``mask_layer``, ``viewer``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from napari.qt.threading import create_worker
+
+from spatial2sentence.aliases import canonical_marker
+from spatial2sentence.annotate import Annotation
+from spatial2sentence.errors import S2SInputError, first_line
+
+from . import _explain, _layers
+from ._controls import dock_of, is_deleted, one_line
+from ._explain import AttributionsUnavailable
+from ._explanation import ExplanationPanel, display_names
+from ._inputs import meta
+from ._results import find_layer
+
+
+def apply_attribution(info: dict, att: dict) -> None:
+    """Put a cell's attribution into its panel ``info``: the partners' scores, the note cleared."""
+    info["attribution"] = att
+    scores = {str(p.get("object", p.get("Object"))): p.get("score") for p in att.get("partners", [])}
+    for p in info["partners"]:
+        sc = scores.get(str(p["Object"]))
+        p["score"] = None if sc is None else float(sc)
+    info["note"] = ""
+
+
+class CellExplainer:
+    """The Cell explanation panel (``panel``, docked in ``dock``) and what fills it."""
+
+    def __init__(self, owner):
+        self.owner = owner
+        self.panel: ExplanationPanel | None = None
+        self.dock = None
+        self._levels_cache: tuple = (None,)
+        self._table_cache: tuple = (None,)
+
+    # ------------------------------------------------------------------------------------- clicks
+    def watch(self, layer) -> None:
+        """Explain the cells of ``layer`` (the annotated mask) on a click or a selected label."""
+        if getattr(layer, "_s2s_click", False):
+            return
+        layer._s2s_click = True
+        layer.mouse_drag_callbacks.append(self._on_mask_click)
+        layer.events.selected_label.connect(self._on_selected_label)
+
+    def _on_mask_click(self, layer, event):
+        if getattr(event, "button", 1) not in (1, None) or layer.mode not in ("pan_zoom", "pick"):
+            return
+        start = np.asarray(event.position)
+        yield
+        moved = False
+        while event.type == "mouse_move":
+            moved = moved or np.linalg.norm(np.asarray(event.position) - start) > 2 * float(np.max(layer.scale))
+            yield
+        if moved:
+            return
+        value = layer.get_value(event.position, view_direction=event.view_direction,
+                                dims_displayed=event.dims_displayed, world=True)
+        if value is not None and int(value) > 0:
+            self.explain_cell(int(value))
+
+    def _on_selected_label(self, event=None):
+        owner = self.owner
+        if owner.mask_layer is None or owner.annotation is None:
+            return
+        v = int(owner.mask_layer.selected_label)
+        if v > 0 and str(v) in set(owner.annotation.table["Object"].astype(str)):
+            self.explain_cell(v)
+
+    def ensure_panel(self) -> ExplanationPanel:
+        """The explanation panel, docked as a tab beside the widget's dock on first use, then raised.
+
+        napari's ``add_dock_widget(..., tabify=True)`` tabifies with the last dock of the right area
+        (another plugin's, or Batch annotate opened after this one); Qt's own ``tabifyDockWidget`` on
+        the two real dock widgets (found through Qt's parent chain: the viewer handed to a widget from
+        the Plugins menu is a ``PublicOnlyProxy`` whose return values Qt does not accept) then puts the
+        explanation beside Annotate cells."""
+        if self.panel is None:
+            self.panel = ExplanationPanel()
+            self.panel.partner_clicked.connect(lambda o: self.explain_cell(int(o)))
+            window = getattr(self.owner.viewer, "window", None)  # a bare ViewerModel has none
+            if window is not None:
+                window.add_dock_widget(self.panel, name="Cell explanation", area="right", tabify=True,
+                                       add_vertical_stretch=False)
+                self.dock = dock_of(self.panel)
+                mine = dock_of(self.owner)
+                main = mine.parentWidget() if mine is not None else None
+                if (main is not None and self.dock is not None and hasattr(main, "tabifyDockWidget")
+                        and self.dock not in main.tabifiedDockWidgets(mine)):
+                    main.tabifyDockWidget(mine, self.dock)
+        if self.dock is not None:
+            self.dock.show()
+            self.dock.raise_()
+        return self.panel
+
+    # ------------------------------------------------------------------------------------- one cell
+    def explain_cell(self, obj: int, attributions: str = "async") -> dict | None:
+        """Fill the explanation panel with cell ``obj`` and draw its partners; returns the info dict.
+
+        The word shading follows from a worker (``attributions="async"``), or is computed before
+        returning (``"sync"``), or skipped (``"none"``)."""
+        ann = self.owner.annotation
+        if ann is None:
+            return None
+        t0 = time.perf_counter()
+        try:
+            prompt = ann.model.prompts_for(self.owner.prepared_cells(), [obj], markers=ann.markers)[0]
+        except S2SInputError as err:
+            self.owner.notify("warning", one_line(err))
+            return None
+        table = self.table_by_object()
+        info = self._cell_info(ann, obj, prompt, table)
+        cached = self.owner._attributions.get(str(obj))
+        if cached is not None:
+            apply_attribution(info, cached)
+        elif attributions == "sync":
+            try:
+                apply_attribution(info, self.explain_one(obj))
+            except AttributionsUnavailable as err:
+                info["note"] = str(err)
+        elif attributions == "async":
+            info["note"] = "computing attributions…"
+        self.draw_partners(obj, info["partners"], table)
+        panel = self.ensure_panel()
+        info["seconds"] = time.perf_counter() - t0
+        panel.show_cell(info)
+        if attributions == "async" and cached is None:
+            self._start_cell_attribution(obj)
+        return info
+
+    def _cell_info(self, ann: Annotation, obj: int, prompt: dict, table) -> dict:
+        """What the panel shows of cell ``obj`` before its attributions (see ``ExplanationPanel.show_cell``)."""
+        row = table.loc[str(obj)]
+        probs = {lab: float(row.get("p_" + str(lab).replace(" ", "_"), np.nan)) for lab in ann.type_labels}
+        partners = []
+        for p in prompt["partners"]:
+            key = str(p["Object"])
+            ct = table["cell_type"].get(key) if key in table.index else None
+            partners.append({**p, "cell_type": ct if isinstance(ct, str) else None, "score": None})
+        words = prompt["text"].split()
+        try:
+            anchor = words[words.index(":") + 1: words.index(";")]
+        except ValueError:
+            anchor = []
+        info = {
+            "object": obj, "image": ann.image,
+            "predicted": row["cell_type"] if isinstance(row["cell_type"], str) else None,
+            "probability": float(row["cell_type_probability"]), "probabilities": probs,
+            "colors": _layers.type_colors(ann.type_labels), "text": prompt["text"], "partners": partners,
+            "attribution": None, "note": "", "anchor_markers": anchor,
+            # the user's marker names for the model's canonical ones (shown in the prompt and markers)
+            "display_names": display_names(ann.markers),
+        }
+        info["levels"], info["percentiles"] = self.levels([obj] + [p["Object"] for p in partners])
+        return info
+
+    def levels(self, objects) -> tuple[list[dict], dict]:
+        """The measured level of every marker (canonical name -> mean counts) of each of ``objects``, and
+        for the first one each marker's percentile among the image's cells (0-1)."""
+        ann = self.owner.annotation
+        if self._levels_cache[0] is not ann:
+            cols = {canonical_marker(m): m for m in ann.markers if m in ann.cells.columns}
+            values = ann.cells[list(cols.values())].to_numpy(dtype=float)
+            index = {str(o): i for i, o in enumerate(ann.cells["Object"].tolist())}
+            self._levels_cache = (ann, list(cols), values, np.sort(values, axis=0), index)
+        _, canon, values, ranked, index = self._levels_cache
+        levels = []
+        for o in objects:
+            i = index.get(str(o))
+            levels.append({} if i is None else dict(zip(canon, values[i].tolist())))
+        pct = {}
+        if levels and levels[0] and len(values):
+            row = values[index[str(objects[0])]]
+            below = [np.searchsorted(ranked[:, j], row[j], side="left") for j in range(len(canon))]
+            pct = {c: float(b) / len(values) for c, b in zip(canon, below)}
+        return levels, pct
+
+    def table_by_object(self):
+        """The annotation's table indexed by ``str(Object)``."""
+        ann = self.owner.annotation
+        if self._table_cache[0] is not ann:
+            self._table_cache = (ann, ann.table.set_index(ann.table["Object"].astype(str)))
+        return self._table_cache[1]
+
+    # ------------------------------------------------------------------------------------- attributions
+    def explain_one(self, obj, ann: Annotation | None = None) -> dict:
+        """Cell ``obj``'s attribution, computed now and kept in the widget's cache; ``ann``: the
+        annotation it was asked for (refused when the widget shows another one by now)."""
+        owner = self.owner
+        ann = ann or owner.annotation
+        if ann is None:
+            raise AttributionsUnavailable("no annotation (it was cleared or is being re-run)")
+        if ann is not owner.annotation:
+            raise AttributionsUnavailable("the annotation changed while attributions were computed")
+        res = _explain.explain_cells(ann.model, owner.prepared_cells(), [obj], markers=ann.markers)
+        att = res.get(str(obj))
+        if att is None:
+            raise AttributionsUnavailable("attributions unavailable for this cell")
+        owner._attributions[str(obj)] = att
+        return att
+
+    def _start_cell_attribution(self, obj) -> None:
+        owner = self.owner
+        ann = owner.annotation
+        worker = create_worker(self.explain_one, obj, ann, _ignore_errors=True, _start_thread=False)
+
+        def current() -> bool:
+            # the result belongs to this annotation and this cell only: a new run or a new click since
+            # the worker started makes it stale; a closed viewer has deleted the panel
+            panel = self.panel
+            if panel is None or is_deleted(panel):
+                return False
+            return owner.annotation is ann and panel.current is not None and panel.current.get("object") == obj
+
+        def done(att):
+            if current():
+                new = dict(self.panel.current)
+                new["partners"] = [dict(p) for p in new["partners"]]
+                apply_attribution(new, att)
+                self.panel.show_cell(new)
+                self.draw_partners(obj, new["partners"], self.table_by_object())
+
+        def failed(err):
+            if current():
+                self.panel.note.setText(first_line(err) if str(err) else "attributions failed")
+
+        def finished():
+            if owner.attribution_worker is worker:  # back to the whole-image worker, if one runs
+                owner.attribution_worker = owner.attribution_map.worker
+
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+        worker.finished.connect(finished)
+        owner.attribution_worker = worker
+        worker.start()
+
+    # ------------------------------------------------------------------------------------- partners
+    def draw_partners(self, obj, partners: list[dict], table) -> None:
+        """A ring around cell ``obj`` and a line to each partner, in one Shapes layer per image."""
+        owner = self.owner
+        ann, ml = owner.annotation, owner.mask_layer
+        ps = float(meta(ml).get("pixel_size_um") or ml.scale[-1] or 1.0)
+        ax, ay = float(table.loc[str(obj), "x"]) / ps, float(table.loc[str(obj), "y"]) / ps
+        pxy, roles, scores = [], [], []
+        for p in partners:
+            k = str(p["Object"])
+            if k not in table.index:
+                continue
+            pxy.append((float(table.loc[k, "x"]) / ps, float(table.loc[k, "y"]) / ps))
+            roles.append(p["role"])
+            scores.append(np.nan if p.get("score") is None else p["score"])
+        data, types, colors, widths = _layers.partner_shapes((ax, ay), pxy, roles, scores)
+        lay = find_layer(owner.viewer, "partners", ann.image)
+        name = f"{ann.image} partners of cell {obj}"
+        if lay is None:
+            lay = owner.viewer.add_shapes(data, shape_type=types, edge_color=colors, edge_width=widths,
+                                          face_color="transparent", name=name, scale=ml.scale,
+                                          translate=ml.translate,
+                                          metadata=_layers.s2s_meta("partners", ann.image, object=obj))
+        else:  # reuse the layer: removing one costs a garbage collection (~0.5 s)
+            lay.selected_data = set()
+            lay.data = []
+            lay.add(data, shape_type=types, edge_color=colors, edge_width=widths, face_color="transparent")
+            lay.name = name
+            lay.metadata = _layers.s2s_meta("partners", ann.image, object=obj)
+        owner.viewer.layers.selection.active = ml
