@@ -18,11 +18,18 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pandas as pd
+
+from spatial2sentence.domain import PanelCoverageError
+from spatial2sentence.errors import S2SInputError
+from spatial2sentence.io import write_csv_atomic
+
+from ._sample_data import DAMOND_IMAGES, load_damond, load_simulated, simulated_dir
+from ._testing import default_model_available, make_tiny_model
+
 
 def _model_path(given: str | None) -> tuple[str | None, bool]:
     """(model path or None for the embedded default, is_placeholder)."""
-    from ._testing import default_model_available, make_tiny_model
-
     if given:
         return given, False
     if default_model_available():
@@ -37,14 +44,7 @@ def _warn_placeholder():
 
 
 def headless(out: Path, model: str | None = None) -> int:
-    import pandas as pd
-
-    from spatial2sentence.domain import PanelCoverageError
-    from spatial2sentence.errors import S2SInputError
-    from spatial2sentence.io import write_csv_atomic
-
-    from ._annotate import annotate
-    from ._sample_data import DAMOND_IMAGES, load_damond, load_simulated, simulated_dir
+    from ._annotate import annotate  # lazy: imports torch (5 s), which --help must not wait for
 
     model_path, placeholder = _model_path(model)
     if placeholder:
@@ -90,9 +90,7 @@ def headless(out: Path, model: str | None = None) -> int:
 def gui(model: str | None = None) -> int:
     """napari as a user opens it: the sample from File > Open Sample, Annotate cells from the Plugins
     menu (napari's own paths, so the demo shows what a user gets)."""
-    import napari
-
-    from ._sample_data import simulated_dir
+    import napari  # lazy: 7 s to import, and the headless run does without it
 
     model_path, placeholder = _model_path(model)
     if placeholder:
