@@ -11,7 +11,6 @@ Run again resumes. Double-click a finished row to open its type overlay in the v
 
 from __future__ import annotations
 
-import inspect
 import re
 import threading
 from functools import partial
@@ -46,8 +45,6 @@ def batch_steps(input_dir, out_dir, model=None, device="auto", workers=0, overwr
     ``threading.Event``) stops it after the current image: its progress callback then returns False.
     """
     cancel = cancel or threading.Event()
-    # until run_batch's should_stop argument is gone (returning False from progress replaces it)
-    stop = {"should_stop": cancel.is_set} if "should_stop" in inspect.signature(run_batch).parameters else {}
 
     def work(emit):
         def progress(rec, done, total):
@@ -55,7 +52,7 @@ def batch_steps(input_dir, out_dir, model=None, device="auto", workers=0, overwr
             return not cancel.is_set()
 
         return run_batch(input_dir, out_dir, model=model, device=device, workers=workers, overwrite=overwrite,
-                         progress=progress, **stop)
+                         progress=progress)
 
     return (yield from run_in_thread(work, cancel, name="s2s-batch"))
 
