@@ -2,12 +2,13 @@
 
 For each dataset (the 3 real Damond toy crops, leave one crop out; the scimap CyCIF image, 4 strips,
 leave one strip out), each fold of seed 0 and each of ``s2s`` / ``c2s``: one language model trained
-exactly as ``s2s benchmark`` trains it (:func:`spatial2sentence.bench.methods.lm_settings`: levels sentences,
-class-balanced sampling, the same validation split), except that it runs the full ``--steps`` without
-early stopping. Every ``--every`` steps the model predicts the held-out fold's cells (the benchmark's
-own prediction path, partners from the whole test image) and the accuracy and macro-F1 are recorded,
-together with the validation loss; the step where the benchmark's early stopping (patience on the
-validation loss) would have stopped is marked. Held-out folds are never used to choose anything.
+exactly as ``s2s benchmark`` trains it (:func:`spatial2sentence.bench.methods.lm_settings` with the
+default ``Budget``: the same sentences, sampling and validation split), except that it runs the full
+``--steps`` without early stopping. Every ``--every`` steps the model predicts the held-out fold's cells
+(the benchmark's own prediction path, partners from the whole test image) and the accuracy and
+macro-F1 are recorded, together with the validation score; the step where the benchmark's early
+stopping (patience on the budget's ``select_by`` score) would have stopped is marked. Held-out folds
+are never used to choose anything.
 
     python benchmarks/learning_curve.py [--steps 3000] [--every 250] [--workers 2]
 
@@ -40,7 +41,7 @@ def one_curve(job):
 
     from spatial2sentence.bench import runner as Bm
     from spatial2sentence.threads import torch_threads
-    from spatial2sentence.training import observe_steps, train
+    from spatial2sentence.training import observe_steps, selection_score, train
 
     name, f, method, steps, every, data_root = job
     warnings.simplefilter("ignore")
@@ -68,18 +69,21 @@ def one_curve(job):
         res = train(Bm._lm_table(train_df, ds, True), wd, sentence=s, pairs=p, prompt=pr, model_settings=ms,
                     train_settings=ts, type_labels=type_labels, progress_bar=False, device="cpu",
                     log=lambda *a, **k: None)
-    hist = [{"step": h["step"], "val_loss": h["loss"]} for h in res.history]
+    hist = [{"step": h["step"], "val_loss": h["loss"], "val_score": selection_score(h, budget.select_by)}
+            for h in res.history]
     return {"dataset": name, "fold": f, "method": method, "points": points, "validation": hist,
-            "early_stop_step": early_stop_step(hist, budget.patience), "seconds": round(time.time() - t0, 1)}
+            "early_stop_step": early_stop_step(hist, budget.patience), "select_by": budget.select_by,
+            "seconds": round(time.time() - t0, 1)}
 
 
 def early_stop_step(hist: list[dict], patience: int) -> dict:
-    """Where the benchmark's rule stops (``patience`` evaluations without a lower validation loss) and the
-    best step it then keeps."""
-    best, best_step, bad = float("inf"), None, 0
+    """Where the benchmark's rule stops (``patience`` evaluations without a better validation score, the
+    budget's ``select_by``: the same rule as :class:`spatial2sentence.training._Run`) and the best step it
+    then keeps."""
+    best, best_step, bad = -float("inf"), None, 0
     for h in hist:
-        if h["val_loss"] < best - 1e-4:
-            best, best_step, bad = h["val_loss"], h["step"], 0
+        if h["val_score"] > best + 1e-6:
+            best, best_step, bad = h["val_score"], h["step"], 0
         else:
             bad += 1
             if bad >= patience:
