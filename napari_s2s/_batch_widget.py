@@ -17,18 +17,17 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from napari.qt.threading import create_worker
 from PIL import Image
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QFormLayout, QGroupBox, QHeaderView, QLineEdit, QSpinBox, QTableWidget,
+    QCheckBox, QFormLayout, QGroupBox, QHeaderView, QLineEdit, QSpinBox, QTableWidget,
     QTableWidgetItem, QWidget,
 )
 
 from spatial2sentence.batch import output_paths, run_batch
 
 from ._bridge import run_in_thread
-from ._controls import DEVICES, RunControls, fit_width, folder_row, one_line, scroll_body
+from ._controls import DEVICES, RunControls, fit_width, folder_row, model_inputs, one_line, scroll_body
 from ._controls import notify as _notify
 
 COLUMNS = ["image", "cells", "status", "error"]
@@ -81,11 +80,7 @@ class BatchAnnotateWidget(QWidget):
             "A panel.csv in the folder names the channels.")
         self.output_edit = QLineEdit()
         self.output_edit.setPlaceholderText("output folder (a rerun resumes in it)")
-        self.model_edit = QLineEdit()
-        self.model_edit.setPlaceholderText("embedded default model")
-        self.model_edit.setToolTip("A spatial2sentence model folder; empty: the embedded default model")
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(list(DEVICES))
+        self.model_edit, self.device_combo = model_inputs()
         self.workers_spin = QSpinBox()
         self.workers_spin.setRange(0, 64)
         self.workers_spin.setToolTip("0: annotate in napari's process; N: a local Dask cluster of N processes")
@@ -138,16 +133,11 @@ class BatchAnnotateWidget(QWidget):
         self.table.setRowCount(0)
         self._rows.clear()
         self._records.clear()
-        worker = create_worker(
-            batch_steps, src, out, model=self.model_edit.text().strip() or None,
+        self.worker = self.controls.launch(
+            self, batch_steps, src, out, model=self.model_edit.text().strip() or None,
             device=DEVICES[self.device_combo.currentText()], workers=self.workers_spin.value(),
-            overwrite=self.overwrite_check.isChecked(), cancel=self._cancel, _ignore_errors=True,
-            _start_thread=False,
-        )
-        self.worker = worker
-        self.controls.start(worker, f"Reading {src}…", yielded=self._on_yielded, returned=self._on_returned,
-                            errored=self._on_errored, finished=self._on_finished)
-        return worker
+            overwrite=self.overwrite_check.isChecked(), cancel=self._cancel, status=f"Reading {src}…")
+        return self.worker
 
     def cancel(self):
         """Stop after the current image (finished images are kept; Run resumes)."""

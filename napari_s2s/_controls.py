@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QDockWidget, QFileDialog, QFrame, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QScrollArea,
+    QComboBox, QDockWidget, QFileDialog, QFrame, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QScrollArea,
     QVBoxLayout, QWidget,
 )
 
@@ -164,3 +165,23 @@ class RunControls:
         self.running(True)
         self.status_label.setText(status)
         worker.start()
+
+    def launch(self, owner, fn, *args, status: str, **kwargs):
+        """A napari worker running ``fn(*args, **kwargs)``, its signals connected to ``owner``'s
+        ``_on_yielded``, ``_on_returned``, ``_on_errored``, ``_on_aborted`` and ``_on_finished`` (those it
+        has; errors go to ``_on_errored``, not napari's own dialog), started by :meth:`start`."""
+        worker = create_worker(fn, *args, _ignore_errors=True, _start_thread=False, **kwargs)
+        slots = {sig: getattr(owner, f"_on_{sig}") for sig in ("yielded", "returned", "errored", "aborted", "finished")
+                 if hasattr(owner, f"_on_{sig}")}
+        self.start(worker, status, **slots)
+        return worker
+
+
+def model_inputs() -> tuple[QLineEdit, QComboBox]:
+    """The Model field (empty: the embedded default model) and the Device choice shared by the widgets."""
+    model_edit = QLineEdit()
+    model_edit.setPlaceholderText("embedded default model")
+    model_edit.setToolTip("A spatial2sentence model folder; empty: the embedded default model")
+    device_combo = QComboBox()
+    device_combo.addItems(list(DEVICES))
+    return model_edit, device_combo

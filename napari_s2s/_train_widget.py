@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from napari.layers import Points
-from napari.qt.threading import create_worker
 from qtpy.QtWidgets import (
     QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QTableWidget,
     QTableWidgetItem, QVBoxLayout, QWidget,
@@ -272,14 +271,11 @@ class TrainModelWidget(LayerInputs, QWidget):
         self._cancel = threading.Event()
         self.history = []
         self._t0 = time.perf_counter()
-        worker = create_worker(train_steps, data, markers, np.asarray(mask_layer.data), labels, image, str(out),
-                               self.steps_spin.value(), ps, self._cancel, _start_thread=False,
-                               _ignore_errors=True)
-        self.worker = worker
         self._markers = markers
-        self.controls.start(worker, f"Training on {len(labels)} labelled cells…", yielded=self._on_yielded,
-                            returned=self._on_returned, errored=self._on_errored, finished=self._on_finished)
-        return worker
+        self.worker = self.controls.launch(
+            self, train_steps, data, markers, np.asarray(mask_layer.data), labels, image, str(out),
+            self.steps_spin.value(), ps, self._cancel, status=f"Training on {len(labels)} labelled cells…")
+        return self.worker
 
     def cancel(self):
         if self._cancel is not None:

@@ -22,8 +22,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from napari.qt.threading import create_worker
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QLineEdit, QWidget
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QWidget
 
 from spatial2sentence.annotate import Annotation
 from spatial2sentence.errors import S2SInputError
@@ -31,7 +30,8 @@ from spatial2sentence.model import check_model_dir, resolve_device
 
 from ._annotate import annotate_steps, warm_up
 from ._attribution_map import AttributionMap
-from ._controls import DEVICES, RunControls, dock_of, fit_width, folder_row, is_deleted, one_line, scroll_body
+from ._controls import (DEVICES, RunControls, dock_of, fit_width, folder_row, is_deleted, model_inputs, one_line,
+                        scroll_body)
 from ._controls import notify as _notify
 from ._explain_view import CellExplainer
 from ._inputs import LayerInputs
@@ -95,11 +95,7 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         self.layer_rows(form, "One marker name per channel, in channel order (from the layer names or the OME "
                               "metadata). Edit them if the names are wrong.")
         self.markers_edit.setPlaceholderText("marker names in channel order, comma-separated")
-        self.model_edit = QLineEdit()
-        self.model_edit.setPlaceholderText("embedded default model")
-        self.model_edit.setToolTip("A spatial2sentence model folder; empty: the embedded default model")
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(list(DEVICES))
+        self.model_edit, self.device_combo = model_inputs()
         form.addRow("Model", folder_row(self.model_edit, "spatial2sentence model folder"))
         form.addRow("Device", self.device_combo)
         self.partial_check = QCheckBox("Allow a partial panel")
@@ -165,17 +161,12 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         self._cancel = self.new_job()
         self._pending = (mask_layer, t_start)
         self.run_channels = list(self._groups.get(self.image_combo.currentText(), []))
-        worker = create_worker(
-            annotate_steps, data, markers, np.asarray(mask_layer.data), image=image, pixel_size_um=ps,
-            model_path=model_path, device=device, cancel=self._cancel,
-            allow_partial_panel=self.partial_check.isChecked(), _ignore_errors=True, _start_thread=False,
-        )
-        self.worker = worker
         self._clear_error()
-        self.controls.start(worker, f"Annotating {image}…", yielded=self._on_yielded,
-                            returned=self._on_returned, errored=self._on_errored,
-                            aborted=self._on_aborted, finished=self._on_finished)
-        return worker
+        self.worker = self.controls.launch(
+            self, annotate_steps, data, markers, np.asarray(mask_layer.data), image=image, pixel_size_um=ps,
+            model_path=model_path, device=device, cancel=self._cancel,
+            allow_partial_panel=self.partial_check.isChecked(), status=f"Annotating {image}…")
+        return self.worker
 
     def cancel(self):
         if self._cancel is not None:
