@@ -38,12 +38,19 @@ def _key(v) -> str:
         return str(v)
 
 
-def explain_cells(model, cells, object_ids, markers=None, progress=None, overview: bool = False) -> dict[str, dict]:
+def explain_cells(model, cells, object_ids, markers=None, progress=None, overview: bool = False,
+                  first_pass: bool = False) -> dict[str, dict]:
     """The attributions of ``object_ids`` (``cells``: a cells table or the run's prepared CellSet);
-    ``overview``: the core's fast settings for whole-image maps (``spatial2sentence.explain.OVERVIEW``)."""
-    options = dict(core.OVERVIEW) if overview else {}
+    ``overview``: the core's fast settings for whole-image maps (``spatial2sentence.explain.OVERVIEW``);
+    ``first_pass``: one 16-point pass, no refinement (``spatial2sentence.explain.FIRST_PASS``)."""
+    options = dict(core.OVERVIEW) if overview else dict(core.FIRST_PASS) if first_pass else {}
     try:
         res = core.explain_cells(model, cells, list(object_ids), markers=markers, progress=progress, **options)
     except Exception as err:  # noqa: BLE001 - shown as one line in the panel, never a traceback
         raise AttributionsUnavailable(f"attributions failed: {first_line(err)}") from None
     return {_key(a.get("object")): a for a in res}
+
+
+def complete(attribution: dict) -> bool:
+    """Whether a cell's attribution already meets the refinement's completeness rule."""
+    return core.is_complete(attribution)

@@ -200,23 +200,37 @@ class CellExplainer:
     def explain_one(self, obj, ann: Annotation | None = None) -> dict:
         """Cell ``obj``'s attribution, computed now and kept in the widget's cache; ``ann``: the
         annotation it was asked for (refused when the widget shows another one by now)."""
+        gen = self.explain_steps(obj, ann)
+        try:
+            while True:
+                next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+    def explain_steps(self, obj, ann: Annotation | None = None):
+        """Generator for the click worker: yields the first shading (one 16-point pass) when it is not
+        yet complete, returns the refined attribution (kept in the widget's cache)."""
         owner = self.owner
         ann = ann or owner.annotation
         if ann is None:
             raise AttributionsUnavailable("no annotation (it was cleared or is being re-run)")
         if ann is not owner.annotation:
             raise AttributionsUnavailable("the annotation changed while attributions were computed")
-        res = _explain.explain_cells(ann.model, owner.prepared_cells(), [obj], markers=ann.markers)
-        att = res.get(str(obj))
-        if att is None:
+        cells = owner.prepared_cells()
+        first = _explain.explain_cells(ann.model, cells, [obj], markers=ann.markers, first_pass=True).get(str(obj))
+        if first is None:
             raise AttributionsUnavailable("attributions unavailable for this cell")
+        att = first
+        if not _explain.complete(first):
+            yield first
+            att = _explain.explain_cells(ann.model, cells, [obj], markers=ann.markers).get(str(obj)) or first
         owner._attributions[str(obj)] = att
         return att
 
     def _start_cell_attribution(self, obj) -> None:
         owner = self.owner
         ann = owner.annotation
-        worker = create_worker(self.explain_one, obj, ann, _ignore_errors=True, _start_thread=False)
+        worker = create_worker(self.explain_steps, obj, ann, _ignore_errors=True, _start_thread=False)
 
         def current() -> bool:
             # the result belongs to this annotation and this cell only: a new run or a new click since
@@ -242,6 +256,7 @@ class CellExplainer:
             if owner.attribution_worker is worker:  # back to the whole-image worker, if one runs
                 owner.attribution_worker = owner.attribution_map.worker
 
+        worker.yielded.connect(done)  # the first shading; the refined one follows when it differs
         worker.returned.connect(done)
         worker.errored.connect(failed)
         worker.finished.connect(finished)

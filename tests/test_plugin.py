@@ -345,6 +345,36 @@ def test_real_attributions_shade_the_prompt(annotated, qtbot):
     assert "ranked by expression" not in widget.explanation.markers.text()
 
 
+def test_a_click_shades_words_at_once_then_refines(annotated, monkeypatch):
+    """Issue 20: the first shading is one 16-point pass; where it misses the completeness rule the
+    refined attribution follows (and is what the cache keeps); where it meets it, nothing is recomputed."""
+    from spatial2sentence.explain import is_complete
+
+    viewer, widget = annotated
+    obj, _ = _centroid_cell(widget)
+    calls = []
+    real = _explain.explain_cells
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("first_pass", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_explain, "explain_cells", counted)
+    monkeypatch.setattr(_explain, "complete", lambda att: False)  # as for a cell that needs more points
+    steps = widget.explainer.explain_steps(obj)
+    first = next(steps)
+    assert first["n_steps"] == 16 and calls == [True]
+    with pytest.raises(StopIteration) as stop:
+        next(steps)
+    refined = stop.value.value
+    assert calls == [True, False]
+    assert is_complete(refined) or refined["n_steps"] == 256
+    assert widget._attributions[str(obj)] is refined
+    monkeypatch.setattr(_explain, "complete", lambda att: True)
+    calls.clear()
+    assert list(widget.explainer.explain_steps(obj)) == [] and calls == [True]
+
+
 def test_stale_attribution_result_is_dropped(annotated, monkeypatch, qtbot):
     """A click's attributions that arrive after the annotation was replaced (a new Run) or cleared
     must not be drawn on the new one, nor raise in the Qt callback."""
