@@ -338,7 +338,7 @@ def test_real_attributions_shade_the_prompt(annotated, qtbot):
     obj, _ = _centroid_cell(widget)
     widget.explainer.explain_cell(obj)
     _wait(qtbot, widget)
-    qtbot.waitUntil(lambda: widget.explanation.current.get("attribution") is not None, timeout=10_000)
+    qtbot.waitUntil(lambda: widget.explanation.current.get("attribution") is not None, timeout=60_000)
     att = widget.explanation.current["attribution"]
     assert att["object"] == obj and att["tokens"]
     assert "rgba(" in widget.explanation.prompt.toHtml() or "background-color" in widget.explanation.prompt.toHtml()
