@@ -638,3 +638,15 @@ def test_a_model_saved_by_a_newer_version_stays_readable(tiny, cells, tmp_path):
     pd.testing.assert_frame_equal(before, after)
     with pytest.raises(S2SInputError, match="unknown settings"):
         SentenceSettings.from_dict({"top_kk": 3}, strict=True)
+
+
+def test_training_and_building_a_model_give_torch_its_random_state_back(cells, tmp_path):
+    """Training seeds torch; a caller's own random numbers must not depend on whether a model was trained
+    (or built) in between."""
+    import torch
+
+    torch.manual_seed(1234)
+    before = torch.get_rng_state().clone()
+    train(cells, tmp_path / "m", model_settings=TINY, train_settings=tiny_settings(), progress_bar=False,
+          log=lambda *a: None)
+    assert torch.equal(torch.get_rng_state(), before)

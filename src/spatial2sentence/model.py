@@ -38,6 +38,7 @@ from .predict import PREDICT_BATCH_SIZE, Predictions, predict_cellset
 from .prompts import PAIR_ANSWERS, direction_word, task_words
 from .sentences import status_token, type_token
 from .settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings
+from .threads import torch_rng_kept
 from .tokenizer import WordTokenizer
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "data" / "default_model"
@@ -114,7 +115,13 @@ def resolve_dtype(dtype: str | None, device):
 
 def build_lm(ms: ModelSettings, vocab_size: int, tok: WordTokenizer, seed: int = 0):
     """A fresh small causal LM (Llama or GPT-2 architecture), or a local base model resized to our
-    vocabulary when ``ms.base_model`` names a directory."""
+    vocabulary when ``ms.base_model`` names a directory; its initial weights drawn from ``seed`` (torch's
+    global generator is given its state back afterwards)."""
+    with torch_rng_kept():
+        return _build_lm(ms, vocab_size, tok, seed)
+
+
+def _build_lm(ms: ModelSettings, vocab_size: int, tok: WordTokenizer, seed: int):
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 

@@ -9,7 +9,8 @@ from scoring several batches at once in a thread pool (:func:`parallel_map`), to
 inside its kernels. Every batch then gives the same bits whatever the number of workers.
 
 ``torch.set_num_threads`` is process-wide; library code changes it only inside :func:`torch_threads`,
-which restores the previous value.
+which restores the previous value. Seeding torch is process-wide too: :func:`torch_rng_kept` restores
+the global generators after training or building a model.
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ def torch_threads(n: int | None) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+@contextmanager
+def torch_rng_kept() -> Iterator[None]:
+    """Run the block (which seeds torch for itself) and give torch's global generators back their state:
+    training and model building seed torch, and a caller's own random numbers must not depend on
+    whether a model was trained or built in between."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        yield
 
 
 @contextmanager

@@ -31,7 +31,7 @@ from .model import S2SModel, build_lm, resolve_device
 from .numeric import attach_value_embedding, embed_inputs, has_values
 from .sentences import status_token, type_token
 from .settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings, TrainSettings
-from .threads import torch_threads
+from .threads import torch_rng_kept, torch_threads
 from .tokenizer import WordTokenizer
 from .training_data import PromptSampler, fit_normalizer, panel_and_labels, split_validation, training_cells
 
@@ -233,7 +233,7 @@ def train(
     ckpt = (Path(ts.checkpoint_dir) if ts.checkpoint_dir else Path(out) / "checkpoint") / "state.pt"
     if resume and ckpt.exists():
         load_checkpoint(ckpt)  # a bad or hostile checkpoint is refused before any data is read
-    with torch_threads(ts.num_threads):
+    with torch_threads(ts.num_threads), torch_rng_kept():
         return _train(tables, out, sentence, pairs, prompt, model_settings, ts, type_labels, status_labels,
                       resume, progress_bar, device, info, log)
 
