@@ -63,18 +63,16 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
+import torch
 
 from .errors import ModelInputError
 from .measure import measure_image
 from .numeric import embed_inputs
 from .prompts import BOS
 from .sentences import word_marker
-
-if TYPE_CHECKING:  # the annotations only: torch itself is imported where used (it takes seconds)
-    import torch
 
 BASELINES = ("pad", "unk", "zeros")
 # the whole-image overview map: integrated gradients with one quadrature point (the gradient at the
@@ -141,7 +139,6 @@ def _quadrature(n_steps: int, method: str) -> tuple[np.ndarray, np.ndarray]:
 @dataclass
 class Attribution:
     """Raw result for one prompt: per-token scores, label probabilities, f at input and baseline."""
-
     scores: np.ndarray  # (len(prompt),)
     probabilities: np.ndarray  # (n_labels,)
     target: int
@@ -158,7 +155,6 @@ def _embedding_layer(lm):
 
 
 def _baseline_vector(lm, tokenizer, baseline: str):
-    import torch  # lazy: importing torch takes seconds, and the CLI checks its inputs first
 
     emb = _embedding_layer(lm).weight
     if baseline == "pad":
@@ -177,8 +173,6 @@ def _target_fn(lm, emb, pos, keep, row_pos, label_ids, targets):
     position never sees the padding after it, and the result equals the unpadded prompt's. ``keep``:
     the distinct last positions of the rows (HF ``logits_to_keep`` as an index tensor); ``row_pos``:
     each row's index into ``keep``."""
-    import torch  # lazy: importing torch takes seconds, and the CLI checks its inputs first
-
     out = lm(inputs_embeds=emb, position_ids=pos, logits_to_keep=keep, use_cache=False)
     logits = out.logits[torch.arange(emb.shape[0], device=emb.device), row_pos]
     logp = torch.log_softmax(logits[:, label_ids].float(), dim=-1)
@@ -201,8 +195,6 @@ def attribute_prompts(lm, tokenizer, seqs: list[list[int]], label_ids: list[int]
     point) of one forward + backward pass, so several prompts share a pass when it allows. Prompts are
     grouped by length (less padding) and right-padded (no attention mask needed, see ``_target_fn``).
     """
-    import torch  # lazy: importing torch takes seconds, and the CLI checks its inputs first
-
     if not seqs:
         return []
     device = device if device is not None else next(lm.parameters()).device
@@ -251,7 +243,6 @@ def _inference_only(lm):
 class _Batch(NamedTuple):
     """A chunk of prompts right-padded into one batch (see ``_target_fn``); tensors on ``device`` except
     ``lens``, ``cols`` and ``vals``."""
-
     device: object
     ids: torch.Tensor  # (B, n) token ids, [PAD] after each prompt
     vals: torch.Tensor | None  # (B, n) the values the words carry (a model that reads them)
@@ -265,8 +256,6 @@ class _Batch(NamedTuple):
 
 def _batch(seqs, values, chunk, pad_id: int, device) -> _Batch:
     """Prompts ``chunk`` of ``seqs`` (and their ``values``) as one right-padded batch on ``device``."""
-    import torch  # lazy: importing torch takes seconds, and the CLI checks its inputs first
-
     lens = torch.as_tensor([len(seqs[i]) for i in chunk])
     n = int(lens.max())
     B = len(chunk)
@@ -287,8 +276,6 @@ def _batch(seqs, values, chunk, pad_id: int, device) -> _Batch:
 def _input_and_baseline(lm, emb_layer, batch: _Batch, base_vec, bos_id: int, keep_bos: bool, keep_last: int):
     """The prompts' input embeddings ``x`` and their baseline ``b`` (float32): ``base_vec`` at every
     content token; padding, ``[BOS]`` (``keep_bos``) and the last ``keep_last`` tokens as in ``x``."""
-    import torch  # lazy: importing torch takes seconds, and the CLI checks its inputs first
-
     ids, real = batch.ids, batch.real
     with torch.no_grad():
         x = (embed_inputs(lm, ids, batch.vals) if batch.vals is not None else emb_layer(ids)).float()
@@ -306,8 +293,6 @@ def _input_and_baseline(lm, emb_layer, batch: _Batch, base_vec, bos_id: int, kee
 def _endpoint_scores(lm, batch: _Batch, x, b, dtype, lab, targets, chunk):
     """At the input: the label log-probabilities (also the probabilities and the default target), the
     target of each prompt and its f; at the baseline: f. ``targets``: as for ``attribute_prompts``."""
-    import torch  # lazy: importing torch takes seconds, and the CLI checks its inputs first
-
     device = batch.device
     with torch.no_grad():
         zero = torch.zeros(len(chunk), dtype=torch.long, device=device)
@@ -326,8 +311,6 @@ def _endpoint_scores(lm, batch: _Batch, x, b, dtype, lab, targets, chunk):
 def _path_integral(lm, batch: _Batch, x, b, dtype, lab, tg, alphas, weights, internal_batch_size: int):
     """Each token's attribution (B, n): ``(x - b)`` times the quadrature of the gradients of f along the
     straight path from ``b`` to ``x``, summed over the embedding dimensions."""
-    import torch  # lazy: importing torch takes seconds, and the CLI checks its inputs first
-
     device = batch.device
     diff = x - b
     grads = torch.zeros_like(x)

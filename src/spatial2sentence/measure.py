@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .errors import MaskError
 from .io import IMCImage
@@ -63,8 +64,6 @@ def _label_index(mask: np.ndarray) -> _LabelIndex:
 
 def _channel_sums(data: np.ndarray, index: np.ndarray, n: int) -> np.ndarray:
     """(n + 1, C) per-label sums of every channel; row 0 is the background."""
-    import torch
-
     channels = data.shape[0]
     sums = np.empty((n + 1, channels), dtype=np.float64)
     target = torch.from_numpy(index)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from safetensors import safe_open
 
 from .aliases import canonical_marker
@@ -41,6 +42,8 @@ from .settings import ModelSettings, PairSettings, PromptSettings, SentenceSetti
 from .threads import torch_rng_kept
 from .tokenizer import WordTokenizer
 
+# transformers is imported where a model is built, loaded or run through its internals: importing it
+# takes 2.9 s (python -X importtime), which `s2s --help`, input checks and model-folder checks skip
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "data" / "default_model"
 S2S_CONFIG = "s2s_config.json"
 FORMAT_VERSION = 1
@@ -72,8 +75,6 @@ def check_device_name(device: str | None) -> str:
 def resolve_device(device: str | None = "auto"):
     """The torch device for a device name; the one check used by the CLI, the plugin, batch runs and
     training. ``cuda`` where torch sees no CUDA device is refused with a message saying why."""
-    import torch
-
     device = check_device_name(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -105,8 +106,6 @@ def resolve_dtype(dtype: str | None, device):
     Why float32 on CPU by default: a laptop CPU without native bf16 matrix units runs bf16 slower, and
     float32 gives the same probabilities on every CPU. ``bfloat16`` on a CPU with AMX / AVX512-BF16 runs
     the one-pass scoring about 1.5x faster with nearly the same answers (``benchmarks/inference.py``)."""
-    import torch
-
     dtype = check_dtype(dtype)
     if dtype == "auto":
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
@@ -122,7 +121,6 @@ def build_lm(ms: ModelSettings, vocab_size: int, tok: WordTokenizer, seed: int =
 
 
 def _build_lm(ms: ModelSettings, vocab_size: int, tok: WordTokenizer, seed: int):
-    import torch
     from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
 VALUE_KEY = "s2s_value_embedding.weight"
@@ -26,8 +27,6 @@ VALUE_MAX = 1.5  # values above the 99th training percentile (1.0) are kept up t
 
 def attach_value_embedding(lm, seed: int = 0) -> None:
     """Give ``lm`` a fresh value embedding (small random vectors, one per word of its vocabulary)."""
-    import torch
-
     emb = lm.get_input_embeddings()
     gen = torch.Generator().manual_seed(int(seed) + 7919)
     table = torch.nn.Embedding(emb.num_embeddings, emb.embedding_dim)

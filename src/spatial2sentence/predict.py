@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .domain import PanelCoverage, apply_temperature, status_is_confident
 from .numeric import embed_inputs, has_values
@@ -26,6 +27,8 @@ from .sentences import NIL
 from .threads import default_workers, parallel_map
 from .tissue import tissue_words
 
+# transformers is imported where a model is built, loaded or run through its internals: importing it
+# takes 2.9 s (python -X importtime), which `s2s --help`, input checks and model-folder checks skip
 # prompts per forward pass: 128 ran the default model 20-30% faster than 256 on 2 CPU threads (smaller
 # activations stay in cache); measured with benchmarks/inference.py-style runs, see README
 PREDICT_BATCH_SIZE = 128
@@ -44,7 +47,6 @@ class Predictions:
     ``unknown_markers``: the table's markers the model ignored. ``cancelled``: True when the progress
     callback stopped the run (the rows not reached are NaN).
     """
-
     cells: pd.DataFrame
     image_status: pd.DataFrame
     unknown_markers: list[str]
@@ -60,8 +62,6 @@ class Predictions:
 def _left_pad(seqs: list[list[int]], pad_id: int, values: list[list[float]] | None = None):
     """Left-padded ids, attention mask, position ids and (when ``values`` is given) the values the words
     carry (:mod:`.numeric`; 0 on padding), else None."""
-    import torch
-
     lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
     n = int(lengths.max())
     mask = np.arange(n)[None, :] >= (n - lengths)[:, None]
@@ -92,8 +92,6 @@ def score_prompts(lm, seqs: list[list[int]], label_ids: list[int], pad_id: int, 
                   values: list[list[float]] | None = None) -> np.ndarray:
     """Probabilities (n x len(label_ids)) of each label after each prompt, in one forward pass;
     ``values``: what each word carries (:mod:`.numeric`), for a model that reads them."""
-    import torch
-
     ids, mask, pos, vals = _left_pad(seqs, pad_id, values)
     ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
     with torch.inference_mode():
@@ -128,8 +126,6 @@ def _answer_shortcut_ok(lm, ids, mask, pos, embeds=None) -> bool:
     Whether the shortcut reproduces the plain forward is checked once per model on its first batch (a
     later ``transformers`` could change Llama's internals); if it does not, the plain forward is used.
     """
-    import torch
-
     ok = getattr(lm, "_s2s_answer_shortcut_ok", None)
     if ok is not None:
         return ok and not lm.training
@@ -182,14 +178,11 @@ def _heads(att, rows):
 
 def _rotate(v, cos, sin):
     """Rotary position embedding as Llama applies it (the rotate-half convention)."""
-    import torch
-
     half = v.shape[-1] // 2
     return v * cos.unsqueeze(1) + torch.cat((-v[..., half:], v[..., :half]), -1) * sin.unsqueeze(1)
 
 
 def _llama_answer_logits(lm, ids, mask, pos, embeds=None):
-    import torch
 
     h, last, x, (k, v), (cos, sin) = _llama_below_last(lm, ids, mask, pos, embeds)
     att = last.self_attn
@@ -214,7 +207,6 @@ def _llama_context_cache(lm, ids, mask, pos, embeds=None):
 
 
 def _label_softmax(logits, label_ids: list[int]) -> np.ndarray:
-    import torch
 
     last = logits[:, -1, :].float()
     sel = last[:, torch.as_tensor(label_ids, device=last.device)]
@@ -230,8 +222,6 @@ def score_tasks(lm, contexts: list[list[int]], suffixes: dict[str, list[int]], l
     context between tasks). The probabilities are those of the whole prompts; type + status scoring ran
     at 1,279 cells/s against 588 with two full passes (``benchmarks/inference.py``, 2 CPU threads).
     """
-    import torch
-
     if len(suffixes) == 1:  # one task: nothing to share, a plain pass without a cache is cheaper
         (task, words), = suffixes.items()
         vals = None if values is None else [v + [0.0] * len(words) for v in values]

@@ -7,8 +7,8 @@ the answer token only. Validation holds out whole images (or, for a few images, 
 ``patience`` evaluations without improvement. ``resume=True`` continues from
 ``<checkpoint_dir>/state.pt`` (default ``<out>/checkpoint``).
 
-torch is imported inside the functions that need it: it takes ~1.5 s, and the commands check their
-inputs before (benchmarks/cold_start.py).
+torch is imported with this module (as with every module that scores or trains: :mod:`.threads`); the
+commands import the library only once they have checked their inputs (benchmarks/cold_start.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from .anndata_io import anndata_cells
@@ -64,8 +66,6 @@ def observe_steps(fn):
 def _encode_batch(seqs, answers, pad_id, eos_id, device, values=None):
     """Right-padded ids with the answer (and EOS) appended; labels -100 except at the answer; the values
     the words carry (0 for the answer, EOS and padding), or None."""
-    import torch
-
     full = [s + [a, eos_id] for s, a in zip(seqs, answers)]
     n = max(len(s) for s in full)
     ids = torch.full((len(full), n), pad_id, dtype=torch.long)
@@ -88,7 +88,6 @@ def _logits(lm, ids, mask, values=None):
 
 
 def _loss(lm, ids, mask, labels, values=None):
-    import torch.nn.functional as F
 
     logits = _logits(lm, ids, mask, values)[:, :-1].float()
     tgt = labels[:, 1:]
@@ -102,8 +101,6 @@ def load_checkpoint(path: Path) -> dict:
     tensors and plain containers only (the RNG state is stored as JSON text for that reason), so a crafted
     ``state.pt`` is refused instead of executed.
     """
-    import torch
-
     try:
         st = torch.load(path, weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
@@ -176,8 +173,6 @@ def selection_score(ev: dict, select_by: str) -> float:
 
 def evaluate(model, val_set, batch_size: int = 256) -> dict:
     """Mean answer loss and accuracy per task over a fixed validation prompt set."""
-    import torch
-
     seqs, answers, tasks, values = val_set
     lm = model.lm
     lm.eval()
@@ -288,9 +283,7 @@ def _train(tables, out, sentence, pairs, prompt, model_settings, ts, type_labels
 class _Run:
     """One training run's optimiser, schedule, generators and validation record: the step loop with
     evaluation, early stopping (the best state kept) and checkpoints."""
-
     def __init__(self, model, ts: TrainSettings, ckpt: Path, log):
-        import torch  # here: ~1.5 s to import, and `s2s train` checks its inputs first
 
         self.model, self.lm, self.ts, self.ckpt, self.log = model, model.lm, ts, ckpt, log
         self.lm.train()
@@ -310,7 +303,6 @@ class _Run:
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, prog)))
 
     def restore(self) -> None:
-        import torch
 
         st = load_checkpoint(self.ckpt)
         self.lm.load_state_dict(st["model"])
@@ -348,7 +340,6 @@ class _Run:
         self.lm.eval()
 
     def train_step(self, sampler) -> None:
-        import torch
 
         self.lm.train()
         tok = self.model.tokenizer
@@ -388,7 +379,6 @@ class _Run:
             self.stopped = self.bad >= self.ts.patience
 
     def save_checkpoint(self) -> None:
-        import torch
 
         self.ckpt.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"model": self.lm.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..io import atomic_path, write_csv_atomic, write_json_atomic, write_tiff_atomic
 from ..palette import label_colors
@@ -89,8 +90,6 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             v[pkg] = None
     try:
-        import torch  # here, not at module level: listing a folder's outputs must not wait for torch
-
         v["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
         v["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except Exception:  # pragma: no cover
