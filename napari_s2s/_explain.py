@@ -26,11 +26,6 @@ class AttributionsUnavailable(Exception):
     stayed up for good when the explainer failed)."""
 
 
-def available() -> bool:
-    """Always True: the explainer is part of the core (kept for ``benchmarks/plugin.py``, which asks)."""
-    return True
-
-
 def _key(v) -> str:
     try:
         return str(int(v))

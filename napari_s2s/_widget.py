@@ -67,7 +67,6 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         jobs = self._jobs = []
         self.destroyed.connect(lambda *_: [e.set() for e in jobs])
         self.explainer = CellExplainer(self)
-        self._explain_one = self.explainer.explain_one  # one cell's attributions (benchmarks/plugin.py)
         root = scroll_body(self)
         root.addWidget(self._input_box())
         self.controls = RunControls(root, self.run, self.cancel)
