@@ -18,7 +18,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .errors import MaskError
 from .io import IMCImage
@@ -64,6 +63,10 @@ def _label_index(mask: np.ndarray) -> _LabelIndex:
 
 def _channel_sums(data: np.ndarray, index: np.ndarray, n: int) -> np.ndarray:
     """(n + 1, C) per-label sums of every channel; row 0 is the background."""
+    # torch here, not at module level: `s2s measure` refuses a bad file before paying ~1.5 s for it
+    # (tests/test_hostile.py::test_header_bomb_is_refused_quickly_with_little_memory times that)
+    import torch
+
     channels = data.shape[0]
     sums = np.empty((n + 1, channels), dtype=np.float64)
     target = torch.from_numpy(index)
