@@ -37,7 +37,8 @@ def main(argv=None):
     import torch
     from napari.qt.threading import create_worker
 
-    from napari_s2s._annotate import annotate_steps, load_model
+    from napari_s2s._annotate import annotate_steps
+    from spatial2sentence.annotate import load_model
     from plugin import process, simulated_1000
 
     torch.set_num_threads(args.threads)

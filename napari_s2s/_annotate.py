@@ -17,13 +17,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spatial2sentence.aliases import canonical_marker
-from spatial2sentence.annotate import Annotation, annotate_image, check_arrays, load_model
+from typing import TYPE_CHECKING
 
-from . import _explain
+from spatial2sentence.aliases import canonical_marker
+
 from ._bridge import in_thread, run_in_thread
 
-__all__ = ["Annotation", "annotate", "annotate_steps", "distinctive_marker", "explain_all_steps", "load_model",
+if TYPE_CHECKING:
+    from spatial2sentence.annotate import Annotation
+
+__all__ = ["annotate", "annotate_steps", "distinctive_marker", "explain_all_steps",
            "order_from", "warm_up"]
 
 
@@ -34,6 +37,9 @@ def warm_up(path: str | Path | None = None, device: str = "auto") -> threading.T
 
     def work():
         try:
+            # the core (and torch, seconds) is imported here, off napari's GUI thread, as the widget opens
+            from spatial2sentence.annotate import load_model
+
             model = load_model(path, device)
             rng = np.random.default_rng(0)
             n = 12
@@ -59,6 +65,10 @@ def annotate_steps(data: np.ndarray, channels: list[str], mask: np.ndarray, imag
     """Generator: measure + predict one image; see the module doc. Bad arrays are refused before the
     model loads; an image carrying too few of the model's markers is refused before measuring
     (:class:`~spatial2sentence.domain.PanelCoverageError`) unless ``allow_partial_panel``."""
+    # the core is imported here, in the worker's thread: importing it loads torch (seconds), which must
+    # not block napari's GUI thread (benchmarks/cold_start.py: opening the widget)
+    from spatial2sentence.annotate import annotate_image, check_arrays, load_model
+
     cancel = cancel or threading.Event()
     t0 = time.perf_counter()
     channels = [str(c).strip() for c in channels]
@@ -101,6 +111,8 @@ def explain_all_steps(model, cellset, object_ids, markers=None, cancel: threadin
     Yields ``("progress", done, total)`` as cells finish and ``("partial", {str(object): attribution})``
     after each chunk, so the overlay fills in while the rest is computed; ``cancel`` stops between
     cells (the explainer's progress callback returns False) and the cells done so far are returned."""
+    from . import _explain  # in the worker's thread: it imports the core's explainer (torch)
+
     cancel = cancel or threading.Event()
     object_ids = list(object_ids)
     total = len(object_ids)

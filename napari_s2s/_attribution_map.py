@@ -11,6 +11,8 @@ explanations); the map reads the run's state from the widget (``annotation``, ``
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import time
 from functools import partial
 
@@ -20,7 +22,6 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from spatial2sentence.aliases import canonical_marker
-from spatial2sentence.annotate import Annotation
 from spatial2sentence.errors import first_line
 
 from . import _layers
@@ -29,6 +30,9 @@ from ._controls import eta_text, is_deleted
 from ._explain import AttributionsUnavailable
 from ._explanation import display_names
 from ._results import put_labels
+
+if TYPE_CHECKING:  # the core (torch) is not imported when napari builds the widget
+    from spatial2sentence.annotate import Annotation
 
 HOW = " (integrated gradients; the cells in view first)"
 

@@ -24,7 +24,6 @@ from qtpy.QtWidgets import (
     QTableWidgetItem, QWidget,
 )
 
-from spatial2sentence.batch import output_paths, run_batch
 
 from ._bridge import run_in_thread
 from ._controls import DEVICES, RunControls, fit_width, folder_row, model_inputs, one_line, scroll_body
@@ -43,6 +42,10 @@ def batch_steps(input_dir, out_dir, model=None, device="auto", workers=0, overwr
     ``run_batch`` runs in a helper thread (:func:`._bridge.run_in_thread`); ``cancel`` (a
     ``threading.Event``) stops it after the current image: its progress callback then returns False.
     """
+    # the batch runner (and torch, seconds) is imported in the worker's thread, not on napari's GUI
+    # thread as the widget opens
+    from spatial2sentence.batch import run_batch
+
     cancel = cancel or threading.Event()
 
     def work(emit):
@@ -215,6 +218,8 @@ class BatchAnnotateWidget(QWidget):
     # ------------------------------------------------------------------------------------- results
     def open_overlay(self, name: str):
         """Add the type overlay PNG of a finished image to the viewer (RGB image layer)."""
+        from spatial2sentence.batch import output_paths  # loaded by the run that made the overlay
+
         out = self.output_edit.text().strip()
         path = output_paths(out, name)["overlay"] if out else None
         if path is None or not path.is_file():

@@ -16,7 +16,6 @@ shading and says why).
 
 from __future__ import annotations
 
-from spatial2sentence import explain as core
 from spatial2sentence.errors import first_line
 
 
@@ -38,6 +37,10 @@ def explain_cells(model, cells, object_ids, markers=None, progress=None, overvie
     """The attributions of ``object_ids`` (``cells``: a cells table or the run's prepared CellSet);
     ``overview``: the core's fast settings for whole-image maps (``spatial2sentence.explain.OVERVIEW``);
     ``first_pass``: one 16-point pass, no refinement (``spatial2sentence.explain.FIRST_PASS``)."""
+    # the core's explainer (torch) is imported in the worker's thread that calls this, not when the
+    # plugin's widgets are built on napari's GUI thread
+    from spatial2sentence import explain as core
+
     options = dict(core.OVERVIEW) if overview else dict(core.FIRST_PASS) if first_pass else {}
     try:
         res = core.explain_cells(model, cells, list(object_ids), markers=markers, progress=progress, **options)
@@ -48,4 +51,6 @@ def explain_cells(model, cells, object_ids, markers=None, progress=None, overvie
 
 def complete(attribution: dict) -> bool:
     """Whether a cell's attribution already meets the refinement's completeness rule."""
-    return core.is_complete(attribution)
+    from spatial2sentence.explain import is_complete  # in the worker's thread (see explain_cells)
+
+    return is_complete(attribution)

@@ -11,13 +11,14 @@ attribution map shares; the explainer reads the run's state from the widget (``a
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import time
 
 import numpy as np
 from napari.qt.threading import create_worker
 
 from spatial2sentence.aliases import canonical_marker
-from spatial2sentence.annotate import Annotation
 from spatial2sentence.errors import S2SInputError, first_line
 
 from . import _explain, _layers
@@ -26,6 +27,9 @@ from ._explain import AttributionsUnavailable
 from ._explanation import ExplanationPanel, display_names
 from ._inputs import meta
 from ._results import find_layer
+
+if TYPE_CHECKING:  # the core (torch) is not imported when napari builds the widget
+    from spatial2sentence.annotate import Annotation
 
 
 def apply_attribution(info: dict, att: dict) -> None:

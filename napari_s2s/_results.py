@@ -11,6 +11,8 @@ the exports. It reads the run's state from the dock widget (``owner``: ``annotat
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from qtpy.QtWidgets import (
     QPushButton, QSizePolicy, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
-from spatial2sentence.annotate import Annotation, paint_labels
+from spatial2sentence.labels import paint_labels
 from spatial2sentence.errors import S2SInputError
 from spatial2sentence.io import write_csv_atomic, write_tiff_atomic
 
@@ -30,6 +32,9 @@ from . import _layers
 from ._controls import one_line
 from ._explanation import ProbBars
 from ._inputs import meta
+
+if TYPE_CHECKING:  # the core (torch) is not imported when napari builds the widget
+    from spatial2sentence.annotate import Annotation
 
 
 def swatch(color: str, size: int = 14) -> QIcon:

@@ -16,6 +16,8 @@ cell explanations (:mod:`._explain_view`: click a cell).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import threading
 import time
 from functools import partial
@@ -24,9 +26,7 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QWidget
 
-from spatial2sentence.annotate import Annotation
 from spatial2sentence.errors import S2SInputError
-from spatial2sentence.model import check_model_dir, resolve_device
 
 from ._annotate import annotate_steps, warm_up
 from ._attribution_map import AttributionMap
@@ -36,6 +36,9 @@ from ._controls import notify as _notify
 from ._explain_view import CellExplainer
 from ._inputs import LayerInputs
 from ._results import ResultsView, run_summary
+
+if TYPE_CHECKING:  # the core (torch) is not imported when napari builds the widget
+    from spatial2sentence.annotate import Annotation
 
 _one_line = partial(one_line, failure="Annotation failed")
 
@@ -149,7 +152,10 @@ class AnnotateCellsWidget(LayerInputs, QWidget):
         try:
             image, data, markers, mask_layer, ps = self.current_inputs()
             # the core's checks of the model folder and the device, so that a wrong choice is refused
-            # here, at once (the worker's load_model runs the same device check on the way)
+            # here, at once (the worker's load_model runs the same device check on the way); imported
+            # now, not with the widget: by the time Run is pressed the warm-up has usually loaded torch
+            from spatial2sentence.model import check_model_dir, resolve_device
+
             if model_path is not None:
                 model_path = str(Path(model_path).expanduser())
                 check_model_dir(model_path)

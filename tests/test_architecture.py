@@ -129,7 +129,7 @@ def test_rooms_are_small_enough_to_live_in(name):
 ONE_HOME = {
     "load_model": "spatial2sentence.annotate",  # the one model cache
     "annotate_image": "spatial2sentence.annotate",  # annotate one image
-    "class_id_mask": "spatial2sentence.annotate",
+    "class_id_mask": "spatial2sentence.labels",
     "resolve_device": "spatial2sentence.model",  # the device check
     "run_in_thread": "napari_s2s._bridge",  # the thread-to-generator bridge
 }

@@ -27,11 +27,11 @@ def test_warm_up_loads_once_and_a_concurrent_run_waits_for_it(monkeypatch):
     deadline = time.time() + 30
     while not calls and time.time() < deadline:  # the warm-up is loading when the Run asks
         time.sleep(0.01)
-    model = _annotate.load_model(None, "cpu")
+    model = core.load_model(None, "cpu")
     thread.join(60)
     assert not thread.is_alive()
     assert calls == ["s2s-warm-up"]  # loaded once, by the warm-up
-    assert _annotate.load_model(None, "cpu") is model
+    assert core.load_model(None, "cpu") is model
     # the warm-up also ran the model once (torch's first-call setup is paid before the Run)
     assert model.lm.training is False
 
@@ -64,7 +64,7 @@ def test_loads_for_different_devices_never_run_at_once(monkeypatch):
     monkeypatch.setattr(S2SModel, "from_pretrained", classmethod(load))
     monkeypatch.setattr(core, "_MODELS", {})
     thread = _annotate.warm_up(None, "auto")
-    _annotate.load_model(None, "cpu")
+    core.load_model(None, "cpu")
     thread.join(60)
     assert not overlap
     # on a machine without CUDA "auto" is the CPU: one model serves both
