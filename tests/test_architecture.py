@@ -142,3 +142,15 @@ def test_each_shared_job_has_one_home():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in ONE_HOME:
                 homes[node.name].append(name)
     assert {k: sorted(v) for k, v in homes.items()} == {k: [v] for k, v in ONE_HOME.items()}
+
+
+def test_every_code_package_is_shipped():
+    """A subpackage missing from setup.cfg's ``packages`` is left out of the wheel (``pip install
+    napari-s2s`` then fails on its import, as the batch/ and io/ split once did in the wheel check)."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    listed = set(cfg["options"]["packages"].split())
+    code = {name for name, path in MODULES.items() if path.name == "__init__.py"}
+    assert code - listed == set()
