@@ -33,7 +33,7 @@ def _key(v) -> str:
 
 
 def explain_cells(model, cells, object_ids, markers=None, progress=None, overview: bool = False,
-                  first_pass: bool = False) -> dict[str, dict]:
+                  first_pass: bool = False, after_first_pass: bool = False) -> dict[str, dict]:
     """The attributions of ``object_ids`` (``cells``: a cells table or the run's prepared CellSet);
     ``overview``: the core's fast settings for whole-image maps (``spatial2sentence.explain.OVERVIEW``);
     ``first_pass``: one 16-point pass, no refinement (``spatial2sentence.explain.FIRST_PASS``)."""
@@ -42,6 +42,8 @@ def explain_cells(model, cells, object_ids, markers=None, progress=None, overvie
     from spatial2sentence import explain as core
 
     options = dict(core.OVERVIEW) if overview else dict(core.FIRST_PASS) if first_pass else {}
+    if after_first_pass:  # the refinement doubles from 16 points; the first pass already showed 16 fall short
+        options = {"n_steps": 2 * core.FIRST_PASS["n_steps"]}
     try:
         res = core.explain_cells(model, cells, list(object_ids), markers=markers, progress=progress, **options)
     except Exception as err:  # noqa: BLE001 - shown as one line in the panel, never a traceback

@@ -227,7 +227,8 @@ class CellExplainer:
         att = first
         if not _explain.complete(first):
             yield first
-            att = _explain.explain_cells(ann.model, cells, [obj], markers=ann.markers).get(str(obj)) or first
+            att = _explain.explain_cells(ann.model, cells, [obj], markers=ann.markers,
+                                         after_first_pass=True).get(str(obj)) or first
         owner._attributions[str(obj)] = att
         return att
 
