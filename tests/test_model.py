@@ -369,11 +369,13 @@ def test_bfloat16_on_cpu_nearly_matches_float32_and_saves_float32(cells, tmp_pat
 
 
 def _padded_prompts(model, cells, n=40):
+    from spatial2sentence.positions import prompt_positions
     from spatial2sentence.predict import _left_pad
 
     seqs = [p["tokens"] for p in model.prompts_for(cells.head(n))]
     assert len({len(s) for s in seqs}) > 1  # left padding is exercised
-    return _left_pad(seqs, model.tokenizer.pad_id)[:3]
+    ids, mask, _ = _left_pad(seqs, model.tokenizer.pad_id)
+    return ids, mask, prompt_positions(model.lm, ids, mask)
 
 
 def test_answer_position_shortcut_equals_the_plain_forward(cells):

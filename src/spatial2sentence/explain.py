@@ -71,6 +71,7 @@ import torch
 from .errors import ModelInputError
 from .measure import measure_image
 from .numeric import embed_inputs
+from .positions import line_sep
 from .prompts import BOS
 from .sentences import word_marker
 
@@ -209,7 +210,7 @@ def attribute_prompts(lm, tokenizer, seqs: list[list[int]], label_ids: list[int]
         dtype = next(lm.parameters()).dtype
         for c0 in range(0, len(order), per_pass):
             chunk = order[c0:c0 + per_pass]
-            batch = _batch(seqs, values, chunk, tokenizer.pad_id, device)
+            batch = _batch(seqs, values, chunk, tokenizer.pad_id, device, line_sep(lm))
             x, b = _input_and_baseline(lm, emb_layer, batch, base_vec, tokenizer.bos_id, keep_bos, keep_last)
             logp_x, tg, f_x, f_b = _endpoint_scores(lm, batch, x, b, dtype, lab, targets, chunk)
             attr = _path_integral(lm, batch, x, b, dtype, lab, tg, alphas, weights, internal_batch_size)
@@ -254,8 +255,9 @@ class _Batch(NamedTuple):
     row_pos: torch.Tensor  # each row's index into keep
 
 
-def _batch(seqs, values, chunk, pad_id: int, device) -> _Batch:
-    """Prompts ``chunk`` of ``seqs`` (and their ``values``) as one right-padded batch on ``device``."""
+def _batch(seqs, values, chunk, pad_id: int, device, sep_id: int | None = None) -> _Batch:
+    """Prompts ``chunk`` of ``seqs`` (and their ``values``) as one right-padded batch on ``device``;
+    ``sep_id``: the id of ``;`` for a model numbering its prompts by line (:mod:`.positions`)."""
     lens = torch.as_tensor([len(seqs[i]) for i in chunk])
     n = int(lens.max())
     B = len(chunk)
@@ -267,7 +269,11 @@ def _batch(seqs, values, chunk, pad_id: int, device) -> _Batch:
             vals[r, :len(seqs[i])] = torch.as_tensor(values[i], dtype=torch.float32)
     cols = torch.arange(n)
     real = cols[None, :] < lens[:, None]
-    pos = cols.expand(B, n).to(device)
+    if sep_id is None:
+        pos = cols.expand(B, n).to(device)
+    else:
+        sep = (ids == sep_id).long()
+        pos = (sep.cumsum(1) - sep).to(device)
     keep, row_pos = torch.unique(lens - 1, return_inverse=True)
     return _Batch(device, ids.to(device), vals, lens, cols, real.to(device), pos, keep.to(device),
                   row_pos.to(device))

@@ -35,6 +35,7 @@ from .domain import DEFAULT_MIN_MARKER_FRACTION, PanelCoverage, PanelCoverageErr
 from .errors import ModelInputError, S2SInputError, first_line
 from .normalize import Normalizer
 from .numeric import attach_value_embedding, load_value_embedding
+from .positions import POSITIONS, use_line_positions
 from .predict import PREDICT_BATCH_SIZE, Predictions, predict_cellset
 from .prompts import PAIR_ANSWERS, direction_word, task_words
 from .sentences import status_token, type_token
@@ -239,6 +240,9 @@ class S2SModel:
         # temperatures per task fitted on held-out cells ("type_temperature"), with the fit's ECE
         self.calibration: dict = {}
         self.device = resolve_device(device)
+        if model.positions not in POSITIONS:
+            raise S2SInputError("model settings", f"unknown positions {model.positions!r} (tokens or lines)")
+        use_line_positions(lm, tokenizer.vocab[";"] if model.positions == "lines" else None)
         self.lm.to(self.device)
         self.lm.eval()
 

@@ -22,6 +22,7 @@ import torch
 
 from .domain import PanelCoverage, apply_temperature, status_is_confident
 from .numeric import embed_inputs, has_values
+from .positions import prompt_positions, task_positions
 from .prompts import task_words
 from .sentences import NIL
 from .threads import default_workers, parallel_map
@@ -60,8 +61,8 @@ class Predictions:
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int, values: list[list[float]] | None = None):
-    """Left-padded ids, attention mask, position ids and (when ``values`` is given) the values the words
-    carry (:mod:`.numeric`; 0 on padding), else None."""
+    """Left-padded ids, attention mask and (when ``values`` is given) the values the words carry
+    (:mod:`.numeric`; 0 on padding), else None. Position ids: :func:`.positions.prompt_positions`."""
     lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
     n = int(lengths.max())
     mask = np.arange(n)[None, :] >= (n - lengths)[:, None]
@@ -72,8 +73,7 @@ def _left_pad(seqs: list[list[int]], pad_id: int, values: list[list[float]] | No
         vals = np.zeros(mask.shape, dtype=np.float32)
         vals[mask] = np.fromiter((v for s in values for v in s), dtype=np.float32, count=int(lengths.sum()))
         vals = torch.from_numpy(vals)
-    mask = torch.from_numpy(mask.astype(np.int64))
-    return torch.from_numpy(ids), mask, (mask.cumsum(1) - 1).clamp(min=0), vals
+    return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64)), vals
 
 
 def _embeds(lm, ids, values):
@@ -92,8 +92,9 @@ def score_prompts(lm, seqs: list[list[int]], label_ids: list[int], pad_id: int, 
                   values: list[list[float]] | None = None) -> np.ndarray:
     """Probabilities (n x len(label_ids)) of each label after each prompt, in one forward pass;
     ``values``: what each word carries (:mod:`.numeric`), for a model that reads them."""
-    ids, mask, pos, vals = _left_pad(seqs, pad_id, values)
-    ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
+    ids, mask, vals = _left_pad(seqs, pad_id, values)
+    ids, mask = ids.to(device), mask.to(device)
+    pos = prompt_positions(lm, ids, mask)
     with torch.inference_mode():
         embeds = _embeds(lm, ids, vals)
         return _label_softmax(answer_logits(lm, ids, mask, pos, embeds), label_ids)
@@ -227,8 +228,9 @@ def score_tasks(lm, contexts: list[list[int]], suffixes: dict[str, list[int]], l
         vals = None if values is None else [v + [0.0] * len(words) for v in values]
         return {task: score_prompts(lm, [c + list(words) for c in contexts], label_ids[task], pad_id, device,
                                     vals)}
-    ids, mask, pos, vals = _left_pad(contexts, pad_id, values)
-    ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
+    ids, mask, vals = _left_pad(contexts, pad_id, values)
+    ids, mask = ids.to(device), mask.to(device)
+    pos = prompt_positions(lm, ids, mask)
     out: dict[str, np.ndarray] = {}
     with torch.inference_mode():
         # task words carry no value: they run on top of the cache from their ids alone
@@ -237,7 +239,7 @@ def score_tasks(lm, contexts: list[list[int]], suffixes: dict[str, list[int]], l
             suffix = torch.as_tensor(words, device=device).expand(len(contexts), -1)
             steps = suffix.shape[1]
             res = lm(input_ids=suffix, attention_mask=torch.cat([mask, torch.ones_like(suffix)], 1),
-                     position_ids=pos[:, -1:] + 1 + torch.arange(steps, device=device),
+                     position_ids=task_positions(lm, ids, pos, steps),
                      cache=cache, use_cache=True, logits_to_keep=1)
             out[task] = _label_softmax(res.logits, label_ids[task])
             if k < len(suffixes) - 1:

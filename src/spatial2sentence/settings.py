@@ -135,6 +135,9 @@ class ModelSettings(_Base):
     intermediate_size: int = 384
     max_positions: int = 128
     base_model: str = ""
+    # "tokens": one position per word (v1, every stored model without this key); "lines" (v2): one per
+    # line of the prompt, the words of a sentence sharing it (spatial2sentence.positions)
+    positions: str = "tokens"
 
 
 @dataclass

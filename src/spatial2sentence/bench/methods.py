@@ -57,6 +57,9 @@ class Budget:
     neighbourhood_k: int = 10  # s2s prompts end with an "around" line: the mean of the 10 nearest cells
     neighbourhood_words: int = 6  # ... its 6 highest markers (phenotypes)
     tissue: bool = True  # s2s reads an image's clinical status from tissue prompts (spatial2sentence.tissue)
+    # position ids per line of the prompt, not per word (spatial2sentence.positions): on one CyCIF strip
+    # held-out accuracy rose from 62.9 to 69.9 (c2s) and 64.9 to 68.5 (s2s) against one per word
+    positions: str = "lines"
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
@@ -102,7 +105,8 @@ def lm_settings(method: str, budget: Budget, seed: int):
         sentence.values = False
     # max_positions is raised by training when the longest prompt needs more (levels sentences)
     ms = ModelSettings(architecture="llama", hidden_size=budget.hidden_size, num_layers=budget.num_layers,
-                       num_heads=budget.num_heads, intermediate_size=budget.intermediate_size, max_positions=160)
+                       num_heads=budget.num_heads, intermediate_size=budget.intermediate_size, max_positions=160,
+                       positions=budget.positions)
     ts = TrainSettings(seed=seed, steps=budget.steps, batch_size=budget.batch_size, lr=budget.lr,
                        warmup_steps=budget.warmup_steps, task_mix=mix, class_balance=budget.class_balance,
                        panel_subset_prob=0.0, val_fraction=budget.val_fraction, eval_every=budget.eval_every,
