@@ -44,6 +44,8 @@ def toy_table(seed: int = 0, n_images: int = 4, n_cells: int = 120) -> pd.DataFr
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
+    """A small model numbering its prompts by line (v2): explanations must read the positions prediction
+    reads (test_structure compares their probabilities)."""
     from spatial2sentence.model import S2SModel
     from spatial2sentence.settings import ModelSettings, TrainSettings
     from spatial2sentence.training import train
@@ -52,7 +54,7 @@ def tiny_model(tmp_path_factory):
     threads = torch.get_num_threads()
     train(toy_table(), out,
           model_settings=ModelSettings(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                                       max_positions=64),
+                                       max_positions=64, positions="lines"),
           train_settings=TrainSettings(steps=300, batch_size=32, lr=5e-3, warmup_steps=20, eval_every=100,
                                        eval_prompts=200, task_mix={"type": 0.9, "pair": 0.1},
                                        panel_subset_prob=0.0, checkpoint_every=10_000, num_threads=1,
@@ -152,6 +154,7 @@ def test_agrees_with_captum(tiny_model, toy_cells):
     """Our IG over inputs_embeds = captum's LayerIntegratedGradients on the embedding layer."""
     captum_attr = pytest.importorskip("captum.attr")
     from spatial2sentence.explain import explain_cells
+    from spatial2sentence.positions import prompt_positions
 
     model, _ = tiny_model
     cs = model.prepare(toy_cells)
@@ -164,8 +167,10 @@ def test_agrees_with_captum(tiny_model, toy_cells):
         base = x.clone()
         base[0, 1:-3] = model.tokenizer.pad_id  # [BOS] and the task words kept
 
-        def f(inp):
-            logits = model.lm(input_ids=inp, use_cache=False).logits[:, -1, ids].float()
+        def f(inp):  # numbered by line like the model's prompts (spatial2sentence.positions)
+            mask = torch.ones_like(inp)
+            logits = model.lm(input_ids=inp, attention_mask=mask, position_ids=prompt_positions(model.lm, inp, mask),
+                              use_cache=False).logits[:, -1, ids].float()
             return torch.log_softmax(logits, -1)[:, target]
 
         lig = captum_attr.LayerIntegratedGradients(f, model.lm.get_input_embeddings())

@@ -173,8 +173,11 @@ def _target_fn(lm, emb, pos, keep, row_pos, label_ids, targets):
     Rows are right-padded and run WITHOUT an attention mask: attention is causal, so a row's last real
     position never sees the padding after it, and the result equals the unpadded prompt's. ``keep``:
     the distinct last positions of the rows (HF ``logits_to_keep`` as an index tensor); ``row_pos``:
-    each row's index into ``keep``."""
-    out = lm(inputs_embeds=emb, position_ids=pos, logits_to_keep=keep, use_cache=False)
+    each row's index into ``keep``. A model numbering its prompts by line (:mod:`.positions`) gets an
+    all-ones mask: without one, transformers reads position ids that do not count up as packed sequences
+    and lets each token see only its own line's restart (every cell then got the same answer)."""
+    mask = None if line_sep(lm) is None else torch.ones(emb.shape[:2], dtype=torch.long, device=emb.device)
+    out = lm(inputs_embeds=emb, attention_mask=mask, position_ids=pos, logits_to_keep=keep, use_cache=False)
     logits = out.logits[torch.arange(emb.shape[0], device=emb.device), row_pos]
     logp = torch.log_softmax(logits[:, label_ids].float(), dim=-1)
     return logp.gather(1, targets[:, None])[:, 0], logp

@@ -1,0 +1,115 @@
+"""Line positions (spatial2sentence.positions): one position id per prompt line, the same in training,
+prediction (whole prompts and cached task words) and explanations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spatial2sentence.model import S2SModel
+from spatial2sentence.positions import prompt_positions, training_positions
+from spatial2sentence.predict import _left_pad, score_prompts, score_tasks
+from spatial2sentence.prompts import task_words
+from spatial2sentence.settings import ModelSettings, TrainSettings
+from spatial2sentence.training import _encode_batch, _logits, train
+from test_model import toy_cells
+
+
+@pytest.fixture(scope="module")
+def cells():
+    return toy_cells()
+
+
+@pytest.fixture(scope="module")
+def lines_model(tmp_path_factory, cells):
+    out = tmp_path_factory.mktemp("lines")
+    threads = torch.get_num_threads()
+    train(cells, out, model_settings=ModelSettings(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                                                   max_positions=96, positions="lines"),
+          train_settings=TrainSettings(steps=25, batch_size=16, lr=3e-3, warmup_steps=5, eval_every=10,
+                                       eval_prompts=48, checkpoint_every=10_000, num_threads=1),
+          progress_bar=False, log=lambda *a: None)
+    torch.set_num_threads(threads)
+    return S2SModel.from_pretrained(out, device="cpu")
+
+
+def _contexts(model, cells, idx):
+    cs = model.prepare(cells)
+    sents = cs.sentences(np.arange(len(cs)), model.sentence)
+    return [model.tokenizer.encode(cs.context_words(int(i), model.sentence, model.prompt, sentence_cache=sents))
+            for i in idx]
+
+
+def test_every_word_of_a_line_shares_its_position(lines_model, cells):
+    model = lines_model
+    assert model.model_settings.positions == "lines"
+    tok = model.tokenizer
+    ctx = _contexts(model, cells, range(30))
+    seqs = [c + tok.encode(task_words("type")) for c in ctx]
+    assert len({len(s) for s in seqs}) > 1  # left padding is exercised
+    ids, mask, _ = _left_pad(seqs, tok.pad_id)
+    pos = prompt_positions(model.lm, ids, mask)
+    sep = tok.vocab[";"]
+    for row, s in zip(pos, seqs):
+        real = row[-len(s):].tolist()
+        n_lines = [tok.inv[t] for t in s].count(";")
+        assert n_lines >= 2  # anchor + partners / around line
+        # numbers go up by one after each ';' and the task words make the last line
+        want, k = [], 0
+        for t in s:
+            want.append(k)
+            k += t == sep
+        assert real == want and real[-1] == n_lines
+    # right padding (training) numbers the same tokens the same way
+    enc_ids, enc_mask, _, _ = _encode_batch([s[:-1] for s in seqs], [s[-1] for s in seqs], tok.pad_id, tok.eos_id,
+                                            "cpu")
+    tr_pos = training_positions(model.lm, enc_ids)
+    for r, s in enumerate(seqs):
+        assert tr_pos[r, :len(s)].tolist() == pos[r, -len(s):].tolist()
+
+
+def test_a_per_token_model_keeps_one_position_per_word(cells, tmp_path):
+    from napari_s2s._testing import make_tiny_model
+
+    model = S2SModel.from_pretrained(make_tiny_model(tmp_path / "tiny"), device="cpu")
+    assert model.model_settings.positions == "tokens"
+    ids, mask, _ = _left_pad([[5, 6, 7], [5, 6, 7, 8, 6]], model.tokenizer.pad_id)
+    assert prompt_positions(model.lm, ids, mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+    assert training_positions(model.lm, ids) is None  # the model's own 0..t-1
+
+
+def test_training_prediction_and_cached_tasks_read_the_same_numbers(lines_model, cells):
+    """The answer logits of a right-padded training batch, of left-padded whole prompts and of task words
+    run on a cached context agree: all three number the prompt's lines alike."""
+    model = lines_model
+    tok = model.tokenizer
+    ctx = _contexts(model, cells, np.r_[0:20, 200:220])
+    suffixes = {t: tok.encode(task_words(t)) for t in ("type", "status")}
+    labels = {t: model.label_ids(t) for t in suffixes}
+    shared = score_tasks(model.lm, ctx, suffixes, labels, tok.pad_id, "cpu")
+    for t, words in suffixes.items():
+        whole = score_prompts(model.lm, [c + words for c in ctx], labels[t], tok.pad_id, "cpu")
+        np.testing.assert_allclose(shared[t], whole, atol=1e-5)
+        seqs = [c + words for c in ctx]
+        ids, mask, _, _ = _encode_batch(seqs, [labels[t][0]] * len(seqs), tok.pad_id, tok.eos_id, "cpu")
+        with torch.inference_mode():
+            logits = _logits(model.lm, ids, mask)
+        at_answer = torch.stack([logits[r, len(s) - 1, labels[t]] for r, s in enumerate(seqs)])
+        np.testing.assert_allclose(torch.softmax(at_answer.float(), -1).numpy(), whole, atol=1e-5)
+
+
+def test_line_numbers_change_what_the_model_reads(lines_model, cells):
+    """The same weights read per token give other probabilities: the numbering is not a no-op."""
+    from spatial2sentence.positions import use_line_positions
+
+    model = lines_model
+    tok = model.tokenizer
+    seqs = [c + tok.encode(task_words("type")) for c in _contexts(model, cells, range(20))]
+    lines = score_prompts(model.lm, seqs, model.label_ids("type"), tok.pad_id, "cpu")
+    use_line_positions(model.lm, None)
+    try:
+        tokens = score_prompts(model.lm, seqs, model.label_ids("type"), tok.pad_id, "cpu")
+    finally:
+        use_line_positions(model.lm, tok.vocab[";"])
+    assert np.abs(lines - tokens).max() > 1e-4
