@@ -7,8 +7,10 @@ tells the model which line a word belongs to (anchor, partner, neighbourhood, ta
 the line. Why: the words of a sentence are already ordered by their values and carry those values
 (:mod:`spatial2sentence.numeric`); a position per word let the model learn "marker X in the 3rd place",
 which a held-out image shifts. On one CyCIF strip (``benchmarks/fold_probe.py``, strip 4, no validation
-split, same budget) held-out accuracy went from 62.9 to 69.9 (c2s) and 64.9 to 68.5 (s2s) with line
-positions; a plain transformer probe without positions reached 71.5 against 68.3 with them.
+split, same budget; rows of ``benchmarks/results/fold_probe/probes.jsonl``, the line rows from this
+numbering's prototype) held-out accuracy went from 62.9 to 69.9 (c2s) and 64.9 to 68.5 (s2s); a Llama
+reading one cell without positions reached 71.5 against 68.3 with them
+(``benchmarks/probes/llama_variants.py``). The benchmark (``s2s benchmark``) says where it stands.
 
 The choice travels with the language model (``lm.s2s_line_sep``, set by
 :class:`~spatial2sentence.model.S2SModel`), so training, prediction, the cached task words and
