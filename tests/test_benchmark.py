@@ -51,7 +51,8 @@ def test_benchmark_any_table(renamed_table, tmp_path):
     assert set(res) == {"cell_type", "_meta"}
     # no clinical column: s2s_no_tissue would only repeat s2s and is not run
     expected = {"s2s", "c2s", "s2s_ranked", "s2s_no_values", "s2s_no_neighbourhood",
-                "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux", "logreg", "logreg_neighbors", "hgb_neighbors"}
+                "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux", "s2s_token_positions", "logreg", "logreg_neighbors",
+                "hgb_neighbors"}
     assert set(res["cell_type"]) == expected
     df = pd.read_csv(renamed_table)
     for m, v in res["cell_type"].items():

@@ -7,7 +7,8 @@ sentences, model and budget, no pair or tissue task, image status = the mean of 
 ablations ``s2s_ranked`` (levels off: v1 ranked words, no values), ``s2s_no_values`` (level words without
 values), ``s2s_no_neighbourhood`` (no ``around`` line), ``s2s_no_tissue`` (image-level status off: the
 mean of the cells' calls), ``s2s_no_negatives`` (``n_neg=0``), ``s2s_no_positives`` (``n_pos=0``),
-``s2s_no_aux`` (no pair task, its share of the steps goes to the other tasks), all trained with
+``s2s_no_aux`` (no pair task, its share of the steps goes to the other tasks), ``s2s_token_positions``
+(one position id per word instead of per line, :mod:`spatial2sentence.positions`), all trained with
 :func:`spatial2sentence.training.train` under one :class:`Budget` (:func:`lm_settings`); and the
 classical baselines of :mod:`spatial2sentence.bench.baselines`.
 """
@@ -21,7 +22,7 @@ import pandas as pd
 from ..settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings, TrainSettings
 
 LM_METHODS = ("s2s", "c2s", "s2s_ranked", "s2s_no_values", "s2s_no_neighbourhood", "s2s_no_tissue",
-              "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux")
+              "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux", "s2s_token_positions")
 CLASSICAL_METHODS = ("logreg", "logreg_neighbors", "hgb_neighbors")
 ALL_METHODS = LM_METHODS + CLASSICAL_METHODS + ("composition_logreg",)
 TASKS = ("cell_type", "clinical_status", "clinical_status_cells")
@@ -95,7 +96,8 @@ def lm_settings(method: str, budget: Budget, seed: int):
         pairs.n_pos = 0
     elif method == "s2s_no_aux":
         mix.pop("pair")
-    elif method not in ("s2s", "s2s_ranked", "s2s_no_values", "s2s_no_neighbourhood", "s2s_no_tissue"):
+    elif method not in ("s2s", "s2s_ranked", "s2s_no_values", "s2s_no_neighbourhood", "s2s_no_tissue",
+                        "s2s_token_positions"):
         raise ValueError(method)
     if prompt.tissue:  # a fifth of the prompts are tissue prompts (dropped where no image has a status)
         mix = {"type": 0.5, "status": 0.15, "pair": 0.15, "tissue": 0.2} if "pair" in mix else \
@@ -106,7 +108,7 @@ def lm_settings(method: str, budget: Budget, seed: int):
     # max_positions is raised by training when the longest prompt needs more (levels sentences)
     ms = ModelSettings(architecture="llama", hidden_size=budget.hidden_size, num_layers=budget.num_layers,
                        num_heads=budget.num_heads, intermediate_size=budget.intermediate_size, max_positions=160,
-                       positions=budget.positions)
+                       positions="tokens" if method == "s2s_token_positions" else budget.positions)
     ts = TrainSettings(seed=seed, steps=budget.steps, batch_size=budget.batch_size, lr=budget.lr,
                        warmup_steps=budget.warmup_steps, task_mix=mix, class_balance=budget.class_balance,
                        panel_subset_prob=0.0, val_fraction=budget.val_fraction, eval_every=budget.eval_every,
