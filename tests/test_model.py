@@ -652,3 +652,24 @@ def test_training_and_building_a_model_give_torch_its_random_state_back(cells, t
     train(cells, tmp_path / "m", model_settings=TINY, train_settings=tiny_settings(), progress_bar=False,
           log=lambda *a: None)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_balanced_accuracy_selection_reads_every_types_recall(cells, tmp_path):
+    """select_by="balanced_accuracy" keeps the state with the best mean recall over types: a state that
+    calls every cell by the commonest type scores its accuracy under "accuracy" but 1/k here."""
+    from spatial2sentence.training import selection_score
+
+    common_only = {"loss": 0.5, "type_acc": 0.8, "type_bacc": 1 / 3}
+    every_type = {"loss": 0.6, "type_acc": 0.7, "type_bacc": 0.65}
+    assert selection_score(common_only, "accuracy") > selection_score(every_type, "accuracy")
+    assert selection_score(every_type, "balanced_accuracy") > selection_score(common_only, "balanced_accuracy")
+    with pytest.raises(ModelInputError, match="balanced_accuracy"):
+        selection_score(every_type, "recall")
+    small = ModelSettings(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=64)
+    r = train(cells, tmp_path / "bacc", model_settings=small,
+              train_settings=tiny_settings(steps=12, select_by="balanced_accuracy"), progress_bar=False,
+              log=lambda *a: None)
+    assert r.history and all(0.0 <= h["type_bacc"] <= 1.0 for h in r.history)
+    # the kept state is the best by balanced accuracy among the evaluations
+    best = max(selection_score(h, "balanced_accuracy") for h in r.history)
+    assert selection_score(r.best, "balanced_accuracy") == pytest.approx(best)

@@ -162,8 +162,9 @@ class TrainSettings(_Base):
     eval_every: int = 200
     eval_prompts: int = 1500
     patience: int = 5  # evaluations without improvement before early stopping
-    # what "improvement" means: "loss" (validation answer loss, v1) or "accuracy" (of the main task, the
-    # loss breaking ties; see spatial2sentence.training.selection_score)
+    # what "improvement" means: "loss" (validation answer loss, v1), "accuracy" (of the main task, the
+    # loss breaking ties) or "balanced_accuracy" (cell type's mean recall over types; see
+    # spatial2sentence.training.selection_score)
     select_by: str = "loss"
     checkpoint_every: int = 200
     checkpoint_dir: str = ""  # where resumable state goes (empty: <out>/checkpoint)
