@@ -32,8 +32,9 @@ __all__ = ["annotate", "annotate_steps", "distinctive_marker", "explain_all_step
 
 def warm_up(path: str | Path | None = None, device: str = "auto") -> threading.Thread:
     """Load the model and run one tiny prediction in a background thread, so that the first Run does not
-    wait for importing torch and transformers, reading the weights and torch's first-call setup
-    (6.6-7.7 s of a 9.4-10.5 s first Run, issue 20). Errors are left for the Run to report."""
+    wait for importing torch, reading the weights and torch's first-call setup (6.6-7.7 s of a 9.4-10.5 s
+    first Run before the warm-up existed, issue 20; transformers is no longer imported for our Llama models,
+    spatial2sentence.lite_llama). Errors are left for the Run to report."""
 
     def work():
         try:

@@ -385,7 +385,7 @@ def test_answer_position_shortcut_equals_the_plain_forward(cells):
 
     from spatial2sentence import predict
 
-    model = S2SModel.from_pretrained(DEFAULT_MODEL_DIR, device="cpu")
+    model = S2SModel.from_pretrained(DEFAULT_MODEL_DIR, device="cpu", backend="transformers")
     lm = model.lm
     ids, mask, pos = _padded_prompts(model, cells)
     with torch.inference_mode():

@@ -43,8 +43,9 @@ from .settings import ModelSettings, PairSettings, PromptSettings, SentenceSetti
 from .threads import torch_rng_kept
 from .tokenizer import WordTokenizer
 
-# transformers is imported where a model is built, loaded or run through its internals: importing it
-# takes 2.9 s (python -X importtime), which `s2s --help`, input checks and model-folder checks skip
+# transformers is imported where a model is built (training) or loaded through it (architectures other
+# than a plain Llama, spatial2sentence.lite_llama): importing it takes 2.9 s (python -X importtime), which
+# `s2s --help`, input checks, model-folder checks and predictions with our Llama models skip
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "data" / "default_model"
 S2S_CONFIG = "s2s_config.json"
 FORMAT_VERSION = 1
@@ -149,6 +150,20 @@ def _build_lm(ms: ModelSettings, vocab_size: int, tok: WordTokenizer, seed: int)
         )
         return GPT2LMHeadModel(cfg)
     raise S2SInputError("architecture", f"unknown architecture {ms.architecture!r} (llama or gpt2)")
+
+
+def _load_lm(path: Path, dtype, backend: str):
+    """The language model of a checked model directory: :mod:`.lite_llama` where it applies (see
+    ``from_pretrained``), else transformers."""
+    from . import lite_llama
+
+    if backend == "auto" and lite_llama.supports(json.loads((path / "config.json").read_text())):
+        return lite_llama.LiteLlamaForCausalLM.load(path, dtype)
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _quiet_transformers()
+    hf_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    return AutoModelForCausalLM.from_pretrained(str(path), config=hf_cfg, local_files_only=True, dtype=dtype)
 
 
 MODEL_FILES = ("s2s_config.json", "config.json", "model.safetensors", "tokenizer.json")
@@ -261,20 +276,19 @@ class S2SModel:
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str = "auto",
-                        dtype: str = "auto") -> "S2SModel":
+                        dtype: str = "auto", backend: str = "auto") -> "S2SModel":
         """Load a model directory; ``None`` loads the embedded default model (Damond panel).
-        ``dtype``: see :func:`resolve_dtype`."""
+        ``dtype``: see :func:`resolve_dtype`. ``backend``: ``"auto"`` reads a plain Llama with
+        :mod:`spatial2sentence.lite_llama` (no transformers import) and anything else with transformers;
+        ``"transformers"`` always uses transformers."""
         path = DEFAULT_MODEL_DIR if path is None else Path(path)
         meta = check_model_dir(path)  # before transformers is imported: a bad folder is refused at once
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        _quiet_transformers()
+        if backend not in ("auto", "transformers"):
+            raise S2SInputError("backend", f"unknown backend {backend!r} (auto or transformers)")
         dev = resolve_device(device)
         dtype = resolve_dtype(dtype, dev)
         try:
-            hf_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
-            lm = AutoModelForCausalLM.from_pretrained(str(path), config=hf_cfg, local_files_only=True,
-                                                      dtype=dtype)
+            lm = _load_lm(path, dtype, backend)
             tok = WordTokenizer.load(path)
             ps = dict(meta["prompt"])
             ps["distance_bins_um"] = tuple(ps.get("distance_bins_um", PromptSettings().distance_bins_um))
@@ -320,7 +334,8 @@ class S2SModel:
     def save_pretrained(self, path: str | Path, card: str | None = None) -> Path:
         """Write the model directory (config.json, model.safetensors, tokenizer.json, s2s_config.json,
         MODEL_CARD.md)."""
-        _quiet_transformers()
+        if type(self.lm).__module__.startswith("transformers"):
+            _quiet_transformers()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         lm = self.lm
