@@ -251,7 +251,7 @@ class CellExplainer:
                 new["partners"] = [dict(p) for p in new["partners"]]
                 apply_attribution(new, att)
                 self.panel.show_cell(new)
-                self.draw_partners(obj, new["partners"], self.table_by_object())
+                self.draw_partners(obj, new["partners"], self.table_by_object(), widths_only=True)
 
         def failed(err):
             if current():
@@ -269,8 +269,11 @@ class CellExplainer:
         worker.start()
 
     # ------------------------------------------------------------------------------------- partners
-    def draw_partners(self, obj, partners: list[dict], table) -> None:
-        """A ring around cell ``obj`` and a line to each partner, in one Shapes layer per image."""
+    def draw_partners(self, obj, partners: list[dict], table, widths_only: bool = False) -> None:
+        """A ring around cell ``obj`` and a line to each partner, in one Shapes layer per image.
+        ``widths_only``: the lines of ``obj`` are drawn already and its attribution only sets their widths:
+        the shapes are kept and re-widthed (rebuilding them took ~0.1 s of every click's shading,
+        profiled with cProfile under Xvfb)."""
         owner = self.owner
         ann, ml = owner.annotation, owner.mask_layer
         ps = float(meta(ml).get("pixel_size_um") or ml.scale[-1] or 1.0)
@@ -285,6 +288,9 @@ class CellExplainer:
             scores.append(np.nan if p.get("score") is None else p["score"])
         data, types, colors, widths = _layers.partner_shapes((ax, ay), pxy, roles, scores)
         lay = find_layer(owner.viewer, "partners", ann.image)
+        if widths_only and lay is not None and meta(lay).get("object") == obj and lay.nshapes == len(widths):
+            lay.edge_width = [float(w) for w in widths]
+            return
         name = f"{ann.image} partners of cell {obj}"
         if lay is None:
             lay = owner.viewer.add_shapes(data, shape_type=types, edge_color=colors, edge_width=widths,

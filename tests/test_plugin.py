@@ -343,6 +343,15 @@ def test_real_attributions_shade_the_prompt(annotated, qtbot):
     assert att["object"] == obj and att["tokens"]
     assert "rgba(" in widget.explanation.prompt.toHtml() or "background-color" in widget.explanation.prompt.toHtml()
     assert "ranked by expression" not in widget.explanation.markers.text()
+    # the partner lines drawn at the click are kept and re-widthed by the partners' attribution scores
+    _wait(qtbot, widget)
+    shapes = next(lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "partners")
+    partners = widget.explanation.current["partners"]
+    assert shapes.metadata["s2s"]["object"] == obj and shapes.nshapes == 1 + len(partners)
+    scores = [abs(p["score"]) for p in partners]
+    assert len(partners) >= 2 and max(scores) > min(scores)  # (this cell's partners are told apart)
+    widths = list(shapes.edge_width)[1:]
+    assert int(np.argmax(widths)) == int(np.argmax(scores)) and max(widths) > min(widths)
 
 
 def test_a_click_shades_words_at_once_then_refines(annotated, monkeypatch):
