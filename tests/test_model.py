@@ -139,9 +139,14 @@ def test_one_pass_scoring_matches_full_logits(tiny, cells):
     prompts = model.prompts_for(sub)
     pred = model.predict_cells(sub, tasks=("type",))
     lid = model.label_ids("type")
+    from spatial2sentence.positions import prompt_positions
+
     for k, p in enumerate(prompts):
+        ids = torch.tensor([p["tokens"]])
+        mask = torch.ones_like(ids)  # numbered as the model numbers its prompts (spatial2sentence.positions)
         with torch.no_grad():
-            logits = model.lm(input_ids=torch.tensor([p["tokens"]])).logits[0, -1]
+            logits = model.lm(input_ids=ids, attention_mask=mask,
+                              position_ids=prompt_positions(model.lm, ids, mask)).logits[0, -1]
         ref = torch.softmax(logits[lid], -1).numpy()
         np.testing.assert_allclose(pred.cells[["p_alpha", "p_beta", "p_other"]].to_numpy()[k], ref, atol=2e-5)
 

@@ -70,9 +70,13 @@ def test_every_word_of_a_line_shares_its_position(lines_model, cells):
 
 
 def test_a_per_token_model_keeps_one_position_per_word(cells, tmp_path):
-    from napari_s2s._testing import make_tiny_model
+    from spatial2sentence.normalize import Normalizer
 
-    model = S2SModel.from_pretrained(make_tiny_model(tmp_path / "tiny"), device="cpu")
+    markers = ["H3", "CD99", "PIN", "CD8a", "CDH"]
+    model = S2SModel.create(markers, ["alpha", "beta", "other"], ["Onset"],
+                            Normalizer().fit(cells[markers].to_numpy(float), markers),
+                            model=ModelSettings(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+                                                positions="tokens"), device="cpu")
     assert model.model_settings.positions == "tokens"
     ids, mask, _ = _left_pad([[5, 6, 7], [5, 6, 7, 8, 6]], model.tokenizer.pad_id)
     assert prompt_positions(model.lm, ids, mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
@@ -113,3 +117,30 @@ def test_line_numbers_change_what_the_model_reads(lines_model, cells):
     finally:
         use_line_positions(model.lm, tok.vocab[";"])
     assert np.abs(lines - tokens).max() > 1e-4
+
+
+def test_new_models_number_by_line_and_stored_ones_keep_their_numbering(cells, tmp_path):
+    """ModelSettings() numbers by line; a model folder saved before the setting existed (no
+    "positions" key) still numbers per token, as it was trained."""
+    import json
+
+    from spatial2sentence.normalize import Normalizer
+
+    assert ModelSettings().positions == "lines"
+    markers = ["H3", "CD99", "PIN", "CD8a", "CDH"]
+    norm = Normalizer().fit(cells[markers].to_numpy(float), markers)
+    m = S2SModel.create(markers, ["alpha", "beta", "other"], ["Onset"], norm,
+                        model=ModelSettings(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32),
+                        device="cpu")
+    m.save_pretrained(tmp_path / "m")
+    assert S2SModel.from_pretrained(tmp_path / "m", device="cpu").model_settings.positions == "lines"
+    cfg_path = tmp_path / "m" / "s2s_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["model"]["positions"]
+    cfg_path.write_text(json.dumps(cfg))
+    old = S2SModel.from_pretrained(tmp_path / "m", device="cpu")
+    assert old.model_settings.positions == "tokens"
+    ids, mask, _ = _left_pad([[5, 6, 7, 6, 8]], old.tokenizer.pad_id)
+    assert prompt_positions(old.lm, ids, mask).tolist() == [[0, 1, 2, 3, 4]]
+    with pytest.raises(Exception, match="unknown positions"):
+        S2SModel.create(markers, ["a"], ["S"], norm, model=ModelSettings(positions="words"), device="cpu")

@@ -257,9 +257,15 @@ class S2SModel:
         self.device = resolve_device(device)
         if model.positions not in POSITIONS:
             raise S2SInputError("model settings", f"unknown positions {model.positions!r} (tokens or lines)")
-        use_line_positions(lm, tokenizer.vocab[";"] if model.positions == "lines" else None)
+        self.number_prompts()
         self.lm.to(self.device)
         self.lm.eval()
+
+    def number_prompts(self) -> None:
+        """Give the language model this model's position numbering (:mod:`.positions`); called again
+        whenever ``lm`` or the tokenizer is replaced."""
+        lines = self.model_settings.positions == "lines"
+        use_line_positions(self.lm, self.tokenizer.vocab[";"] if lines else None)
 
     # --- construction ----------------------------------------------------------------------------
     @classmethod
@@ -292,13 +298,14 @@ class S2SModel:
             tok = WordTokenizer.load(path)
             ps = dict(meta["prompt"])
             ps["distance_bins_um"] = tuple(ps.get("distance_bins_um", PromptSettings().distance_bins_um))
-            # models saved before rank_by existed ranked by z (top 8 above 0 was then the default)
+            # models saved before rank_by existed ranked by z (top 8 above 0 was then the default); models
+            # saved before positions existed number their prompts per token
             sentence = {"rank_by": "z", **meta["sentence"]}
             model = cls(
                 lm, tok, meta["markers"], Normalizer.from_dict(meta["normalizer"]), meta["type_labels"],
                 meta["status_labels"], SentenceSettings.from_dict(sentence),
                 PairSettings.from_dict(meta["pairs"]), PromptSettings.from_dict(ps),
-                ModelSettings.from_dict(meta["model"]), meta.get("info", {}), device=str(dev),
+                ModelSettings.from_dict({"positions": "tokens", **meta["model"]}), meta.get("info", {}), device=str(dev),
             )
             if model.sentence.values:
                 attach_value_embedding(lm)

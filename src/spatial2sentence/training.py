@@ -152,6 +152,7 @@ def add_level_words(model, n_levels: int, seed: int) -> None:
     tok = WordTokenizer.build(model.markers, labels, model.prompt.distance_bins_um, n_levels=n_levels)
     model.tokenizer = tok
     model.lm = build_lm(model.model_settings, len(tok), tok, seed).to(model.device)
+    model.number_prompts()
 
 
 SELECT_BY = ("loss", "accuracy", "balanced_accuracy")
