@@ -18,12 +18,7 @@ from spatial2sentence.predict import _left_pad, score_tasks
 from spatial2sentence.prompts import task_words
 from spatial2sentence.settings import ModelSettings, SentenceSettings, TrainSettings
 from spatial2sentence.training import train
-from test_model import toy_cells
-
-
-@pytest.fixture(scope="module")
-def cells():
-    return toy_cells()
+from test_model import cells  # noqa: F401 - the 362 real toy cells, a pytest fixture
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,7 @@ from spatial2sentence.predict import _left_pad, score_prompts, score_tasks
 from spatial2sentence.prompts import task_words
 from spatial2sentence.settings import ModelSettings, TrainSettings
 from spatial2sentence.training import _encode_batch, _logits, train
-from test_model import toy_cells
-
-
-@pytest.fixture(scope="module")
-def cells():
-    return toy_cells()
+from test_model import cells  # noqa: F401 - the 362 real toy cells, a pytest fixture
 
 
 @pytest.fixture(scope="module")
