@@ -138,12 +138,14 @@ class CellExplainer:
                 info["note"] = str(err)
         elif attributions == "async":
             info["note"] = "computing attributions…"
-        self.draw_partners(obj, info["partners"], table)
         panel = self.ensure_panel()
+        if attributions == "async" and cached is None:
+            # started before the drawing below, so the attribution is computed while the partner lines
+            # and the panel are drawn (its result arrives through the event loop, after show_cell)
+            self._start_cell_attribution(obj)
+        self.draw_partners(obj, info["partners"], table)
         info["seconds"] = time.perf_counter() - t0
         panel.show_cell(info)
-        if attributions == "async" and cached is None:
-            self._start_cell_attribution(obj)
         return info
 
     def _cell_info(self, ann: Annotation, obj: int, prompt: dict, table) -> dict:
