@@ -71,7 +71,7 @@ import torch
 from .errors import ModelInputError
 from .measure import measure_image
 from .numeric import embed_inputs
-from .positions import line_sep
+from .positions import line_numbers, line_sep
 from .prompts import BOS
 from .sentences import word_marker
 
@@ -272,11 +272,7 @@ def _batch(seqs, values, chunk, pad_id: int, device, sep_id: int | None = None) 
             vals[r, :len(seqs[i])] = torch.as_tensor(values[i], dtype=torch.float32)
     cols = torch.arange(n)
     real = cols[None, :] < lens[:, None]
-    if sep_id is None:
-        pos = cols.expand(B, n).to(device)
-    else:
-        sep = (ids == sep_id).long()
-        pos = (sep.cumsum(1) - sep).to(device)
+    pos = (cols.expand(B, n) if sep_id is None else line_numbers(ids, sep_id)).to(device)
     keep, row_pos = torch.unique(lens - 1, return_inverse=True)
     return _Batch(device, ids.to(device), vals, lens, cols, real.to(device), pos, keep.to(device),
                   row_pos.to(device))

@@ -34,6 +34,13 @@ def line_sep(lm) -> int | None:
     return getattr(lm, LINE_SEP_ATTR, None)
 
 
+def line_numbers(ids: torch.Tensor, sep_id: int) -> torch.Tensor:
+    """The line of every token of ``ids`` (n x t): the number of ``;`` (``sep_id``) before it, a ``;``
+    belonging to the line it closes; padding, never a ``;``, takes its neighbours' number."""
+    s = (ids == sep_id).long()
+    return s.cumsum(1) - s
+
+
 def prompt_positions(lm, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Position ids of padded prompts ``ids`` (n x t, ``mask`` 1 on real tokens, padding left or right):
     per token, counting real tokens only; or per line (the ``;`` before a token, a ``;`` belonging to the
@@ -41,16 +48,13 @@ def prompt_positions(lm, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     sep = line_sep(lm)
     if sep is None:
         return (mask.cumsum(1) - 1).clamp(min=0)
-    s = (ids == sep).long()
-    return s.cumsum(1) - s
+    return line_numbers(ids, sep)
 
 
 def training_positions(lm, ids: torch.Tensor) -> torch.Tensor | None:
     """Position ids for a right-padded training batch: None (the model's own 0..t-1) per token."""
-    if line_sep(lm) is None:
-        return None
-    s = (ids == line_sep(lm)).long()
-    return s.cumsum(1) - s
+    sep = line_sep(lm)
+    return None if sep is None else line_numbers(ids, sep)
 
 
 def task_positions(lm, ids: torch.Tensor, pos: torch.Tensor, steps: int) -> torch.Tensor:

@@ -189,7 +189,7 @@ def evaluate(model, val_set, batch_size: int = 256) -> dict:
     lm.eval()
     tot, res = 0.0, {}
     per = {t: [0.0, 0, 0] for t in set(tasks)}
-    recall: dict[int, list[int]] = {}
+    type_true, type_right = [], []  # per type prompt, for the balanced accuracy
     with torch.no_grad():
         for c0 in range(0, len(seqs), batch_size):
             s, a, t = seqs[c0:c0 + batch_size], answers[c0:c0 + batch_size], tasks[c0:c0 + batch_size]
@@ -206,21 +206,22 @@ def evaluate(model, val_set, batch_size: int = 256) -> dict:
                 sub = lg[sel][:, lid]
                 y = torch.as_tensor([lid.tolist().index(v) for v in tgt[rows, cols][sel].tolist()])
                 lp = torch.log_softmax(sub, -1)
+                right = sub.argmax(-1) == y
                 per[task][0] += float(-lp[torch.arange(len(y)), y].sum())
-                per[task][1] += int((sub.argmax(-1) == y).sum())
+                per[task][1] += int(right.sum())
                 per[task][2] += len(y)
-                if task == "type":  # per true type: [right, seen], for the balanced accuracy
-                    for yi, ok in zip(y.tolist(), (sub.argmax(-1) == y).tolist()):
-                        recall.setdefault(yi, [0, 0])
-                        recall[yi][0] += int(ok)
-                        recall[yi][1] += 1
+                if task == "type":
+                    type_true.append(y.cpu().numpy())
+                    type_right.append(right.cpu().numpy())
     for task, (l, c, n) in per.items():
         res[f"{task}_loss"] = l / max(n, 1)
         res[f"{task}_acc"] = c / max(n, 1)
         tot += l / max(n, 1)
     res["loss"] = tot / max(len(per), 1)
-    if recall:
-        res["type_bacc"] = float(np.mean([c / n for c, n in recall.values()]))
+    if type_true:
+        y, right = np.concatenate(type_true), np.concatenate(type_right)
+        seen = np.bincount(y)
+        res["type_bacc"] = float(np.mean(np.bincount(y, weights=right)[seen > 0] / seen[seen > 0]))
     return res
 
 
