@@ -170,3 +170,11 @@ class TrainSettings(_Base):
     checkpoint_every: int = 200
     checkpoint_dir: str = ""  # where resumable state goes (empty: <out>/checkpoint)
     num_threads: int = 0  # torch threads on CPU (0: torch's default)
+    # chance that a type or status training prompt shows the anchor alone (no partner lines, no around
+    # line: the Cell2Sentence view of the same cell), an auxiliary view so that the context never has to
+    # carry what the cell's own words say (prediction still reads the full prompt)
+    anchor_alone: float = 0.0
+    # after validation picked the best step, train again from the same seed on every training cell
+    # (validation cells included, the normaliser refitted on them) for that many steps, the schedule
+    # annealed over them; the validation run's record is kept in the model's info
+    refit: bool = False

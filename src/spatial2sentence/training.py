@@ -249,8 +249,21 @@ def train(
     if resume and ckpt.exists():
         load_checkpoint(ckpt)  # a bad or hostile checkpoint is refused before any data is read
     with torch_threads(ts.num_threads), torch_rng_kept():
-        return _train(tables, out, sentence, pairs, prompt, model_settings, ts, type_labels, status_labels,
-                      resume, progress_bar, device, info, log)
+        res = _train(tables, out, sentence, pairs, prompt, model_settings, ts, type_labels, status_labels,
+                     resume, progress_bar, device, info, log)
+        if not (ts.refit and "step" in res.best):
+            return res
+        # refit: the validation run chose the number of steps; train on every training cell for that many
+        steps = int(res.best["step"])
+        log(f"refit on every training cell for {steps} steps (the validation run's best step)")
+        record = {"steps": steps, "validation_run": res.model.info["training"]}
+        refit = _train(tables, out, sentence, pairs, prompt, model_settings,
+                       replace(ts, steps=steps, val_fraction=0.0, refit=False), type_labels, status_labels,
+                       False, progress_bar, device, {**(info or {}), "refit": record}, log)
+        refit.best, refit.stopped_early = res.best, res.stopped_early
+        refit.seconds += res.seconds
+        refit.steps_done += res.steps_done  # every optimiser step of both runs
+        return refit
 
 
 def _train(tables, out, sentence, pairs, prompt, model_settings, ts, type_labels, status_labels, resume,

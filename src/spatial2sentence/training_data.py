@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -187,6 +188,7 @@ class PromptSampler:
                     self.tissue_images.append(members)
                     tissue_status.append(str(st[members[0]]))
         self.tissue_cdf = np.cumsum(self._weights(np.asarray(tissue_status, dtype=object), 1.0))
+        self.alone_prompt = replace(model.prompt, format="single")
         self.full_cache = dict(zip(range(len(cs)), cs.sentences(np.arange(len(cs)), model.sentence)))
         mix = {k: float(v) for k, v in ts.task_mix.items() if v > 0}
         for k in mix:
@@ -252,7 +254,12 @@ class PromptSampler:
             i = int(self.status_cells[min(np.searchsorted(self.status_cdf, rng.random() * self.status_cdf[-1]),
                                           len(self.status_cells) - 1)])
             answer = status_token(cs.status[i])
-        words, values = cs.context(i, m.sentence, m.prompt, present, sentence_cache=cache)
+        prompt = m.prompt
+        # the anchor-alone view draws from the generator only when asked for, so that runs without it
+        # keep their exact prompts
+        if self.ts.anchor_alone > 0 and prompt.format == "multi" and rng.random() < self.ts.anchor_alone:
+            prompt = self.alone_prompt
+        words, values = cs.context(i, m.sentence, prompt, present, sentence_cache=cache)
         tw = task_words(task)
         return words + tw, values + [0.0] * len(tw), answer
 

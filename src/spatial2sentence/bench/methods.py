@@ -61,6 +61,10 @@ class Budget:
     # position ids per line of the prompt, not per word (spatial2sentence.positions): on one CyCIF strip
     # held-out accuracy rose from 62.9 to 69.9 (c2s) and 64.9 to 68.5 (s2s) against one per word
     positions: str = "lines"
+    # chance that a type/status prompt of s2s shows the anchor alone (TrainSettings.anchor_alone)
+    anchor_alone: float = 0.0
+    # train again on every training cell for the validation run's best step count (TrainSettings.refit)
+    refit: bool = False
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
@@ -113,7 +117,8 @@ def lm_settings(method: str, budget: Budget, seed: int):
                        warmup_steps=budget.warmup_steps, task_mix=mix, class_balance=budget.class_balance,
                        panel_subset_prob=0.0, val_fraction=budget.val_fraction, eval_every=budget.eval_every,
                        eval_prompts=budget.eval_prompts, checkpoint_every=10 ** 9, patience=budget.patience,
-                       num_threads=budget.threads, select_by=budget.select_by)
+                       num_threads=budget.threads, select_by=budget.select_by,
+                       anchor_alone=budget.anchor_alone, refit=budget.refit)
     return sentence, pairs, prompt, ms, ts
 
 

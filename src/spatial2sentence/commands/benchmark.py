@@ -34,13 +34,16 @@ from ..errors import S2SInputError
 @click.option("--methods", default=None, help="Comma-separated subset of methods (default: all).")
 @click.option("--threads", type=int, default=None, help="torch CPU threads per worker (default 1).")
 @click.option("--workers", type=int, default=None, help="Processes running folds in parallel (default 2).")
+@click.option("--budget", "budget_items", multiple=True, metavar="KEY=VALUE",
+              help="Set any training-budget field, e.g. --budget refit=true --budget anchor_alone=0.3 "
+                   "(repeatable; printed with the results).")
 @click.option("--data-root", default="../shared/data", show_default=True, help="Folder of the built-in datasets.")
 @click.option("--sim-cells", default="out/damond_sim_cells.csv.gz", show_default=True,
               help="Measured semi-synthetic cells table; when missing, a sample of images is simulated.")
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 def benchmark(datasets, table, image_col, x_col, y_col, object_col, markers, phenotype_col, label_col,
               clinical_col, group_col, seeds, steps, batch_size, max_train_cells, test_cells_per_image, methods,
-              threads, workers, data_root, sim_cells, out):
+              threads, workers, budget_items, data_root, sim_cells, out):
     """Accuracy benchmark: every method, several seeds, never split by random cells."""
     # imported when the command runs, not when the CLI starts: the benchmark loads torch and sklearn
     import pandas as pd
@@ -56,6 +59,9 @@ def benchmark(datasets, table, image_col, x_col, y_col, object_col, markers, phe
                  ("test_cells_per_image", test_cells_per_image), ("threads", threads), ("workers", workers)):
         if v is not None:
             setattr(budget, k, v)
+    for item in budget_items:
+        key, value = parse_budget_item(item, budget)
+        setattr(budget, key, value)
     meth = ALL_METHODS
     if methods:
         meth = tuple(m.strip() for m in methods.split(",") if m.strip())
@@ -76,3 +82,29 @@ def benchmark(datasets, table, image_col, x_col, y_col, object_col, markers, phe
             raise S2SInputError(None, f"unknown datasets {bad} (built in: {', '.join(BUILTIN)})")
         run_benchmark(names, out, budget, meth, data_root=data_root, sim_cells=sim_cells, command=command,
                       log=click.echo)
+
+
+def parse_budget_item(item: str, budget) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--budget``: a Budget field and its value, converted to the field's type; a clear
+    error for an unknown key or a value of the wrong kind."""
+    from dataclasses import fields
+
+    key, sep, raw = item.partition("=")
+    known = {f.name: f for f in fields(budget)}
+    if not sep or key.strip() not in known:
+        raise S2SInputError(None, f"--budget {item!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
+    key, raw = key.strip(), raw.strip()
+    current = getattr(budget, key)
+    try:
+        if isinstance(current, bool):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return key, raw.lower() in ("true", "1", "yes")
+        if current is None or isinstance(current, int):
+            return key, None if raw.lower() == "none" else int(raw)
+        if isinstance(current, float):
+            return key, float(raw)
+        return key, raw
+    except ValueError:
+        raise S2SInputError(None, f"--budget {item!r}: {raw!r} is not a valid {type(current).__name__} "
+                                  f"for {key}") from None
