@@ -139,3 +139,23 @@ def test_validation_rule_never_uses_test_groups_and_splits_few_images_by_block()
     assert ts.patience < 100
     assert lm_settings("s2s_ranked", Budget(), 0)[0].encoding == "ranked"
     assert lm_settings("c2s", Budget(), 0)[0] == s
+
+
+def test_budget_option_sets_fields_and_refuses_unknown_ones(tmp_path):
+    """``--budget KEY=VALUE`` converts to the field's type; a wrong key or value is a clear message, not a
+    traceback, before any data is read."""
+    from spatial2sentence.bench.methods import Budget
+    from spatial2sentence.cli import main
+    from spatial2sentence.commands.benchmark import parse_budget_item
+
+    b = Budget()
+    assert parse_budget_item("refit=true", b) == ("refit", True)
+    assert parse_budget_item("anchor_alone=0.3", b) == ("anchor_alone", 0.3)
+    assert parse_budget_item(" steps = 120 ", b) == ("steps", 120)
+    assert parse_budget_item("test_cells_per_image=none", b) == ("test_cells_per_image", None)
+    for bad, says in (("refit=maybe", "not a valid bool"), ("steps=1.5", "not a valid int"),
+                      ("nonsense=1", "KEY one of"), ("steps", "KEY=VALUE")):
+        r = CliRunner().invoke(main, ["benchmark", "--datasets", "scimap_cycif", "--budget", bad,
+                                      "--out", str(tmp_path / "x")])
+        assert r.exit_code != 0 and says in r.output and "Traceback" not in r.output, (bad, r.output)
+        assert not (tmp_path / "x").exists()

@@ -678,3 +678,64 @@ def test_balanced_accuracy_selection_reads_every_types_recall(cells, tmp_path):
     # the kept state is the best by balanced accuracy among the evaluations
     best = max(selection_score(h, "balanced_accuracy") for h in r.history)
     assert selection_score(r.best, "balanced_accuracy") == pytest.approx(best)
+
+
+def test_anchor_alone_shows_the_cell_without_its_context(tiny, cells):
+    """anchor_alone=1: every type/status training prompt is the Cell2Sentence view of its cell (no partner
+    or around line); 0: the prompts are exactly those of a run without the setting (the generator is not
+    touched); in between, both views occur."""
+    from dataclasses import replace
+
+    from spatial2sentence.training_data import PromptSampler
+
+    m = S2SModel.from_pretrained(tiny[0], device="cpu")
+    assert m.prompt.format == "multi"
+    cs = m.prepare(cells)
+    idx = np.arange(len(cs))
+    base = replace(tiny_settings(), task_mix={"type": 1.0}, panel_subset_prob=0.0)  # whole sentences
+
+    def prompts(ts, n=40):
+        sampler = PromptSampler(m, cs, idx, ts)
+        rng = np.random.default_rng(5)
+        return [sampler.draw(rng) for _ in range(n)]
+
+    with_context = prompts(base)
+    assert any("near" in w or "far" in w for w, _, _ in with_context)
+    assert prompts(replace(base, anchor_alone=0.0)) == with_context
+    alone = prompts(replace(base, anchor_alone=1.0))
+    single = replace(m.prompt, format="single")
+    for words, values, answer in alone:
+        assert not {"near", "far", "around"} & set(words)
+        assert words[:2] == ["[BOS]", "cell"] and words[-3:] == ["task", "type", "answer"]
+        assert len(values) == len(words) and answer.startswith("T:")
+    # the alone view is the single-cell prompt of the same cell: find each by its anchor sentence
+    anchors = {tuple(cs.context_words(i, m.sentence, single)): i for i in idx}
+    assert all(tuple(w[:-3]) in anchors for w, _, _ in alone)
+    mixed = prompts(replace(base, anchor_alone=0.5), n=60)
+    n_alone = sum(not {"near", "far"} & set(w) for w, _, _ in mixed)
+    assert 10 < n_alone < 50
+
+
+def test_refit_trains_again_on_every_cell_for_the_best_step_count(cells, tmp_path):
+    """refit=True: the validation run picks the step count, then a fresh run on every training cell
+    (validation cells included) trains that many steps; the saved model records both runs."""
+    small = ModelSettings(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_positions=64)
+    ts = tiny_settings(steps=30, refit=True, select_by="accuracy")
+    r = train(cells, tmp_path / "refit", model_settings=small, train_settings=ts, progress_bar=False,
+              log=lambda *a: None)
+    info = r.model.info
+    first = info["refit"]["validation_run"]
+    assert first["n_val_cells"] > 0 and info["training"]["n_val_cells"] == 0
+    assert info["training"]["n_train_cells"] == first["n_train_cells"] + first["n_val_cells"] == len(cells)
+    assert info["refit"]["steps"] == r.best["step"] == info["training"]["steps_done"]
+    assert r.steps_done == first["steps_done"] + info["refit"]["steps"]
+    assert info["training"]["settings"]["steps"] == info["refit"]["steps"]
+    saved = S2SModel.from_pretrained(tmp_path / "refit", device="cpu")
+    assert saved.info["refit"]["steps"] == info["refit"]["steps"]
+    pd.testing.assert_frame_equal(saved.predict_cells(cells, threads=1).cells,
+                                  r.model.predict_cells(cells, threads=1).cells)
+    # without a validation split there is nothing to refit from: one run, as asked
+    plain = train(cells, tmp_path / "noval", model_settings=small,
+                  train_settings=tiny_settings(steps=10, refit=True, val_fraction=0.0), progress_bar=False,
+                  log=lambda *a: None)
+    assert "refit" not in plain.model.info and plain.steps_done == 10
