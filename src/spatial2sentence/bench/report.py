@@ -171,13 +171,17 @@ def write_results(out: Path, results: dict, budget: Budget, command: str, wall_s
           "Budget of this run (the same for every language model): "
           + ", ".join(f"{k}={v}" for k, v in budget.to_dict().items()),
           "", "Language models: small Llama-architecture causal LMs trained from scratch by "
-          "`spatial2sentence.training.train` (multi-task: cell type 0.6, clinical status 0.3, pair 0.1 of the "
-          "prompts; panel-subset augmentation off). This run: at most "
-          f"{budget.steps} steps, validation on {budget.val_fraction:.0%} of the training groups "
+          "`spatial2sentence.training.train` (multi-task: cell type, clinical status, the pair task and tissue "
+          "prompts, mixed as `spatial2sentence.bench.methods.lm_settings` says; panel-subset augmentation off). "
+          f"This run: at most {budget.steps} steps, validation on {budget.val_fraction:.0%} of the training groups "
           "(whole images when the training part has 5 or more, else the right-most block of each image) every "
           f"{budget.eval_every} steps, early stopping after {budget.patience} evaluations without a better "
-          "validation loss (best state kept); type sampling weight ~ count ** "
-          f"-{budget.class_balance}; sentences: {sentence_words(budget)}. `c2s`: single-cell prompts, no pair "
+          f"validation {budget.select_by.replace('_', ' ')} (best state kept)"
+          + ("; then trained again on every training cell for the best step count (refit)" if budget.refit else "")
+          + (f"; {budget.anchor_alone:.0%} of s2s's type/status prompts show the anchor alone"
+             if budget.anchor_alone else "")
+          + f"; type sampling weight ~ count ** -{budget.class_balance}; sentences: {sentence_words(budget)}. "
+          "`c2s`: single-cell prompts, no pair "
           "task. Classical baselines: `spatial2sentence.bench.baselines`. Nothing is tuned on test folds. Datasets "
           "marked 'kept' come from an earlier run (their own run line gives its budget).", ""]
     for name, res in results.items():
