@@ -2,8 +2,9 @@
 label, or a partner clicked in the panel) fills the "Cell explanation" panel (:mod:`._explanation`)
 and draws the cell's partners on the image.
 
-The prompt, probabilities and partners appear at once; the word shading (integrated gradients,
-:mod:`._explain`) follows from a worker. The panel is docked as a tab beside Annotate cells on first
+The prompt, probabilities and partners appear at once, with the first word shading (integrated
+gradients, one 16-point pass, :mod:`._explain`) computed in the click while that stays quick; the refined
+shading follows from a worker. The panel is docked as a tab beside Annotate cells on first
 use. One cell's attributions go into the dock widget's cache (``owner._attributions``), which the
 attribution map shares; the explainer reads the run's state from the widget (``annotation``,
 ``mask_layer``, ``viewer``).
@@ -32,6 +33,13 @@ if TYPE_CHECKING:  # the core (torch) is not imported when napari builds the wid
     from spatial2sentence.annotate import Annotation
 
 
+# the first shading is computed in the click itself while it takes less than this: from a worker it
+# arrived only after the click's canvas repaint (~0.1 s under Xvfb; click -> shaded words median 0.196-
+# 0.213 s, benchmarks/plugin.py), inline with the panel it is drawn in the same repaint. A slower pass
+# (a large model, a busy machine) sends the following clicks' first passes back to the worker.
+INLINE_FIRST_PASS_S = 0.12
+
+
 def apply_attribution(info: dict, att: dict) -> None:
     """Put a cell's attribution into its panel ``info``: the partners' scores, the note cleared."""
     info["attribution"] = att
@@ -51,6 +59,7 @@ class CellExplainer:
         self.dock = None
         self._levels_cache: tuple = (None,)
         self._table_cache: tuple = (None,)
+        self.inline_first_pass = True  # see INLINE_FIRST_PASS_S
 
     # ------------------------------------------------------------------------------------- clicks
     def watch(self, layer) -> None:
@@ -115,8 +124,9 @@ class CellExplainer:
     def explain_cell(self, obj: int, attributions: str = "async") -> dict | None:
         """Fill the explanation panel with cell ``obj`` and draw its partners; returns the info dict.
 
-        The word shading follows from a worker (``attributions="async"``), or is computed before
-        returning (``"sync"``), or skipped (``"none"``)."""
+        ``attributions="async"``: the first shading is computed here while it is quick (else in the
+        worker) and the refined one follows from a worker; ``"sync"``: the whole attribution is computed
+        before returning; ``"none"``: no shading."""
         ann = self.owner.annotation
         if ann is None:
             return None
@@ -138,11 +148,26 @@ class CellExplainer:
                 info["note"] = str(err)
         elif attributions == "async":
             info["note"] = "computing attributions…"
+        first = None
+        if attributions == "async" and cached is None and self.inline_first_pass:
+            t1 = time.perf_counter()
+            try:
+                first = self.first_pass(obj, ann)
+            except AttributionsUnavailable as err:
+                info["note"], attributions = str(err), "none"  # said once, not retried by a worker
+            self.inline_first_pass = time.perf_counter() - t1 < INLINE_FIRST_PASS_S
+            if first is not None:
+                apply_attribution(info, first)
+                if _explain.complete(first):
+                    self.owner._attributions[str(obj)] = first
+                    cached = first
+                else:
+                    info["note"] = "refining attributions…"
         panel = self.ensure_panel()
         if attributions == "async" and cached is None:
             # started before the drawing below, so the attribution is computed while the partner lines
             # and the panel are drawn (its result arrives through the event loop, after show_cell)
-            self._start_cell_attribution(obj)
+            self._start_cell_attribution(obj, first)
         self.draw_partners(obj, info["partners"], table)
         info["seconds"] = time.perf_counter() - t0
         panel.show_cell(info)
@@ -213,31 +238,44 @@ class CellExplainer:
         except StopIteration as stop:
             return stop.value
 
-    def explain_steps(self, obj, ann: Annotation | None = None):
-        """Generator for the click worker: yields the first shading (one 16-point pass) when it is not
-        yet complete, returns the refined attribution (kept in the widget's cache)."""
+    def first_pass(self, obj, ann: Annotation | None = None) -> dict:
+        """Cell ``obj``'s first shading (one 16-point integrated-gradients pass), not cached."""
         owner = self.owner
         ann = ann or owner.annotation
         if ann is None:
             raise AttributionsUnavailable("no annotation (it was cleared or is being re-run)")
         if ann is not owner.annotation:
             raise AttributionsUnavailable("the annotation changed while attributions were computed")
-        cells = owner.prepared_cells()
-        first = _explain.explain_cells(ann.model, cells, [obj], markers=ann.markers, first_pass=True).get(str(obj))
+        first = _explain.explain_cells(ann.model, owner.prepared_cells(), [obj], markers=ann.markers,
+                                       first_pass=True).get(str(obj))
         if first is None:
             raise AttributionsUnavailable("attributions unavailable for this cell")
+        return first
+
+    def explain_steps(self, obj, ann: Annotation | None = None, first: dict | None = None):
+        """Generator for the click worker: yields the first shading (one 16-point pass) when it is not
+        yet complete, returns the refined attribution (kept in the widget's cache). ``first``: the first
+        pass, computed already (in the click), so not yielded again."""
+        owner = self.owner
+        ann = ann or owner.annotation
+        given = first is not None
+        if not given:
+            first = self.first_pass(obj, ann)
+        elif ann is not owner.annotation:
+            raise AttributionsUnavailable("the annotation changed while attributions were computed")
         att = first
         if not _explain.complete(first):
-            yield first
-            att = _explain.explain_cells(ann.model, cells, [obj], markers=ann.markers,
+            if not given:
+                yield first
+            att = _explain.explain_cells(ann.model, owner.prepared_cells(), [obj], markers=ann.markers,
                                          after_first_pass=True).get(str(obj)) or first
         owner._attributions[str(obj)] = att
         return att
 
-    def _start_cell_attribution(self, obj) -> None:
+    def _start_cell_attribution(self, obj, first: dict | None = None) -> None:
         owner = self.owner
         ann = owner.annotation
-        worker = create_worker(self.explain_steps, obj, ann, _ignore_errors=True, _start_thread=False)
+        worker = create_worker(self.explain_steps, obj, ann, first, _ignore_errors=True, _start_thread=False)
 
         def current() -> bool:
             # the result belongs to this annotation and this cell only: a new run or a new click since

@@ -384,6 +384,45 @@ def test_a_click_shades_words_at_once_then_refines(annotated, monkeypatch):
     assert list(widget.explainer.explain_steps(obj)) == [] and calls == [True]
 
 
+def test_a_click_shows_its_first_shading_at_once_and_a_slow_pass_moves_to_the_worker(annotated, monkeypatch,
+                                                                                     qtbot):
+    """Issue 20: the first 16-point pass is computed in the click, so the panel shows shaded words and
+    the partner lines their widths when the click returns; the refinement (where the pass misses the
+    completeness rule) still comes from a worker. A first pass slower than INLINE_FIRST_PASS_S sends
+    the next clicks' first passes to the worker."""
+    from napari_s2s import _explain_view
+
+    viewer, widget = annotated
+    ex = widget.explainer
+    monkeypatch.setattr(ex, "inline_first_pass", True)
+    obj, _ = _centroid_cell(widget)
+    _wait(qtbot, widget)
+    widget._attributions.clear()
+    monkeypatch.setattr(_explain, "complete", lambda att: False)  # as for a cell that needs more points
+    info = ex.explain_cell(obj)
+    assert info["attribution"] is not None and info["attribution"]["n_steps"] == 16
+    assert widget.explanation.current["attribution"] is info["attribution"]
+    assert "background-color" in widget.explanation.prompt.toHtml() or "rgba(" in widget.explanation.prompt.toHtml()
+    assert widget.explanation.note.text() == "refining attributions…"
+    shapes = next(lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "partners")
+    scores = [abs(p["score"]) for p in info["partners"]]
+    assert int(np.argmax(list(shapes.edge_width)[1:])) == int(np.argmax(scores))
+    assert widget.attribution_worker is not None  # the refinement
+    _wait(qtbot, widget)
+    refined = widget._attributions[str(obj)]
+    assert refined["n_steps"] > 16 and widget.explanation.current["attribution"] is refined
+    assert widget.explanation.note.text() == ""
+    # a pass slower than the limit: this click still shades at once, the next one uses the worker
+    monkeypatch.setattr(_explain_view, "INLINE_FIRST_PASS_S", 0.0)
+    widget._attributions.clear()
+    assert ex.explain_cell(obj)["attribution"] is not None and not ex.inline_first_pass
+    _wait(qtbot, widget)
+    widget._attributions.clear()
+    assert ex.explain_cell(obj)["attribution"] is None and widget.attribution_worker is not None
+    _wait(qtbot, widget)
+    assert widget.explanation.current["attribution"] is not None
+
+
 def test_stale_attribution_result_is_dropped(annotated, monkeypatch, qtbot):
     """A click's attributions that arrive after the annotation was replaced (a new Run) or cleared
     must not be drawn on the new one, nor raise in the Qt callback."""
@@ -396,6 +435,7 @@ def test_stale_attribution_result_is_dropped(annotated, monkeypatch, qtbot):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(_explain, "explain_cells", slow)
+    monkeypatch.setattr(widget.explainer, "inline_first_pass", False)  # both passes in the worker
     obj, _ = _centroid_cell(widget)
     widget._attributions.clear()
     widget.explainer.explain_cell(obj)
