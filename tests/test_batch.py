@@ -187,6 +187,14 @@ def test_outputs_of_a_run(serial_run, crops, tiny_model):
 
         with Image.open(out / "overlays" / f"{name}.png") as png:
             assert png.mode == "RGB" and png.height >= mask.shape[0] and png.width > mask.shape[1]
+    # the image's status call and whether it is confident, as `s2s predict` reports them
+    from spatial2sentence.domain import status_is_confident
+
+    assert summary["status_confident"].isin([True, False]).all()
+    for name, row in zip([n for n, _, _ in crops[0]], summary.itertuples()):
+        rec = json.loads((out / "done" / f"{name}.json").read_text())
+        assert row.status == rec["status"] and row.status_confident == rec["status_confident"]
+        assert row.status_confident == status_is_confident(row.status_probability, len(meta["status_labels"]))
     assert pd.read_csv(out / "errors.csv").empty
     run = json.loads((out / "run.json").read_text())
     assert run["images"]["annotated"] == N_IMAGES and run["model"]["type_labels"] == types

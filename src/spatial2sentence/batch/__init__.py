@@ -36,7 +36,7 @@ Per image ``X`` (written by :func:`annotate_job`, each file atomically: temporar
   exist and the model fingerprint matches; a rerun skips done images unless ``overwrite``.
 
 For the run (rebuilt at the end from the per-image files of every image of ``INPUT`` that is done):
-``summary.csv`` (per image: cells, counts per type, predicted clinical status and its probabilities),
+``summary.csv`` (per image: cells, counts per type, predicted clinical status, whether it is confident, and its probabilities),
 ``cells.h5ad`` (AnnData: ``X`` marker means, ``obs`` predictions with ``image`` and ``Object``,
 ``obsm['spatial']`` x, y in um, ``uns`` class names and colours, per-image status), ``errors.csv``
 (``image``, ``file``, ``reason``: the images that failed in this run) and ``run.json`` (model,

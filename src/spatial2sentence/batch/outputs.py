@@ -111,11 +111,12 @@ def collect_outputs(out_dir: str | Path, jobs: Sequence[ImageJob], meta: dict, r
         row["n_untyped"] = rec.get("untyped", 0)
         row["status"] = rec.get("status")
         row["status_probability"] = rec.get("status_probability")
+        row["status_confident"] = rec.get("status_confident")  # absent from records of older versions
         row.update({_col("p_status_", s): rec["status_probabilities"].get(s) for s in meta["status_labels"]})
         rows.append(row)
         tables.append((job.name, rec, pd.read_csv(output_paths(out, job.name)["cells"])))
     columns = (["image", "cells"] + [_col("n_", t) for t in meta["type_labels"]]
-               + ["n_untyped", "status", "status_probability"]
+               + ["n_untyped", "status", "status_probability", "status_confident"]
                + [_col("p_status_", s) for s in meta["status_labels"]])
     write_csv_atomic(pd.DataFrame(rows, columns=columns), out / "summary.csv")
     errs = [{"image": r["image"], "file": r["file"], "reason": r["reason"]}
@@ -165,10 +166,11 @@ def write_h5ad(path: Path, tables: list[tuple[str, dict, pd.DataFrame]], meta: d
     img_status = pd.DataFrame([
         {"image": n, "cells": rec["cells"], "status": rec.get("status") or "",
          "status_probability": rec.get("status_probability") if rec.get("status_probability") is not None else np.nan,
+         "status_confident": bool(rec.get("status_confident")),
          **{_col("p_status_", s): (v if (v := rec["status_probabilities"].get(s)) is not None else np.nan)
             for s in status_labels}}
         for n, rec, _ in tables
-    ], columns=["image", "cells", "status", "status_probability", *[_col("p_status_", s) for s in status_labels]])
+    ], columns=["image", "cells", "status", "status_probability", "status_confident", *[_col("p_status_", s) for s in status_labels]])
     adata.uns["image_status"] = img_status.set_index("image")
     adata.uns["s2s"] = {
         "type_labels": list(type_labels),

@@ -120,6 +120,8 @@ def _annotate_and_write(job, out_dir, model, device, dtype, batch_size, fingerpr
         "cells": int(len(table)), "type_counts": n_types, "untyped": int(len(table) - sum(n_types.values())),
         "status": st.get("status"),
         "status_probability": _num(st.get("status_probability")),
+        # false: the image's call is too close to chance to report as its status (domain.status_is_confident)
+        "status_confident": bool(st.get("status_confident")) if st.get("status") is not None else None,
         "status_probabilities": {lab: _num(st.get(_col("p_status_", lab))) for lab in m.status_labels},
         "markers_used": ann.used_markers, "markers_ignored": ann.unknown_markers, "warnings": caught_all,
         "model_fingerprint": fingerprint, "device": str(m.device),
