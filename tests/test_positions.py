@@ -16,12 +16,12 @@ from spatial2sentence.training import _encode_batch, _logits, train
 from test_model import cells  # noqa: F401 - the 362 real toy cells, a pytest fixture
 
 
-@pytest.fixture(scope="module")
-def lines_model(tmp_path_factory, cells):
-    out = tmp_path_factory.mktemp("lines")
+@pytest.fixture(scope="module", params=["lines", "lines_anchor_last"])
+def lines_model(tmp_path_factory, cells, request):
+    out = tmp_path_factory.mktemp(request.param)
     threads = torch.get_num_threads()
     train(cells, out, model_settings=ModelSettings(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                                                   max_positions=96, positions="lines"),
+                                                   max_positions=96, positions=request.param),
           train_settings=TrainSettings(steps=25, batch_size=16, lr=3e-3, warmup_steps=5, eval_every=10,
                                        eval_prompts=48, checkpoint_every=10_000, num_threads=1),
           progress_bar=False, log=lambda *a: None)
@@ -38,7 +38,7 @@ def _contexts(model, cells, idx):
 
 def test_every_word_of_a_line_shares_its_position(lines_model, cells):
     model = lines_model
-    assert model.model_settings.positions == "lines"
+    anchor_last = model.model_settings.positions == "lines_anchor_last"
     tok = model.tokenizer
     ctx = _contexts(model, cells, range(30))
     seqs = [c + tok.encode(task_words("type")) for c in ctx]
@@ -55,6 +55,9 @@ def test_every_word_of_a_line_shares_its_position(lines_model, cells):
         for t in s:
             want.append(k)
             k += t == sep
+        if anchor_last:  # the anchor's line (0) just before the task line, the others up by one
+            want = [n_lines - 1 if w == 0 else w - 1 if w < n_lines else w for w in want]
+            assert real[0] == real[1] == n_lines - 1 and min(real) == 0
         assert real == want and real[-1] == n_lines
     # right padding (training) numbers the same tokens the same way
     enc_ids, enc_mask, _, _ = _encode_batch([s[:-1] for s in seqs], [s[-1] for s in seqs], tok.pad_id, tok.eos_id,
@@ -110,8 +113,45 @@ def test_line_numbers_change_what_the_model_reads(lines_model, cells):
     try:
         tokens = score_prompts(model.lm, seqs, model.label_ids("type"), tok.pad_id, "cpu")
     finally:
-        use_line_positions(model.lm, tok.vocab[";"])
+        model.number_prompts()
     assert np.abs(lines - tokens).max() > 1e-4
+    # and the anchor's place in the numbering matters too
+    use_line_positions(model.lm, tok.vocab[";"], anchor_last=model.model_settings.positions == "lines")
+    try:
+        other = score_prompts(model.lm, seqs, model.label_ids("type"), tok.pad_id, "cpu")
+    finally:
+        model.number_prompts()
+    assert np.abs(lines - other).max() > 1e-4
+    np.testing.assert_allclose(score_prompts(model.lm, seqs, model.label_ids("type"), tok.pad_id, "cpu"), lines)
+
+
+def test_anchor_last_numbering_by_hand():
+    from spatial2sentence.positions import line_numbers
+
+    # [BOS] cell : A B ; near : C ; around : D ; task type answer  (';' = 9), then right padding (0)
+    ids = torch.tensor([[1, 2, 3, 5, 6, 9, 4, 3, 7, 9, 8, 3, 7, 9, 10, 11, 12, 0, 0],
+                        [1, 2, 3, 5, 9, 10, 11, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]])
+    assert line_numbers(ids, 9).tolist() == [
+        [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 3],
+        [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]]
+    # the anchor next to the task line; a single-cell prompt (second row) is numbered as before
+    assert line_numbers(ids, 9, anchor_last=True).tolist() == [
+        [2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 1, 1, 1, 1, 3, 3, 3, 3, 3],
+        [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]]
+    assert line_numbers(torch.tensor([[1, 2, 3]]), 9, anchor_last=True).tolist() == [[0, 0, 0]]
+
+
+def test_explanations_read_what_prediction_reads(lines_model, cells):
+    """The explainer numbers the prompt as prediction does: its probabilities are the predicted ones."""
+    from spatial2sentence.explain import explain_cells
+
+    model = lines_model
+    pred = model.predict_cells(cells.iloc[:60], threads=1).cells.set_index("Object")
+    objs = pred.index[:8].tolist()
+    for att in explain_cells(model, cells.iloc[:60], objs, n_steps=4, tolerance=None):
+        want = {lab: pred.loc[att["object"], f"p_{lab}"] for lab in model.type_labels}
+        for lab, p in att["probabilities"].items():
+            assert p == pytest.approx(want[lab], abs=1e-4)
 
 
 def test_new_models_number_by_line_and_stored_ones_keep_their_numbering(cells, tmp_path):

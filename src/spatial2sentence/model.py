@@ -256,7 +256,8 @@ class S2SModel:
         self.calibration: dict = {}
         self.device = resolve_device(device)
         if model.positions not in POSITIONS:
-            raise S2SInputError("model settings", f"unknown positions {model.positions!r} (tokens or lines)")
+            raise S2SInputError("model settings", f"unknown positions {model.positions!r} "
+                                                  f"({', '.join(POSITIONS)})")
         self.number_prompts()
         self.lm.to(self.device)
         self.lm.eval()
@@ -264,8 +265,9 @@ class S2SModel:
     def number_prompts(self) -> None:
         """Give the language model this model's position numbering (:mod:`.positions`); called again
         whenever ``lm`` or the tokenizer is replaced."""
-        lines = self.model_settings.positions == "lines"
-        use_line_positions(self.lm, self.tokenizer.vocab[";"] if lines else None)
+        lines = self.model_settings.positions != "tokens"
+        use_line_positions(self.lm, self.tokenizer.vocab[";"] if lines else None,
+                           anchor_last=self.model_settings.positions == "lines_anchor_last")
 
     # --- construction ----------------------------------------------------------------------------
     @classmethod

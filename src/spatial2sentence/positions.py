@@ -12,6 +12,12 @@ numbering's prototype) held-out accuracy went from 62.9 to 69.9 (c2s) and 64.9 t
 reading one cell without positions reached 71.5 against 68.3 with them
 (``benchmarks/probes/llama_variants.py``). The benchmark (``s2s benchmark``) says where it stands.
 
+``"lines_anchor_last"`` numbers the lines the same way but gives the anchor's line the number just
+before the task line (the partner and ``around`` lines move up by one): the words of the cell being
+asked about then sit at the same distance from the answer in every prompt, whatever its number of
+partner lines, as they do in a single-cell prompt (rotary attention sees only distances). The text
+itself keeps the anchor first.
+
 The choice travels with the language model (``lm.s2s_line_sep``, set by
 :class:`~spatial2sentence.model.S2SModel`), so training, prediction, the cached task words and
 explanations all number the same prompt the same way.
@@ -22,23 +28,37 @@ from __future__ import annotations
 import torch
 
 LINE_SEP_ATTR = "s2s_line_sep"
-POSITIONS = ("tokens", "lines")
+ANCHOR_LAST_ATTR = "s2s_anchor_last"
+POSITIONS = ("tokens", "lines", "lines_anchor_last")
 
 
-def use_line_positions(lm, sep_id: int | None) -> None:
-    """Number ``lm``'s prompts by line, ``sep_id`` being the id of ``;`` (None: one position per token)."""
+def use_line_positions(lm, sep_id: int | None, anchor_last: bool = False) -> None:
+    """Number ``lm``'s prompts by line, ``sep_id`` being the id of ``;`` (None: one position per token);
+    ``anchor_last``: the anchor's line numbered just before the task line."""
     setattr(lm, LINE_SEP_ATTR, None if sep_id is None else int(sep_id))
+    setattr(lm, ANCHOR_LAST_ATTR, bool(anchor_last) and sep_id is not None)
 
 
 def line_sep(lm) -> int | None:
     return getattr(lm, LINE_SEP_ATTR, None)
 
 
-def line_numbers(ids: torch.Tensor, sep_id: int) -> torch.Tensor:
+def anchor_last(lm) -> bool:
+    return getattr(lm, ANCHOR_LAST_ATTR, False)
+
+
+def line_numbers(ids: torch.Tensor, sep_id: int, anchor_last: bool = False) -> torch.Tensor:
     """The line of every token of ``ids`` (n x t): the number of ``;`` (``sep_id``) before it, a ``;``
-    belonging to the line it closes; padding, never a ``;``, takes its neighbours' number."""
+    belonging to the line it closes; padding, never a ``;``, takes its neighbours' number.
+    ``anchor_last``: line 0 (the anchor) becomes S - 1 and lines 1 .. S - 1 become 0 .. S - 2, S being the
+    row's number of ``;`` (the task line, S, keeps its number)."""
     s = (ids == sep_id).long()
-    return s.cumsum(1) - s
+    line = s.cumsum(1) - s
+    if not anchor_last:
+        return line
+    total = s.sum(1, keepdim=True)
+    moved = torch.where(line == 0, total - 1, torch.where(line < total, line - 1, line))
+    return moved.clamp(min=0)
 
 
 def prompt_positions(lm, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -48,13 +68,13 @@ def prompt_positions(lm, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     sep = line_sep(lm)
     if sep is None:
         return (mask.cumsum(1) - 1).clamp(min=0)
-    return line_numbers(ids, sep)
+    return line_numbers(ids, sep, anchor_last(lm))
 
 
 def training_positions(lm, ids: torch.Tensor) -> torch.Tensor | None:
     """Position ids for a right-padded training batch: None (the model's own 0..t-1) per token."""
     sep = line_sep(lm)
-    return None if sep is None else line_numbers(ids, sep)
+    return None if sep is None else line_numbers(ids, sep, anchor_last(lm))
 
 
 def task_positions(lm, ids: torch.Tensor, pos: torch.Tensor, steps: int) -> torch.Tensor:
