@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import time
+from collections import deque
 
 import numpy as np
 from napari.qt.threading import create_worker
@@ -36,7 +37,9 @@ if TYPE_CHECKING:  # the core (torch) is not imported when napari builds the wid
 # the first shading is computed in the click itself while it takes less than this: from a worker it
 # arrived only after the click's canvas repaint (~0.1 s under Xvfb; click -> shaded words median 0.196-
 # 0.213 s, benchmarks/plugin.py), inline with the panel it is drawn in the same repaint. A slower pass
-# (a large model, a busy machine) sends the following clicks' first passes back to the worker.
+# (a large model, a busy machine: the median of the last 3 first passes, inline or in the worker, above
+# the limit; one slow pass, such as the first after a load, does not) sends the following clicks' first
+# passes back to the worker, and a faster median brings them back.
 INLINE_FIRST_PASS_S = 0.12
 
 
@@ -59,7 +62,7 @@ class CellExplainer:
         self.dock = None
         self._levels_cache: tuple = (None,)
         self._table_cache: tuple = (None,)
-        self.inline_first_pass = True  # see INLINE_FIRST_PASS_S
+        self.first_pass_seconds: deque = deque(maxlen=3)  # the last first passes (INLINE_FIRST_PASS_S)
 
     # ------------------------------------------------------------------------------------- clicks
     def watch(self, layer) -> None:
@@ -150,12 +153,10 @@ class CellExplainer:
             info["note"] = "computing attributions…"
         first = None
         if attributions == "async" and cached is None and self.inline_first_pass:
-            t1 = time.perf_counter()
             try:
                 first = self.first_pass(obj, ann)
             except AttributionsUnavailable as err:
                 info["note"], attributions = str(err), "none"  # said once, not retried by a worker
-            self.inline_first_pass = time.perf_counter() - t1 < INLINE_FIRST_PASS_S
             if first is not None:
                 apply_attribution(info, first)
                 if _explain.complete(first):
@@ -238,16 +239,25 @@ class CellExplainer:
         except StopIteration as stop:
             return stop.value
 
+    @property
+    def inline_first_pass(self) -> bool:
+        """Whether a click computes its first shading itself (see INLINE_FIRST_PASS_S)."""
+        times = sorted(self.first_pass_seconds)
+        return len(times) < 3 or times[1] < INLINE_FIRST_PASS_S
+
     def first_pass(self, obj, ann: Annotation | None = None) -> dict:
-        """Cell ``obj``'s first shading (one 16-point integrated-gradients pass), not cached."""
+        """Cell ``obj``'s first shading (one 16-point integrated-gradients pass), not cached; its time
+        goes into ``first_pass_seconds``."""
         owner = self.owner
         ann = ann or owner.annotation
         if ann is None:
             raise AttributionsUnavailable("no annotation (it was cleared or is being re-run)")
         if ann is not owner.annotation:
             raise AttributionsUnavailable("the annotation changed while attributions were computed")
+        t0 = time.perf_counter()
         first = _explain.explain_cells(ann.model, owner.prepared_cells(), [obj], markers=ann.markers,
                                        first_pass=True).get(str(obj))
+        self.first_pass_seconds.append(time.perf_counter() - t0)
         if first is None:
             raise AttributionsUnavailable("attributions unavailable for this cell")
         return first
