@@ -739,3 +739,21 @@ def test_refit_trains_again_on_every_cell_for_the_best_step_count(cells, tmp_pat
                   train_settings=tiny_settings(steps=10, refit=True, val_fraction=0.0), progress_bar=False,
                   log=lambda *a: None)
     assert "refit" not in plain.model.info and plain.steps_done == 10
+
+
+def test_validation_prompts_never_show_the_anchor_alone(cells, tmp_path, monkeypatch):
+    """anchor_alone shapes training prompts only: validation reads what prediction reads."""
+    from spatial2sentence import training as T
+
+    seen = []
+    real = T.PromptSampler
+
+    def spy(model, cs, idx, ts):
+        seen.append(ts.anchor_alone)
+        return real(model, cs, idx, ts)
+
+    monkeypatch.setattr(T, "PromptSampler", spy)
+    small = ModelSettings(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, max_positions=64)
+    train(cells, tmp_path / "m", model_settings=small, train_settings=tiny_settings(steps=2, anchor_alone=0.5),
+          progress_bar=False, log=lambda *a: None)
+    assert seen == [0.5, 0.0]  # the training sampler, then the validation one

@@ -287,7 +287,9 @@ def _train(tables, out, sentence, pairs, prompt, model_settings, ts, type_labels
     cs, is_val = training_cells(split, panel, norm, pairs, ts.seed)
     train_cells, val_cells = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     sampler = PromptSampler(model, cs, train_cells, ts)
-    val_sampler = PromptSampler(model, cs, val_cells, replace(ts, value_noise=0.0)) if len(val_cells) else None
+    # validation prompts are what prediction reads: no jitter, never the anchor-alone view
+    val_sampler = (PromptSampler(model, cs, val_cells, replace(ts, value_noise=0.0, anchor_alone=0.0))
+                   if len(val_cells) else None)
     val_set = val_sampler.batch(np.random.default_rng(ts.seed + 1), ts.eval_prompts) if val_sampler else None
     ckpt = (Path(ts.checkpoint_dir) if ts.checkpoint_dir else out / "checkpoint") / "state.pt"
     run = _Run(model, ts, ckpt, log)
