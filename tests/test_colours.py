@@ -87,3 +87,46 @@ def test_batch_overlay_is_readable():
     for y, x in zip(ys[:50], xs[:50]):
         block = px[y, :, x].reshape(-1, 3)
         assert (block == block[0]).all()
+
+
+def test_overlay_of_a_partial_panel_says_so(tmp_path):
+    """An overlay from a partial-panel prediction carries a red line under its legend (the picture alone
+    must not pass for a full-panel call)."""
+    import shutil
+
+    from napari_s2s._sample_data import load_damond
+    from spatial2sentence.batch import render_overlay, run_batch
+    from spatial2sentence.model import DEFAULT_MODEL_DIR
+    from conftest import DAMOND_TOY
+
+    image, mask = load_damond("E34")
+    types = ["alpha", "beta", "acinar"]
+    ids = (np.asarray(mask) % 3 + 1) * (np.asarray(mask) > 0)
+
+    def red(im):
+        a = np.asarray(im).astype(int)[:, 800:]
+        return int(((a[..., 0] > 150) & (a[..., 1] < 60) & (a[..., 2] < 60)).sum())
+
+    plain = render_overlay(image, mask, ids, types, label_colors(types))
+    warned = render_overlay(image, mask, ids, types, label_colors(types),
+                            warning="partial panel: 4 of 34 model markers; types less reliable")
+    assert red(warned) > red(plain) + 50  # (the legend's swatches may be reddish themselves)
+    if not (DEFAULT_MODEL_DIR / "s2s_config.json").exists():
+        pytest.skip("default model not built")
+    # a real batch run of a 5-marker crop with the default model (34 markers), partial panel allowed
+    folder = tmp_path / "in"
+    for sub in ("img", "masks"):
+        (folder / sub).mkdir(parents=True)
+        shutil.copy(DAMOND_TOY / sub / "E34.tiff", folder / sub / "E34.tiff")
+    shutil.copy(DAMOND_TOY / "panel.csv", folder / "panel.csv")
+    res = run_batch(folder, tmp_path / "out", allow_partial_panel=True, threads=1)
+    assert res.ok
+    from PIL import Image
+
+    with Image.open(tmp_path / "out" / "overlays" / "E34.png") as png:
+        rgb = png.convert("RGB")
+    legend = np.asarray(rgb).astype(int)[:, 800:]
+    text = (legend[..., 0] > 150) & (legend[..., 1] < 60) & (legend[..., 2] < 60)
+    # rows with more red than a swatch is wide: the warning's text lines (looked at: two lines under the
+    # legend, "partial panel: 4 of 34 model markers; types less reliable")
+    assert (text.sum(1) > 40).sum() > 5

@@ -55,11 +55,12 @@ def overlay_zoom(shape) -> int:
 
 
 def render_overlay(image, mask: np.ndarray, type_ids: np.ndarray, type_labels: Sequence[str],
-                   colors: dict[str, str], alpha: float = 0.65):
+                   colors: dict[str, str], alpha: float = 0.65, warning: str | None = None):
     """RGB ``PIL.Image``: type colours blended over a grey composite, darker cell borders, and a legend
     (antialiased text). Images whose shorter side is under 800 px are enlarged by a whole factor
     (:func:`overlay_zoom`, nearest neighbour: every image pixel a square block), so a 100 px crop is not
-    a 100 px thumbnail."""
+    a 100 px thumbnail. ``warning``: a line under the legend, in red (a prediction from a partial
+    panel: the picture alone must not pass for a full-panel call)."""
     zoom = overlay_zoom(mask.shape)
 
     def up(a):
@@ -86,14 +87,16 @@ def render_overlay(image, mask: np.ndarray, type_ids: np.ndarray, type_labels: S
     pixels = (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
     img = Image.fromarray(pixels, "RGB")
     present = [t for k, t in enumerate(type_labels) if np.any(type_ids == k + 1)]
-    if not present:
+    if not present and not warning:
         return img
     size = int(np.clip(round(min(img.height, img.width) / 45), 14, 28))
     font = _overlay_font(size)
     row, pad, box = int(round(size * 1.5)), size // 2, size
     probe = ImageDraw.Draw(img)
-    width = pad * 3 + box + max(int(np.ceil(probe.textlength(t, font=font))) for t in present)
-    h = max(img.height, pad * 2 + row * len(present))
+    notes = _wrap(warning, font, probe, max(240, size * 14)) if warning else []
+    width = pad * 3 + box + max([int(np.ceil(probe.textlength(t, font=font))) for t in present] or [0])
+    width = max(width, pad * 2 + max([int(np.ceil(probe.textlength(t, font=font))) for t in notes] or [0]))
+    h = max(img.height, pad * 2 + row * (len(present) + len(notes) + (1 if notes else 0)))
     canvas = Image.new("RGB", (img.width + width, h), (255, 255, 255))
     canvas.paste(img, (0, 0))
     draw = ImageDraw.Draw(canvas)
@@ -103,4 +106,20 @@ def render_overlay(image, mask: np.ndarray, type_ids: np.ndarray, type_labels: S
         draw.rectangle([x, y + (row - box) // 2, x + box, y + (row - box) // 2 + box], fill=colors[t],
                        outline=(0, 0, 0))
         draw.text((x + box + pad, y + row // 2), t, fill=(0, 0, 0), font=font, anchor="lm")
+    for i, t in enumerate(notes):
+        y = pad + (len(present) + 1 + i) * row
+        draw.text((img.width + pad, y + row // 2), t, fill=(200, 0, 0), font=font, anchor="lm")
     return canvas
+
+
+def _wrap(text: str, font, draw, width: int) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels (words kept whole)."""
+    lines, cur = [], ""
+    for word in text.split():
+        trial = f"{cur} {word}".strip()
+        if cur and draw.textlength(trial, font=font) > width:
+            lines.append(cur)
+            cur = word
+        else:
+            cur = trial
+    return lines + ([cur] if cur else [])

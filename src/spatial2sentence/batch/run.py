@@ -111,7 +111,10 @@ def _annotate_and_write(job, out_dir, model, device, dtype, batch_size, fingerpr
     t_pred = time.perf_counter()
     table = ann.table.drop(columns=["image"])
     types = ann.class_id_mask(mask)
-    overlay = render_overlay(image, mask, types, m.type_labels, label_colors(m.type_labels))
+    cov = ann.coverage
+    partial = (f"partial panel: {len(cov.present)} of {len(cov.present) + len(cov.missing)} model markers; "
+               "types less reliable" if cov is not None and not cov.ok else None)
+    overlay = render_overlay(image, mask, types, m.type_labels, label_colors(m.type_labels), warning=partial)
     st = ann.image_status
     n_types = {t: int((table["cell_type"] == t).sum()) for t in m.type_labels}
     rec = {
