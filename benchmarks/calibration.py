@@ -4,7 +4,9 @@ The model folder's check cells (``panel_check.csv.gz``: 1,200 cells of 6 semi-sy
 3 donors the default model never saw) are split by image: one image per donor fits the temperature
 (E17, G32, J07), the other three judge it (E32, H16, K09). Printed and saved: the temperature, the
 expected calibration error (10 bins) and the reliability diagram before and after, on the judging images.
-Temperature scaling changes no call (the argmax stays), only how sure the probabilities say it is.
+Temperature scaling changes no call (the argmax stays), only how sure the probabilities say it is. A
+temperature that raises the judging images' calibration error is not stored (``--write`` keeps T = 1
+and records the fitted value).
 
     python benchmarks/calibration.py [--model DIR] [--write]
 
@@ -65,7 +67,10 @@ def main(argv=None) -> dict:
            "n_fit": int(fit.sum()), "n_judge": int(judge.sum()), "type_temperature": round(t, 4),
            "ece_before": round(ece_before, 4), "ece_after": round(ece_after, 4),
            "accuracy_judge": round(float(np.mean(p[judge].argmax(1) == y[judge])), 4),
-           "reliability_before": rel_before, "reliability_after": rel_after}
+           "reliability_before": rel_before, "reliability_after": rel_after,
+           # a temperature that makes the judging images' calibration worse is not stored: T = 1 (raw
+           # probabilities), with the fitted value and both errors kept for the record
+           "applied": bool(ece_after <= ece_before)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -90,21 +95,30 @@ def main(argv=None) -> dict:
         pass
     print(f"temperature {t:.3f}: ECE {ece_before:.4f} -> {ece_after:.4f} on {int(judge.sum())} cells of "
           f"{', '.join(JUDGE_IMAGES)} (fitted on {int(fit.sum())} cells of {', '.join(FIT_IMAGES)})")
+    applied = res["applied"]
+    if not applied:
+        print(f"not applied: T = {t:.3f} raises the expected calibration error on the judging images")
     if args.write:
         cfg_path = model_dir / "s2s_config.json"
         cfg = json.loads(cfg_path.read_text())
-        cfg["calibration"] = {"type_temperature": round(t, 4), "ece_before": round(ece_before, 4),
-                              "ece_after": round(ece_after, 4), "fit_images": FIT_IMAGES,
+        cfg["calibration"] = {"type_temperature": round(t, 4) if applied else 1.0,
+                              "fitted_temperature": round(t, 4), "ece_before": round(ece_before, 4),
+                              "ece_after": round(ece_after if applied else ece_before, 4),
+                              "ece_with_fitted": round(ece_after, 4), "fit_images": FIT_IMAGES,
                               "judge_images": JUDGE_IMAGES, "command": res["command"]}
         write_json_atomic(cfg, cfg_path)
         card = model_dir / "MODEL_CARD.md"
         text = card.read_text() if card.exists() else ""
-        text = text.split("\n## Calibration\n")[0].rstrip() + "\n\n## Calibration\n" + (
-            f"- cell-type probabilities are temperature-scaled, T = {t:.3f}, fitted on the check cells of "
-            f"{', '.join(FIT_IMAGES)} (one image per held-out donor)\n"
-            f"- expected calibration error (10 bins) on {int(judge.sum())} cells of {', '.join(JUDGE_IMAGES)}: "
-            f"{ece_before:.3f} before, {ece_after:.3f} after (calls unchanged; accuracy there "
-            f"{res['accuracy_judge']:.3f})\n"
+        how = (f"- cell-type probabilities are temperature-scaled, T = {t:.3f}, fitted on the check cells of "
+               f"{', '.join(FIT_IMAGES)} (one image per held-out donor)\n"
+               f"- expected calibration error (10 bins) on {int(judge.sum())} cells of {', '.join(JUDGE_IMAGES)}: "
+               f"{ece_before:.3f} before, {ece_after:.3f} after (calls unchanged; accuracy there "
+               f"{res['accuracy_judge']:.3f})\n") if applied else (
+               f"- cell-type probabilities are not rescaled: the temperature fitted on the check cells of "
+               f"{', '.join(FIT_IMAGES)} (T = {t:.3f}) raised the expected calibration error (10 bins) on "
+               f"{int(judge.sum())} cells of {', '.join(JUDGE_IMAGES)} from {ece_before:.3f} to {ece_after:.3f}, "
+               f"so T = 1 is stored (accuracy there {res['accuracy_judge']:.3f})\n")
+        text = text.split("\n## Calibration\n")[0].rstrip() + "\n\n## Calibration\n" + how + (
             f"- reliability diagram: benchmarks/results/calibration.png; command: `{res['command']}`\n")
         card.write_text(text)
         print(f"written into {cfg_path} and {card}")
