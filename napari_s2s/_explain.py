@@ -52,7 +52,11 @@ def explain_cells(model, cells, object_ids, markers=None, progress=None, overvie
 
 
 def complete(attribution: dict) -> bool:
-    """Whether a cell's attribution already meets the refinement's completeness rule."""
+    """Whether a cell's attribution already meets the refinement's completeness rule; one without the
+    rule's figures (another explainer's) cannot be refined, so it counts as complete (this runs in the
+    click itself: it must not raise)."""
     from spatial2sentence.explain import is_complete  # in the worker's thread (see explain_cells)
 
+    if not {"completeness_error", "f_input", "f_baseline"} <= set(attribution):
+        return True
     return is_complete(attribution)
