@@ -81,7 +81,10 @@ def measure_dtype(args, df, dtype: str) -> dict:
     from spatial2sentence.model import S2SModel
     from spatial2sentence.sentences import status_token, type_token
 
-    model = S2SModel.from_pretrained(args.model, device=args.device, dtype=dtype)
+    # through transformers: the comparison decodes with its `generate`, which our plain-torch reader
+    # (spatial2sentence.lite_llama, what predict uses by default) does not have; warm, both score at the
+    # same speed (benchmarks/backends.py: 1,368 against 1,383 cells/s)
+    model = S2SModel.from_pretrained(args.model, device=args.device, dtype=dtype, backend="transformers")
     n = len(df)
     model.predict_cells(df.head(200), tasks=("type", "status"))  # warm-up
     res: dict = {"dtype": dtype}
