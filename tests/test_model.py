@@ -730,6 +730,9 @@ def test_refit_trains_again_on_every_cell_for_the_best_step_count(cells, tmp_pat
     assert info["refit"]["steps"] == r.best["step"] == info["training"]["steps_done"]
     assert r.steps_done == first["steps_done"] + info["refit"]["steps"]
     assert info["training"]["settings"]["steps"] == info["refit"]["steps"]
+    # the validation run's checkpoint is kept apart from the refit's, so a resume finds the right one
+    assert (tmp_path / "refit" / "checkpoint" / "state.pt").exists()
+    assert (tmp_path / "refit" / "checkpoint" / "refit" / "state.pt").exists()
     saved = S2SModel.from_pretrained(tmp_path / "refit", device="cpu")
     assert saved.info["refit"]["steps"] == info["refit"]["steps"]
     pd.testing.assert_frame_equal(saved.predict_cells(cells, threads=1).cells,

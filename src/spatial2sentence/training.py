@@ -257,9 +257,11 @@ def train(
         steps = int(res.best["step"])
         log(f"refit on every training cell for {steps} steps (the validation run's best step)")
         record = {"steps": steps, "validation_run": res.model.info["training"]}
-        refit = _train(tables, out, sentence, pairs, prompt, model_settings,
-                       replace(ts, steps=steps, val_fraction=0.0, refit=False), type_labels, status_labels,
-                       False, progress_bar, device, {**(info or {}), "refit": record}, log)
+        # its own checkpoint folder: resuming the whole training must find the validation run's state,
+        # not the refit's (the refit then starts again from scratch)
+        refit_ts = replace(ts, steps=steps, val_fraction=0.0, refit=False, checkpoint_dir=str(ckpt.parent / "refit"))
+        refit = _train(tables, out, sentence, pairs, prompt, model_settings, refit_ts, type_labels,
+                       status_labels, False, progress_bar, device, {**(info or {}), "refit": record}, log)
         refit.best, refit.stopped_early = res.best, res.stopped_early
         refit.seconds += res.seconds
         refit.steps_done += res.steps_done  # every optimiser step of both runs
