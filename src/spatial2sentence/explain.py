@@ -71,7 +71,7 @@ import torch
 from .errors import ModelInputError
 from .measure import measure_image
 from .numeric import embed_inputs
-from .positions import anchor_last, line_numbers, line_sep
+from .positions import line_sep, training_positions
 from .prompts import BOS
 from .sentences import word_marker
 
@@ -213,7 +213,7 @@ def attribute_prompts(lm, tokenizer, seqs: list[list[int]], label_ids: list[int]
         dtype = next(lm.parameters()).dtype
         for c0 in range(0, len(order), per_pass):
             chunk = order[c0:c0 + per_pass]
-            batch = _batch(seqs, values, chunk, tokenizer.pad_id, device, line_sep(lm), anchor_last(lm))
+            batch = _batch(lm, seqs, values, chunk, tokenizer.pad_id, device)
             x, b = _input_and_baseline(lm, emb_layer, batch, base_vec, tokenizer.bos_id, keep_bos, keep_last)
             logp_x, tg, f_x, f_b = _endpoint_scores(lm, batch, x, b, dtype, lab, targets, chunk)
             attr = _path_integral(lm, batch, x, b, dtype, lab, tg, alphas, weights, internal_batch_size)
@@ -258,10 +258,9 @@ class _Batch(NamedTuple):
     row_pos: torch.Tensor  # each row's index into keep
 
 
-def _batch(seqs, values, chunk, pad_id: int, device, sep_id: int | None = None, anchor_last: bool = False) -> _Batch:
-    """Prompts ``chunk`` of ``seqs`` (and their ``values``) as one right-padded batch on ``device``;
-    ``sep_id``: the id of ``;`` for a model numbering its prompts by line, ``anchor_last`` its anchor's
-    line last (:mod:`.positions`)."""
+def _batch(lm, seqs, values, chunk, pad_id: int, device) -> _Batch:
+    """Prompts ``chunk`` of ``seqs`` (and their ``values``) as one right-padded batch on ``device``,
+    numbered as ``lm`` numbers its training batches (:mod:`.positions`)."""
     lens = torch.as_tensor([len(seqs[i]) for i in chunk])
     n = int(lens.max())
     B = len(chunk)
@@ -273,7 +272,8 @@ def _batch(seqs, values, chunk, pad_id: int, device, sep_id: int | None = None, 
             vals[r, :len(seqs[i])] = torch.as_tensor(values[i], dtype=torch.float32)
     cols = torch.arange(n)
     real = cols[None, :] < lens[:, None]
-    pos = (cols.expand(B, n) if sep_id is None else line_numbers(ids, sep_id, anchor_last)).to(device)
+    by_line = training_positions(lm, ids)  # None: one position per token
+    pos = (cols.expand(B, n) if by_line is None else by_line).to(device)
     keep, row_pos = torch.unique(lens - 1, return_inverse=True)
     return _Batch(device, ids.to(device), vals, lens, cols, real.to(device), pos, keep.to(device),
                   row_pos.to(device))

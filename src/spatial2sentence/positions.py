@@ -72,7 +72,8 @@ def prompt_positions(lm, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def training_positions(lm, ids: torch.Tensor) -> torch.Tensor | None:
-    """Position ids for a right-padded training batch: None (the model's own 0..t-1) per token."""
+    """Position ids for a right-padded batch (training, explanations): None (the model's own 0..t-1)
+    per token."""
     sep = line_sep(lm)
     return None if sep is None else line_numbers(ids, sep, anchor_last(lm))
 

@@ -90,7 +90,7 @@ def parse_budget_item(item: str, budget) -> tuple[str, object]:
     from dataclasses import fields
 
     key, sep, raw = item.partition("=")
-    known = {f.name: f for f in fields(budget)}
+    known = [f.name for f in fields(budget)]
     if not sep or key.strip() not in known:
         raise S2SInputError(None, f"--budget {item!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
     key, raw = key.strip(), raw.strip()
