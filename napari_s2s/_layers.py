@@ -26,9 +26,11 @@ TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
 LOW_CONFIDENCE_COLOR = hex_to_rgba(LOW_CONFIDENCE)  # white: no type, channel or partner colour is
 POSITIVE_COLOR = "#00e676"  # positive partner lines
 NEGATIVE_COLOR = "#ff4081"  # negative partner lines
-# the explained cell's ring: amber, thick (white is the low-confidence outline; black vanishes on the
-# dark canvas); no cell type has it
-ANCHOR_COLOR = "#ffc400"
+# the explained cell's ring: white on a wider black ring, so it stands out on every channel colormap
+# and cell-type colour (an amber ring alone was lost on the yellow channel); two shapes, the black first
+ANCHOR_COLORS = ("#000000", "#ffffff")
+ANCHOR_WIDTHS = (3.2, 1.6)
+ANCHOR_SHAPES = len(ANCHOR_COLORS)  # the partner lines follow the ring's shapes
 
 
 def s2s_meta(role: str, image: str, **extra) -> dict:
@@ -202,13 +204,13 @@ def score_of(attribution: dict, what: str) -> float:
 
 # ------------------------------------------------------------------------------------------ partners
 
-def partner_shapes(anchor_xy_px, partners_xy_px, roles, scores=None, radius_px: float = 6.0):
-    """Shapes data for the explanation overlay: a circle around the anchor and one line per partner
-    (row, column order), coloured by role (positive green, negative pink); widths grow with the
-    partner's attribution score when known."""
+def partner_shapes(anchor_xy_px, partners_xy_px, roles, scores=None, radius_px: float = 8.0):
+    """Shapes data for the explanation overlay: a ring around the anchor (:data:`ANCHOR_SHAPES` ellipses)
+    and one line per partner (row, column order), coloured by role (positive green, negative pink);
+    widths grow with the partner's attribution score when known."""
     ax, ay = anchor_xy_px
-    data = [np.array([[ay, ax], [radius_px, radius_px]])]  # ellipse as (centre, radii)
-    types, colors, widths = ["ellipse"], [ANCHOR_COLOR], [1.5]
+    data = [np.array([[ay, ax], [radius_px, radius_px]]) for _ in ANCHOR_COLORS]  # ellipses: (centre, radii)
+    types, colors, widths = ["ellipse"] * ANCHOR_SHAPES, list(ANCHOR_COLORS), list(ANCHOR_WIDTHS)
     s = np.abs(np.asarray(scores if scores is not None else [np.nan] * len(roles), dtype=float))
     smax = float(np.nanmax(s)) if np.isfinite(s).any() and np.nanmax(s) > 0 else 0.0
     for (px, py), role, sc in zip(partners_xy_px, roles, s):

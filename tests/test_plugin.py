@@ -348,10 +348,10 @@ def test_real_attributions_shade_the_prompt(annotated, qtbot):
     _wait(qtbot, widget)
     shapes = next(lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "partners")
     partners = widget.explanation.current["partners"]
-    assert shapes.metadata["s2s"]["object"] == obj and shapes.nshapes == 1 + len(partners)
+    assert shapes.metadata["s2s"]["object"] == obj and shapes.nshapes == _layers.ANCHOR_SHAPES + len(partners)
     scores = [abs(p["score"]) for p in partners]
     assert len(partners) >= 2 and max(scores) > min(scores)  # (this cell's partners are told apart)
-    widths = list(shapes.edge_width)[1:]
+    widths = list(shapes.edge_width)[_layers.ANCHOR_SHAPES:]
     assert int(np.argmax(widths)) == int(np.argmax(scores)) and max(widths) > min(widths)
 
 
@@ -407,7 +407,7 @@ def test_a_click_shows_its_first_shading_at_once_and_a_slow_pass_moves_to_the_wo
     assert widget.explanation.note.text() == "refining attributions…"
     shapes = next(lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "partners")
     scores = [abs(p["score"]) for p in info["partners"]]
-    assert int(np.argmax(list(shapes.edge_width)[1:])) == int(np.argmax(scores))
+    assert int(np.argmax(list(shapes.edge_width)[_layers.ANCHOR_SHAPES:])) == int(np.argmax(scores))
     assert widget.attribution_worker is not None  # the refinement
     _wait(qtbot, widget)
     refined = widget._attributions[str(obj)]
