@@ -107,6 +107,14 @@ def measure_dtype(args, df, dtype: str) -> dict:
         model.lm._s2s_answer_shortcut_ok = shortcut
     res["answer_position_shortcut_used"] = bool(shortcut)
 
+    # generate is given token ids only: a model whose words carry values or whose lines share position ids
+    # (v2) reads something else through it, so its answers and speed say nothing about one-pass
+    from spatial2sentence.positions import line_sep
+
+    res["generate_comparable"] = not model.sentence.values and line_sep(model.lm) is None
+    if not res["generate_comparable"]:
+        res["_cell_types"] = pred.cells["cell_type"].tolist()
+        return res
     ng = min(args.n_generate, n)
     # prompts of the first ng cells with partners found among ALL the cells, exactly as one-pass saw them
     prompts = {t: model.prompts_for(df, task=t)[:ng] for t in ("type", "status")}
@@ -163,6 +171,7 @@ def plot(results: list[dict], path: Path, device: str) -> None:
 
     methods = [("one_pass", "one-pass"), ("generate_batched", "generate, batched"),
                ("generate_one_at_a_time", "generate, one at a time")]
+    methods = [(m, lab) for m, lab in methods if all(f"{m}_type" in r for r in results)]  # (v2: no generate)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, (task, title) in zip(axes, (("type", "cell type"), ("type_and_status", "cell type + clinical status"))):
         x = np.arange(len(methods))
@@ -175,7 +184,8 @@ def plot(results: list[dict], path: Path, device: str) -> None:
         ax.set_title(title)
     axes[0].set_ylabel("cells per second (" + device + ")")
     axes[0].legend()
-    fig.suptitle(f"default model on {device}: one-pass constrained scoring vs model.generate")
+    fig.suptitle(f"default model on {device}: one-pass constrained scoring"
+                 + (" vs model.generate" if len(methods) > 1 else " (generate not comparable)"))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -236,6 +246,10 @@ def main():
     print(f"{'dtype':9} {'answer':16} {'one-pass':>9} {'gen batch':>10} {'gen 1-by-1':>11} {'x batch':>8} {'x 1-by-1':>9}")
     for r in results:
         for task in ("type", "type_and_status"):
+            if not r["generate_comparable"]:
+                print(f"{r['dtype']:9} {task:16} {r[f'one_pass_{task}']['cells_per_s']:9.0f}   (generate: not "
+                      "comparable, the model's words carry values or its lines share positions)")
+                continue
             print(f"{r['dtype']:9} {task:16} {r[f'one_pass_{task}']['cells_per_s']:9.0f} "
                   f"{r[f'generate_batched_{task}']['cells_per_s']:10.0f} "
                   f"{r[f'generate_one_at_a_time_{task}']['cells_per_s']:11.0f} "
@@ -245,6 +259,9 @@ def main():
               f"{r['one_pass_plain_forward_type_and_status']['cells_per_s']:.0f} cells/s "
               f"(shortcut used: {r['answer_position_shortcut_used']})")
         extra = f", one-pass vs float32: {r['agreement_with_float32_one_pass']:.3f}" if "agreement_with_float32_one_pass" in r else ""
+        if not r["generate_comparable"]:
+            print(f"  {r['dtype']}: {extra[2:] or 'no generate comparison'}")
+            continue
         print(f"  {r['dtype']}: same cell types (generate vs one-pass): "
               f"{r['agreement_generate_vs_one_pass_argmax']:.3f}{extra}")
     RESULTS.mkdir(parents=True, exist_ok=True)
