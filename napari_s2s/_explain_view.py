@@ -4,7 +4,8 @@ and draws the cell's partners on the image.
 
 The prompt, probabilities and partners appear at once, with the first word shading (integrated
 gradients, one 16-point pass, :mod:`._explain`) computed in the click while that stays quick; the refined
-shading follows from a worker. The panel is docked as a tab beside Annotate cells on first
+shading follows from a worker. The partner lines on the image are drawn once the panel has painted the
+cell (see :data:`LINES_AFTER_PAINT`). The panel is docked as a tab beside Annotate cells on first
 use. One cell's attributions go into the dock widget's cache (``owner._attributions``), which the
 attribution map shares; the explainer reads the run's state from the widget (``annotation``,
 ``mask_layer``, ``viewer``).
@@ -19,6 +20,7 @@ from collections import deque
 
 import numpy as np
 from napari.qt.threading import create_worker
+from qtpy.QtCore import QEvent, QObject, QTimer
 
 from spatial2sentence.aliases import canonical_marker
 from spatial2sentence.errors import S2SInputError, first_line
@@ -42,6 +44,28 @@ if TYPE_CHECKING:  # the core (torch) is not imported when napari builds the wid
 # passes back to the worker, and a faster median brings them back.
 INLINE_FIRST_PASS_S = 0.12
 
+# The partner lines are drawn after the panel has painted the clicked cell, not in the click: changing the
+# Shapes layer makes napari recompute the viewer's dims for every layer and vispy redraw the whole canvas,
+# which on a 37-channel image under Xvfb made the repaint that shows the shaded words 2-3x slower
+# (probe: prompt painted 0.08-0.13 s after the click without the lines, 0.19-0.30 s with them, on a busy
+# 2-core machine). The lines follow in the next round of the event loop; if the panel does not paint
+# (hidden behind another tab) they are drawn after LINES_FALLBACK_MS.
+LINES_AFTER_PAINT = True
+LINES_FALLBACK_MS = 150
+
+
+class _PaintWatch(QObject):
+    """Calls ``callback`` (through the event loop, never inside the paint) after a watched widget paints."""
+
+    def __init__(self, callback):
+        super().__init__()
+        self.callback = callback
+
+    def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.Paint:
+            QTimer.singleShot(0, self.callback)
+        return False
+
 
 def apply_attribution(info: dict, att: dict) -> None:
     """Put a cell's attribution into its panel ``info``: the partners' scores, the note cleared."""
@@ -63,6 +87,8 @@ class CellExplainer:
         self._levels_cache: tuple = (None,)
         self._table_cache: tuple = (None,)
         self.first_pass_seconds: deque = deque(maxlen=3)  # the last first passes (INLINE_FIRST_PASS_S)
+        self._pending_lines: tuple | None = None  # (annotation, obj, partners, table) to draw after a paint
+        self._paint_watch: _PaintWatch | None = None
 
     # ------------------------------------------------------------------------------------- clicks
     def watch(self, layer) -> None:
@@ -169,10 +195,37 @@ class CellExplainer:
             # started before the drawing below, so the attribution is computed while the partner lines
             # and the panel are drawn (its result arrives through the event loop, after show_cell)
             self._start_cell_attribution(obj, first)
-        self.draw_partners(obj, info["partners"], table)
         info["seconds"] = time.perf_counter() - t0
         panel.show_cell(info)
+        self.lines_after_paint(obj, info["partners"], table)
         return info
+
+    def lines_after_paint(self, obj, partners: list[dict], table) -> None:
+        """Draw cell ``obj``'s partner lines once the panel has painted it (:data:`LINES_AFTER_PAINT`), or
+        now when the panel cannot paint (no window, hidden) or the deferral is off."""
+        panel = self.panel
+        view = panel.prompt.viewport() if panel is not None and not is_deleted(panel) else None
+        if not LINES_AFTER_PAINT or view is None or not view.isVisible():
+            self._pending_lines = None
+            self.draw_partners(obj, partners, table)
+            return
+        if self._paint_watch is None:
+            self._paint_watch = _PaintWatch(self.draw_pending_lines)
+            view.installEventFilter(self._paint_watch)
+        self._pending_lines = (self.owner.annotation, obj, partners, table)
+        QTimer.singleShot(LINES_FALLBACK_MS, self.draw_pending_lines)
+
+    def draw_pending_lines(self) -> None:
+        """Draw the partner lines waiting for a paint, if they still belong to the cell shown."""
+        pending, self._pending_lines = self._pending_lines, None
+        if pending is None:
+            return
+        ann, obj, partners, table = pending
+        panel = self.panel
+        if (ann is not self.owner.annotation or self.owner.mask_layer is None or panel is None
+                or is_deleted(panel) or (panel.current or {}).get("object") != obj):
+            return
+        self.draw_partners(obj, partners, table)
 
     def _cell_info(self, ann: Annotation, obj: int, prompt: dict, table) -> dict:
         """What the panel shows of cell ``obj`` before its attributions (see ``ExplanationPanel.show_cell``)."""
@@ -301,7 +354,11 @@ class CellExplainer:
                 new["partners"] = [dict(p) for p in new["partners"]]
                 apply_attribution(new, att)
                 self.panel.show_cell(new)
-                self.draw_partners(obj, new["partners"], self.table_by_object(), widths_only=True)
+                pending = self._pending_lines
+                if pending is not None and pending[1] == obj:  # not drawn yet: drawn with these scores
+                    self._pending_lines = (*pending[:2], new["partners"], pending[3])
+                else:
+                    self.draw_partners(obj, new["partners"], self.table_by_object(), widths_only=True)
 
         def failed(err):
             if current():
@@ -336,7 +393,8 @@ class CellExplainer:
             pxy.append((float(table.loc[k, "x"]) / ps, float(table.loc[k, "y"]) / ps))
             roles.append(p["role"])
             scores.append(np.nan if p.get("score") is None else p["score"])
-        data, types, colors, widths = _layers.partner_shapes((ax, ay), pxy, roles, scores)
+        slots = ann.model.pair_settings.n_pos + ann.model.pair_settings.n_neg
+        data, types, colors, widths = _layers.partner_shapes((ax, ay), pxy, roles, scores, slots=slots)
         lay = find_layer(owner.viewer, "partners", ann.image)
         if widths_only and lay is not None and meta(lay).get("object") == obj and lay.nshapes == len(widths):
             lay.edge_width = [float(w) for w in widths]
@@ -349,8 +407,15 @@ class CellExplainer:
                                           metadata=_layers.s2s_meta("partners", ann.image, object=obj))
         else:  # reuse the layer: removing one costs a garbage collection (~0.5 s)
             lay.selected_data = set()
-            lay.data = []
-            lay.add(data, shape_type=types, edge_color=colors, edge_width=widths, face_color="transparent")
+            if list(lay.shape_type) == types:
+                # the same shapes moved: one data event (each one recomputes the viewer's dims for every
+                # layer; clearing and adding the shapes took four, ~0.05 s of a click under Xvfb)
+                lay.data = data
+            else:
+                lay.data = list(zip(data, types))
+            lay.edge_color = colors
+            lay.edge_width = [float(w) for w in widths]
+            lay.face_color = "transparent"
             lay.name = name
             lay.metadata = _layers.s2s_meta("partners", ann.image, object=obj)
         owner.viewer.layers.selection.active = ml

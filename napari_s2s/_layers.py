@@ -204,10 +204,12 @@ def score_of(attribution: dict, what: str) -> float:
 
 # ------------------------------------------------------------------------------------------ partners
 
-def partner_shapes(anchor_xy_px, partners_xy_px, roles, scores=None, radius_px: float = 8.0):
+def partner_shapes(anchor_xy_px, partners_xy_px, roles, scores=None, radius_px: float = 8.0, slots: int = 0):
     """Shapes data for the explanation overlay: a ring around the anchor (:data:`ANCHOR_SHAPES` ellipses)
     and one line per partner (row, column order), coloured by role (positive green, negative pink);
-    widths grow with the partner's attribution score when known."""
+    widths grow with the partner's attribution score when known. ``slots``: at least this many lines,
+    the unused ones empty (zero length, transparent, width 0), so every click of a model writes the same
+    number of shapes and the layer's shapes can be moved instead of rebuilt."""
     ax, ay = anchor_xy_px
     data = [np.array([[ay, ax], [radius_px, radius_px]]) for _ in ANCHOR_COLORS]  # ellipses: (centre, radii)
     types, colors, widths = ["ellipse"] * ANCHOR_SHAPES, list(ANCHOR_COLORS), list(ANCHOR_WIDTHS)
@@ -218,4 +220,9 @@ def partner_shapes(anchor_xy_px, partners_xy_px, roles, scores=None, radius_px: 
         types.append("line")
         colors.append(POSITIVE_COLOR if role == "positive" else NEGATIVE_COLOR)
         widths.append(0.4 + (0.8 * sc / smax if smax and np.isfinite(sc) else 0.0))
+    for _ in range(len(roles), slots):
+        data.append(np.array([[ay, ax], [ay, ax]]))
+        types.append("line")
+        colors.append(TRANSPARENT)
+        widths.append(0.0)
     return data, types, colors, widths

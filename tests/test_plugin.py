@@ -215,7 +215,7 @@ def _centroid_cell(widget):
     raise AssertionError("no convex cell")
 
 
-def test_click_opens_explanation(annotated, MouseEvent):
+def test_click_opens_explanation(annotated, MouseEvent, qtbot):
     from napari.utils._proxies import ReadOnlyWrapper
     from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
 
@@ -266,9 +266,19 @@ def test_click_opens_explanation(annotated, MouseEvent):
     assert panel.summary.text().startswith(f"Called {panel.current['predicted']}")
     assert f"Cell {obj}" in panel.title.text()
     assert panel.partners.count() == len(prompt["partners"])
-    # partners drawn: a circle + one line per partner, in the mask's coordinates
-    shapes = next(lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "partners")
-    assert len(shapes.data) == 1 + len(prompt["partners"])
+    # partners drawn once the panel has painted the cell (issue 20: the words first): a ring + one line
+    # per partner (and empty slots), in the mask's coordinates
+    def partner_layer():
+        return next((lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "partners"), None)
+
+    if panel.prompt.viewport().isVisible():
+        assert partner_layer() is None and widget.explainer._pending_lines[1] == obj
+    qtbot.waitUntil(lambda: partner_layer() is not None, timeout=5_000)
+    shapes = partner_layer()
+    n = _layers.ANCHOR_SHAPES + len(prompt["partners"])
+    assert shapes.metadata["s2s"]["object"] == obj and len(shapes.data) >= n
+    np.testing.assert_allclose(shapes.data[0].mean(0), [y, x], atol=5)  # the ring (its box) around the cell
+    assert all(w == 0 for w in list(shapes.edge_width)[n:])  # unused slots are not drawn
     # clicking a partner in the panel moves the panel to it
     if panel.partners.count():
         item = panel.partners.item(0)
@@ -344,14 +354,16 @@ def test_real_attributions_shade_the_prompt(annotated, qtbot):
     assert att["object"] == obj and att["tokens"]
     assert "rgba(" in widget.explanation.prompt.toHtml() or "background-color" in widget.explanation.prompt.toHtml()
     assert "ranked by expression" not in widget.explanation.markers.text()
-    # the partner lines drawn at the click are kept and re-widthed by the partners' attribution scores
+    # the partner lines (drawn after the panel painted) are widthed by the partners' attribution scores
     _wait(qtbot, widget)
+    qtbot.waitUntil(lambda: any(lay.metadata.get("s2s", {}).get("role") == "partners" for lay in viewer.layers),
+                    timeout=5_000)
     shapes = next(lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "partners")
     partners = widget.explanation.current["partners"]
-    assert shapes.metadata["s2s"]["object"] == obj and shapes.nshapes == _layers.ANCHOR_SHAPES + len(partners)
+    assert shapes.metadata["s2s"]["object"] == obj and shapes.nshapes >= _layers.ANCHOR_SHAPES + len(partners)
     scores = [abs(p["score"]) for p in partners]
     assert len(partners) >= 2 and max(scores) > min(scores)  # (this cell's partners are told apart)
-    widths = list(shapes.edge_width)[_layers.ANCHOR_SHAPES:]
+    widths = list(shapes.edge_width)[_layers.ANCHOR_SHAPES:_layers.ANCHOR_SHAPES + len(partners)]
     assert int(np.argmax(widths)) == int(np.argmax(scores)) and max(widths) > min(widths)
 
 
@@ -387,8 +399,8 @@ def test_a_click_shades_words_at_once_then_refines(annotated, monkeypatch):
 
 def test_a_click_shows_its_first_shading_at_once_and_a_slow_pass_moves_to_the_worker(annotated, monkeypatch,
                                                                                      qtbot):
-    """Issue 20: the first 16-point pass is computed in the click, so the panel shows shaded words and
-    the partner lines their widths when the click returns; the refinement (where the pass misses the
+    """Issue 20: the first 16-point pass is computed in the click, so the panel shows shaded words when
+    the click returns (the partner lines, drawn after the panel's paint, take their widths from it); the refinement (where the pass misses the
     completeness rule) still comes from a worker. First passes slower than INLINE_FIRST_PASS_S (the
     median of the last 3) send the next clicks' first passes to the worker, faster ones bring them back."""
     from napari_s2s import _explain_view
@@ -405,9 +417,13 @@ def test_a_click_shows_its_first_shading_at_once_and_a_slow_pass_moves_to_the_wo
     assert widget.explanation.current["attribution"] is info["attribution"]
     assert "background-color" in widget.explanation.prompt.toHtml() or "rgba(" in widget.explanation.prompt.toHtml()
     assert widget.explanation.note.text() == "refining attributions…"
-    shapes = next(lay for lay in viewer.layers if lay.metadata.get("s2s", {}).get("role") == "partners")
+    # the partner lines wait for the panel's paint, with the first shading's scores for their widths
+    pending = ex._pending_lines
+    if pending is not None:
+        assert pending[1] == obj and [p["score"] for p in pending[2]] == [p["score"] for p in info["partners"]]
     scores = [abs(p["score"]) for p in info["partners"]]
-    assert int(np.argmax(list(shapes.edge_width)[_layers.ANCHOR_SHAPES:])) == int(np.argmax(scores))
+    widths = _layers.partner_shapes((0.0, 0.0), [(1.0, 1.0)] * len(scores), ["positive"] * len(scores), scores)[3]
+    assert int(np.argmax(widths[_layers.ANCHOR_SHAPES:])) == int(np.argmax(scores))
     assert widget.attribution_worker is not None  # the refinement
     _wait(qtbot, widget)
     refined = widget._attributions[str(obj)]
