@@ -52,16 +52,32 @@ def main() -> None:
                 model_settings=ms, train_settings=ts, progress_bar=False, device="cpu", log=lambda *a, **k: None)
     seconds = time.time() - t0
 
-    def scores(d):
-        probs = Bm.lm_predict(res.model, Bm._lm_table(d, ds, False), np.arange(len(d)), ["type"])["type"]
+    def type_probs(d):
+        return Bm.lm_predict(res.model, Bm._lm_table(d, ds, False), np.arange(len(d)), ["type"])["type"]
+
+    def metrics(d, probs):
         pred = np.asarray(res.model.type_labels, dtype=object)[probs.argmax(1)]
         return [round(x, 4) for x in Bm._metrics(d["cell_type"].astype(str), pred)]
+
+    def scores(d):
+        return metrics(d, type_probs(d))
+
+    # the anchor-alone view at prediction (the single-cell prompt the model also trained on), alone and
+    # blended with the full prompt (mean of the log-probabilities)
+    alone = {}
+    if ts.anchor_alone > 0 and pr.format == "multi":
+        full_p = type_probs(te)
+        res.model.prompt = replace(pr, format="single")
+        alone_p = type_probs(te)
+        res.model.prompt = pr
+        blend = np.exp((np.log(np.clip(full_p, 1e-9, 1)) + np.log(np.clip(alone_p, 1e-9, 1))) / 2)
+        alone = {"test_alone_acc_f1": metrics(te, alone_p), "test_blend_acc_f1": metrics(te, blend)}
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip()
     row = {"name": name, "given": given, "commit": commit, "test_strip": str(test_img),
            "train_acc_f1": scores(tr), "test_acc_f1": scores(te), "steps": res.steps_done,
-           "best_step": (res.best or {}).get("step"), "seconds": round(seconds),
+           **alone, "best_step": (res.best or {}).get("step"), "seconds": round(seconds),
            "val_type_acc": [(h["step"], round(h.get("type_acc", 0), 3)) for h in res.history],
            "settings": {"sentence": asdict(s), "prompt": {**asdict(pr)}, "train": asdict(ts), "model": asdict(ms)}}
     print(json.dumps({k: v for k, v in row.items() if k not in ("settings", "val_type_acc")}), flush=True)

@@ -607,6 +607,13 @@ def test_values_encoding_is_every_present_marker_ranked_with_its_value(cells, tm
         assert words == ([cs.markers[j] for j in order] or ["nil"])
         if order:
             np.testing.assert_allclose(cs.word_values(i, words), np.clip(u[i, order], 0, 1.5), rtol=1e-6)
+    # with a sentence cache a cell's values are computed once and reused where it is a partner: the same
+    # values as building every line afresh, cold and warm
+    multi = m.prepare(cells.iloc[:40])
+    assert multi.pairs is not None and m.prompt.format == "multi" and m.sentence.partner_words == 2
+    fresh = [multi.context(i, m.sentence, m.prompt)[1] for i in range(len(multi))]
+    for _ in range(2):
+        assert [multi.context(i, m.sentence, m.prompt, sentence_cache=sents)[1] for i in range(len(multi))] == fresh
     # value_noise jitters the carried values of training prompts, never their words
     from dataclasses import replace
 
