@@ -4,7 +4,7 @@ and draws the cell's partners on the image.
 
 The prompt, probabilities and partners appear at once, with the first word shading (integrated
 gradients, one 16-point pass, :mod:`._explain`) computed in the click while that stays quick; the refined
-shading follows from a worker. The partner lines on the image are drawn once the panel has painted the
+shading follows from a worker. The partner lines on the image are drawn, and the worker computes, once the panel has painted the
 cell (see :data:`LINES_AFTER_PAINT`). The panel is docked as a tab beside Annotate cells on first
 use. One cell's attributions go into the dock widget's cache (``owner._attributions``), which the
 attribution map shares; the explainer reads the run's state from the widget (``annotation``,
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import threading
 import time
 from collections import deque
 
@@ -44,25 +45,31 @@ if TYPE_CHECKING:  # the core (torch) is not imported when napari builds the wid
 # passes back to the worker, and a faster median brings them back.
 INLINE_FIRST_PASS_S = 0.12
 
-# The partner lines are drawn after the panel has painted the clicked cell, not in the click: changing the
-# Shapes layer makes napari recompute the viewer's dims for every layer and vispy redraw the whole canvas,
-# which on a 37-channel image under Xvfb made the repaint that shows the shaded words 2-3x slower
-# (probe: prompt painted 0.08-0.13 s after the click without the lines, 0.19-0.30 s with them, on a busy
-# 2-core machine). The lines follow in the next round of the event loop; if the panel does not paint
-# (hidden behind another tab) they are drawn after LINES_FALLBACK_MS.
+# What a click starts besides the panel waits until the panel has painted the clicked cell:
+# * the partner lines: changing the Shapes layer makes napari recompute the viewer's dims for every layer
+#   and vispy redraw the whole canvas, which on a 37-channel image under Xvfb made the repaint that shows
+#   the shaded words 2-3x slower (probe: prompt painted 0.08-0.13 s after the click without the lines,
+#   0.19-0.30 s with them, on a busy 2-core machine); they are drawn in the next round of the event loop;
+# * the refinement worker: it starts at once but computes only after that paint (a threading.Event), so
+#   its integrated gradients do not take the cores the paint needs.
+# If the panel does not paint (hidden behind another tab), both go ahead after PAINT_WAIT_MS.
 LINES_AFTER_PAINT = True
-LINES_FALLBACK_MS = 150
+PAINT_WAIT_MS = 150
 
 
 class _PaintWatch(QObject):
-    """Calls ``callback`` (through the event loop, never inside the paint) after a watched widget paints."""
+    """After a watched widget paints: sets the waiting ``painted`` event (a worker may wait on it) and
+    calls ``callback`` through the event loop (never inside the paint)."""
 
     def __init__(self, callback):
         super().__init__()
         self.callback = callback
+        self.painted: threading.Event | None = None
 
     def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
         if event.type() == QEvent.Type.Paint:
+            if self.painted is not None:
+                self.painted.set()
             QTimer.singleShot(0, self.callback)
         return False
 
@@ -191,29 +198,39 @@ class CellExplainer:
                 else:
                     info["note"] = "refining attributions…"
         panel = self.ensure_panel()
+        painted = self.watch_paint()
         if attributions == "async" and cached is None:
-            # started before the drawing below, so the attribution is computed while the partner lines
-            # and the panel are drawn (its result arrives through the event loop, after show_cell)
-            self._start_cell_attribution(obj, first)
+            # its result arrives through the event loop, after show_cell; it computes after the paint
+            self._start_cell_attribution(obj, first, painted)
         info["seconds"] = time.perf_counter() - t0
         panel.show_cell(info)
-        self.lines_after_paint(obj, info["partners"], table)
+        self.lines_after_paint(obj, info["partners"], table, painted)
         return info
 
-    def lines_after_paint(self, obj, partners: list[dict], table) -> None:
-        """Draw cell ``obj``'s partner lines once the panel has painted it (:data:`LINES_AFTER_PAINT`), or
-        now when the panel cannot paint (no window, hidden) or the deferral is off."""
+    def watch_paint(self) -> threading.Event:
+        """An event set when the panel's prompt next paints (at once when it cannot: no window, hidden)."""
+        painted = threading.Event()
         panel = self.panel
         view = panel.prompt.viewport() if panel is not None and not is_deleted(panel) else None
         if not LINES_AFTER_PAINT or view is None or not view.isVisible():
-            self._pending_lines = None
-            self.draw_partners(obj, partners, table)
-            return
+            painted.set()
+            return painted
         if self._paint_watch is None:
             self._paint_watch = _PaintWatch(self.draw_pending_lines)
             view.installEventFilter(self._paint_watch)
+        if self._paint_watch.painted is not None:
+            self._paint_watch.painted.set()  # a previous click's worker: its paint is not coming now
+        self._paint_watch.painted = painted
+        return painted
+
+    def lines_after_paint(self, obj, partners: list[dict], table, painted: threading.Event) -> None:
+        """Draw cell ``obj``'s partner lines once the panel has painted it (``painted``), now if it has."""
+        if painted.is_set():
+            self._pending_lines = None
+            self.draw_partners(obj, partners, table)
+            return
         self._pending_lines = (self.owner.annotation, obj, partners, table)
-        QTimer.singleShot(LINES_FALLBACK_MS, self.draw_pending_lines)
+        QTimer.singleShot(PAINT_WAIT_MS, self.draw_pending_lines)
 
     def draw_pending_lines(self) -> None:
         """Draw the partner lines waiting for a paint, if they still belong to the cell shown."""
@@ -315,10 +332,14 @@ class CellExplainer:
             raise AttributionsUnavailable("attributions unavailable for this cell")
         return first
 
-    def explain_steps(self, obj, ann: Annotation | None = None, first: dict | None = None):
+    def explain_steps(self, obj, ann: Annotation | None = None, first: dict | None = None,
+                      painted: threading.Event | None = None):
         """Generator for the click worker: yields the first shading (one 16-point pass) when it is not
         yet complete, returns the refined attribution (kept in the widget's cache). ``first``: the first
-        pass, computed already (in the click), so not yielded again."""
+        pass, computed already (in the click), so not yielded again; ``painted``: computes once it is set
+        (the panel's paint, :data:`PAINT_WAIT_MS` at most)."""
+        if painted is not None:
+            painted.wait(PAINT_WAIT_MS / 1000)
         owner = self.owner
         ann = ann or owner.annotation
         given = first is not None
@@ -335,10 +356,12 @@ class CellExplainer:
         owner._attributions[str(obj)] = att
         return att
 
-    def _start_cell_attribution(self, obj, first: dict | None = None) -> None:
+    def _start_cell_attribution(self, obj, first: dict | None = None, painted: threading.Event | None = None
+                                ) -> None:
         owner = self.owner
         ann = owner.annotation
-        worker = create_worker(self.explain_steps, obj, ann, first, _ignore_errors=True, _start_thread=False)
+        worker = create_worker(self.explain_steps, obj, ann, first, painted, _ignore_errors=True,
+                               _start_thread=False)
 
         def current() -> bool:
             # the result belongs to this annotation and this cell only: a new run or a new click since

@@ -395,6 +395,16 @@ def test_a_click_shades_words_at_once_then_refines(annotated, monkeypatch):
     monkeypatch.setattr(_explain, "complete", lambda att: True)
     calls.clear()
     assert list(widget.explainer.explain_steps(obj)) == [] and calls == [True]
+    # a click's worker computes only once the panel has painted (its event set; PAINT_WAIT_MS at most)
+    painted = threading.Event()
+    calls.clear()
+    worker = threading.Thread(target=lambda: list(widget.explainer.explain_steps(obj, painted=painted)))
+    worker.start()
+    worker.join(0.05)
+    assert calls == [] and worker.is_alive()
+    painted.set()
+    worker.join(30)
+    assert calls == [True]
 
 
 def test_a_click_shows_its_first_shading_at_once_and_a_slow_pass_moves_to_the_worker(annotated, monkeypatch,
