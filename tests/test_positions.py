@@ -179,3 +179,58 @@ def test_new_models_number_by_line_and_stored_ones_keep_their_numbering(cells, t
     assert prompt_positions(old.lm, ids, mask).tolist() == [[0, 1, 2, 3, 4]]
     with pytest.raises(Exception, match="unknown positions"):
         S2SModel.create(markers, ["a"], ["S"], norm, model=ModelSettings(positions="words"), device="cpu")
+
+
+def test_tissue_prompts_are_numbered_per_word_in_a_line_model(cells, tmp_path):
+    """A tissue prompt (one long line) gets one position per word in a line-numbered model, in left-padded
+    prediction, right-padded training and cached task words alike, while cell prompts of the same batch
+    keep their line numbers; a model saved before the setting existed numbers its tissue prompts by
+    line, as it was trained."""
+    import json
+
+    from spatial2sentence.normalize import Normalizer
+    from spatial2sentence.positions import task_positions
+    from spatial2sentence.settings import PromptSettings
+    from spatial2sentence.tissue import tissue_words
+
+    markers = ["H3", "CD99", "PIN", "CD8a", "CDH"]
+    norm = Normalizer().fit(cells[markers].to_numpy(float), markers)
+    m = S2SModel.create(markers, ["alpha", "beta", "other"], ["Onset", "Long-duration"], norm,
+                        prompt=PromptSettings(tissue=True),
+                        model=ModelSettings(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32),
+                        device="cpu")
+    assert m.model_settings.tissue_positions == "tokens"
+    tok = m.tokenizer
+    cs = m.prepare(cells)
+    words, _ = tissue_words(cs, np.arange(len(cs)))
+    tissue = tok.encode(words + task_words("status"))
+    cell = _contexts(m, cells, [0])[0] + tok.encode(task_words("status"))
+    assert len(tissue) != len(cell)
+    ids, mask, _ = _left_pad([tissue, cell], tok.pad_id)
+    pos = prompt_positions(m.lm, ids, mask)
+    assert pos[0, -len(tissue):].tolist() == list(range(len(tissue)))
+    sep = tok.vocab[";"]
+    want = np.cumsum([0] + [t == sep for t in cell[:-1]]).tolist()
+    assert pos[1, -len(cell):].tolist() == want
+    # training (right padding) numbers the tissue row 0..t-1 and the cell row by line
+    ids_r, _, _, _ = _encode_batch([tissue, cell], [0, 0], tok.pad_id, tok.eos_id, "cpu")
+    tr = training_positions(m.lm, ids_r)
+    assert tr[0, :len(tissue)].tolist() == list(range(len(tissue)))
+    assert tr[1, :len(cell)].tolist() == want
+    # task words on a cached context continue the tissue row's count, the cell row's last line
+    ctx_ids, ctx_mask, _ = _left_pad([tissue[:-3], cell[:-3]], tok.pad_id)
+    ctx_pos = prompt_positions(m.lm, ctx_ids, ctx_mask)
+    tp = task_positions(m.lm, ctx_ids, ctx_pos, 3)
+    assert tp[0].tolist() == list(range(len(tissue) - 3, len(tissue))) and tp[1].tolist() == want[-3:]
+    # stored before the setting: tissue prompts by line
+    m.save_pretrained(tmp_path / "m")
+    cfg_path = tmp_path / "m" / "s2s_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["model"]["tissue_positions"]
+    cfg_path.write_text(json.dumps(cfg))
+    old = S2SModel.from_pretrained(tmp_path / "m", device="cpu")
+    assert old.model_settings.tissue_positions == "lines"
+    old_pos = prompt_positions(old.lm, ids, mask)
+    assert old_pos[0, -len(tissue):].tolist() == np.cumsum([0] + [t == sep for t in tissue[:-1]]).tolist()
+    with pytest.raises(Exception, match="unknown tissue_positions"):
+        S2SModel.create(markers, ["a"], ["S"], norm, model=ModelSettings(tissue_positions="words"), device="cpu")
