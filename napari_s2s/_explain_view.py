@@ -4,9 +4,9 @@ and draws the cell's partners on the image.
 
 The prompt, probabilities and partners appear at once, with the first word shading (integrated
 gradients, one 16-point pass, :mod:`._explain`) computed in the click while that stays quick; the refined
-shading follows from a worker. The partner lines on the image are drawn, and the worker computes, once the panel has painted the
-cell (see :data:`LINES_AFTER_PAINT`). The panel is docked as a tab beside Annotate cells on first
-use. One cell's attributions go into the dock widget's cache (``owner._attributions``), which the
+shading follows from a worker. The partner lines on the image are drawn, and the worker computes, once
+the panel has painted the cell (see :data:`LINES_AFTER_PAINT`). The panel is docked as a tab beside
+Annotate cells on first use. One cell's attributions go into the dock widget's cache (``owner._attributions``), which the
 attribution map shares; the explainer reads the run's state from the widget (``annotation``,
 ``mask_layer``, ``viewer``).
 """
@@ -431,8 +431,8 @@ class CellExplainer:
         else:  # reuse the layer: removing one costs a garbage collection (~0.5 s)
             lay.selected_data = set()
             if list(lay.shape_type) == types:
-                # the same shapes moved: one data event (each one recomputes the viewer's dims for every
-                # layer; clearing and adding the shapes took four, ~0.05 s of a click under Xvfb)
+                # the same shapes moved in one data change (each change recomputes the viewer's dims for
+                # every layer; clearing and then adding the shapes made two)
                 lay.data = data
             else:
                 lay.data = list(zip(data, types))
