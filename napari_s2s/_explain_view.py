@@ -6,9 +6,9 @@ The prompt, probabilities and partners appear at once, with the first word shadi
 gradients, one 16-point pass, :mod:`._explain`) computed in the click while that stays quick; the refined
 shading follows from a worker. The partner lines on the image are drawn, and the worker computes, once
 the panel has painted the cell (see :data:`LINES_AFTER_PAINT`). The panel is docked as a tab beside
-Annotate cells on first use. One cell's attributions go into the dock widget's cache (``owner._attributions``), which the
-attribution map shares; the explainer reads the run's state from the widget (``annotation``,
-``mask_layer``, ``viewer``).
+Annotate cells on first use. One cell's attributions go into the dock widget's cache
+(``owner._attributions``), which the attribution map shares; the explainer reads the run's state from
+the widget (``annotation``, ``mask_layer``, ``viewer``).
 """
 
 from __future__ import annotations
