@@ -41,7 +41,6 @@ from .prompts import PAIR_ANSWERS, direction_word, task_words
 from .sentences import status_token, type_token
 from .settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings
 from .threads import torch_rng_kept
-from .tissue import TISSUE
 from .tokenizer import WordTokenizer
 
 # transformers is imported where a model is built (training) or loaded through it (architectures other
@@ -259,9 +258,6 @@ class S2SModel:
         if model.positions not in POSITIONS:
             raise S2SInputError("model settings", f"unknown positions {model.positions!r} "
                                                   f"({', '.join(POSITIONS)})")
-        if model.tissue_positions not in ("tokens", "lines"):
-            raise S2SInputError("model settings", f"unknown tissue_positions {model.tissue_positions!r} "
-                                                  "(tokens, lines)")
         self.number_prompts()
         self.lm.to(self.device)
         self.lm.eval()
@@ -269,11 +265,9 @@ class S2SModel:
     def number_prompts(self) -> None:
         """Give the language model this model's position numbering (:mod:`.positions`); called again
         whenever ``lm`` or the tokenizer is replaced."""
-        ms = self.model_settings
-        lines = ms.positions != "tokens"
-        tissue = self.tokenizer.vocab.get(TISSUE) if ms.tissue_positions == "tokens" else None
+        lines = self.model_settings.positions != "tokens"
         use_line_positions(self.lm, self.tokenizer.vocab[";"] if lines else None,
-                           anchor_last=ms.positions == "lines_anchor_last", tissue_id=tissue)
+                           anchor_last=self.model_settings.positions == "lines_anchor_last")
 
     # --- construction ----------------------------------------------------------------------------
     @classmethod
@@ -307,14 +301,13 @@ class S2SModel:
             ps = dict(meta["prompt"])
             ps["distance_bins_um"] = tuple(ps.get("distance_bins_um", PromptSettings().distance_bins_um))
             # models saved before rank_by existed ranked by z (top 8 above 0 was then the default); models
-            # saved before positions existed number their prompts per token, and those saved before
-            # tissue_positions existed number their tissue prompts like the rest
+            # saved before positions existed number their prompts per token
             sentence = {"rank_by": "z", **meta["sentence"]}
             model = cls(
                 lm, tok, meta["markers"], Normalizer.from_dict(meta["normalizer"]), meta["type_labels"],
                 meta["status_labels"], SentenceSettings.from_dict(sentence),
                 PairSettings.from_dict(meta["pairs"]), PromptSettings.from_dict(ps),
-                ModelSettings.from_dict({"positions": "tokens", "tissue_positions": "lines", **meta["model"]}), meta.get("info", {}), device=str(dev),
+                ModelSettings.from_dict({"positions": "tokens", **meta["model"]}), meta.get("info", {}), device=str(dev),
             )
             if model.sentence.values:
                 attach_value_embedding(lm)

@@ -18,12 +18,6 @@ asked about then sit at the same distance from the answer in every prompt, whate
 partner lines, as they do in a single-cell prompt (rotary attention sees only distances). The text
 itself keeps the anchor first.
 
-A tissue prompt (:mod:`spatial2sentence.tissue`: the image as one long line of markers ordered by the
-share of high cells) is numbered one position per word in a line-numbered model
-(``ModelSettings.tissue_positions = "tokens"``, new models): with one position for the whole line the
-semi-synthetic benchmark's status per image fell from 50.6 +- 2.4 to 40.3 +- 6.1. Its rows are told by
-the ``tissue`` word, which no other prompt has.
-
 The choice travels with the language model (``lm.s2s_line_sep``, set by
 :class:`~spatial2sentence.model.S2SModel`), so training, prediction, the cached task words and
 explanations all number the same prompt the same way.
@@ -35,17 +29,14 @@ import torch
 
 LINE_SEP_ATTR = "s2s_line_sep"
 ANCHOR_LAST_ATTR = "s2s_anchor_last"
-TISSUE_ATTR = "s2s_tissue_id"  # id of the word "tissue" when tissue prompts are numbered per word
 POSITIONS = ("tokens", "lines", "lines_anchor_last")
 
 
-def use_line_positions(lm, sep_id: int | None, anchor_last: bool = False, tissue_id: int | None = None) -> None:
+def use_line_positions(lm, sep_id: int | None, anchor_last: bool = False) -> None:
     """Number ``lm``'s prompts by line, ``sep_id`` being the id of ``;`` (None: one position per token);
-    ``anchor_last``: the anchor's line numbered just before the task line; ``tissue_id``: the id of the
-    word ``tissue``, whose prompts are then numbered per word (None: by line like the others)."""
+    ``anchor_last``: the anchor's line numbered just before the task line."""
     setattr(lm, LINE_SEP_ATTR, None if sep_id is None else int(sep_id))
     setattr(lm, ANCHOR_LAST_ATTR, bool(anchor_last) and sep_id is not None)
-    setattr(lm, TISSUE_ATTR, None if sep_id is None or tissue_id is None else int(tissue_id))
 
 
 def line_sep(lm) -> int | None:
@@ -70,46 +61,27 @@ def line_numbers(ids: torch.Tensor, sep_id: int, anchor_last: bool = False) -> t
     return moved.clamp(min=0)
 
 
-def tissue_rows(lm, ids: torch.Tensor) -> torch.Tensor | None:
-    """Which rows of ``ids`` are tissue prompts numbered per word (None: no such numbering)."""
-    tid = getattr(lm, TISSUE_ATTR, None)
-    return None if tid is None else (ids == tid).any(1)
-
-
 def prompt_positions(lm, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Position ids of padded prompts ``ids`` (n x t, ``mask`` 1 on real tokens, padding left or right):
     per token, counting real tokens only; or per line (the ``;`` before a token, a ``;`` belonging to the
-    line it closes), tissue prompts per token where the model says so."""
-    per_token = (mask.cumsum(1) - 1).clamp(min=0)
+    line it closes)."""
     sep = line_sep(lm)
     if sep is None:
-        return per_token
-    lines = line_numbers(ids, sep, anchor_last(lm))
-    tissue = tissue_rows(lm, ids)
-    return lines if tissue is None else torch.where(tissue[:, None], per_token, lines)
+        return (mask.cumsum(1) - 1).clamp(min=0)
+    return line_numbers(ids, sep, anchor_last(lm))
 
 
 def training_positions(lm, ids: torch.Tensor) -> torch.Tensor | None:
     """Position ids for a right-padded batch (training, explanations): None (the model's own 0..t-1)
     per token."""
     sep = line_sep(lm)
-    if sep is None:
-        return None
-    lines = line_numbers(ids, sep, anchor_last(lm))
-    tissue = tissue_rows(lm, ids)
-    if tissue is None:
-        return lines
-    per_token = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-    return torch.where(tissue[:, None], per_token, lines)
+    return None if sep is None else line_numbers(ids, sep, anchor_last(lm))
 
 
 def task_positions(lm, ids: torch.Tensor, pos: torch.Tensor, steps: int) -> torch.Tensor:
     """Position ids of ``steps`` task words run on top of left-padded contexts ``ids`` (positions ``pos``):
     the next positions per token; per line, the line after the context's last ``;``."""
-    per_token = pos[:, -1:] + 1 + torch.arange(steps, device=pos.device)
     sep = line_sep(lm)
     if sep is None:
-        return per_token
-    lines = (ids == sep).long().sum(1, keepdim=True).expand(-1, steps)
-    tissue = tissue_rows(lm, ids)
-    return lines if tissue is None else torch.where(tissue[:, None], per_token, lines)
+        return pos[:, -1:] + 1 + torch.arange(steps, device=pos.device)
+    return (ids == sep).long().sum(1, keepdim=True).expand(-1, steps)

@@ -139,11 +139,6 @@ class ModelSettings(_Base):
     # it (spatial2sentence.positions; CyCIF benchmark: s2s 69.1 -> 70.7, c2s 69.8 -> 74.2); "tokens": one
     # per word (v1, and every stored model without this key)
     positions: str = "lines"
-    # the words of a tissue prompt (spatial2sentence.tissue: one long line, markers ordered by the share
-    # of high cells) numbered one per word even in a line-numbered model: "tokens" (new models) or "lines"
-    # (every stored model without this key). Semi-synthetic benchmark, status per image: one position
-    # for the tissue line 40.3 +- 6.1, one per word (s2s_token_positions) 50.6 +- 2.4
-    tissue_positions: str = "tokens"
 
 
 @dataclass
