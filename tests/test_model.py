@@ -688,8 +688,8 @@ def test_balanced_accuracy_selection_reads_every_types_recall(cells, tmp_path):
 
 
 def test_anchor_alone_shows_the_cell_without_its_context(tiny, cells):
-    """anchor_alone=1: every type/status training prompt is the Cell2Sentence view of its cell (no partner
-    or around line); 0: the prompts are exactly those of a run without the setting (the generator is not
+    """anchor_alone=1: every type training prompt is the Cell2Sentence view of its cell (no partner or
+    around line), status prompts never; 0: the prompts are exactly those of a run without the setting (the generator is not
     touched); in between, both views occur."""
     from dataclasses import replace
 
@@ -721,6 +721,9 @@ def test_anchor_alone_shows_the_cell_without_its_context(tiny, cells):
     mixed = prompts(replace(base, anchor_alone=0.5), n=60)
     n_alone = sum(not {"near", "far"} & set(w) for w, _, _ in mixed)
     assert 10 < n_alone < 50
+    # status prompts always keep their context (one cell alone would ask an image's status of one cell)
+    status = replace(base, task_mix={"status": 1.0}, anchor_alone=1.0)
+    assert all({"near", "far"} & set(w) and w[-2] == "status" for w, _, _ in prompts(status))
 
 
 def test_refit_trains_again_on_every_cell_for_the_best_step_count(cells, tmp_path):
