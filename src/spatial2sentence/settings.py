@@ -172,8 +172,8 @@ class TrainSettings(_Base):
     num_threads: int = 0  # torch threads on CPU (0: torch's default)
     # chance that a type training prompt shows the anchor alone (no partner lines, no around line: the
     # Cell2Sentence view of the same cell), an auxiliary view so that the context never has to carry what
-    # the cell's own words say (prediction still reads the full prompt); status prompts never (one cell
-    # alone cost the semi-synthetic status per image 12 points, spatial2sentence.training_data)
+    # the cell's own words say (prediction still reads the full prompt); status prompts never (a cell's
+    # own status is the image's, which one cell cannot tell; spatial2sentence.training_data)
     anchor_alone: float = 0.0
     # after validation picked the best step, train again from the same seed on every training cell
     # (validation cells included, the normaliser refitted on them) for that many steps, the schedule

@@ -256,9 +256,10 @@ class PromptSampler:
             answer = status_token(cs.status[i])
         prompt = m.prompt
         # the anchor-alone view draws from the generator only when asked for, so that runs without it
-        # keep their exact prompts; type prompts only: a status prompt of one cell alone has the shape of
-        # a tissue prompt (one line, then the task) and asks for an image's status from one cell, and with
-        # it the semi-synthetic status per image fell from 52.5 to 40.3 (benchmarks/results/semisynthetic_trace)
+        # keep their exact prompts; type prompts only: a status prompt of one cell alone asks an image's
+        # status of one cell, and with line positions it has the shape of a tissue prompt (one line, then
+        # the task). Semi-synthetic status per image (benchmarks/results/semisynthetic_trace): 40.3 with
+        # the alone view on both, 44.4 on type prompts only, 52.5 without it: the view itself still costs
         if (task == "type" and self.ts.anchor_alone > 0 and prompt.format == "multi"
                 and rng.random() < self.ts.anchor_alone):
             prompt = self.alone_prompt
