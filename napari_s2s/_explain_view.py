@@ -5,7 +5,7 @@ and draws the cell's partners on the image.
 The prompt, probabilities and partners appear at once, with the first word shading (integrated
 gradients, one 16-point pass, :mod:`._explain`) computed in the click while that stays quick; the refined
 shading follows from a worker. The partner lines on the image are drawn, and the worker computes, once
-the panel has painted the cell (see :data:`LINES_AFTER_PAINT`). The panel is docked as a tab beside
+the panel has painted the cell (see :data:`PAINT_WAIT_MS`). The panel is docked as a tab beside
 Annotate cells on first use. One cell's attributions go into the dock widget's cache
 (``owner._attributions``), which the attribution map shares; the explainer reads the run's state from
 the widget (``annotation``, ``mask_layer``, ``viewer``).
@@ -53,13 +53,13 @@ INLINE_FIRST_PASS_S = 0.12
 # * the refinement worker: it starts at once but computes only after that paint (a threading.Event), so
 #   its integrated gradients do not take the cores the paint needs.
 # If the panel does not paint (hidden behind another tab), both go ahead after PAINT_WAIT_MS.
-LINES_AFTER_PAINT = True
 PAINT_WAIT_MS = 150
 
 
 class _PaintWatch(QObject):
-    """After a watched widget paints: sets the waiting ``painted`` event (a worker may wait on it) and
-    calls ``callback`` through the event loop (never inside the paint)."""
+    """The first paint of a watched widget after a click: sets that click's ``painted`` event (its
+    worker waits on it) and calls ``callback`` through the event loop (never inside the paint); later
+    paints (scrolling, hovering) do nothing."""
 
     def __init__(self, callback):
         super().__init__()
@@ -67,9 +67,8 @@ class _PaintWatch(QObject):
         self.painted: threading.Event | None = None
 
     def eventFilter(self, obj, event):  # noqa: N802 (Qt's name)
-        if event.type() == QEvent.Type.Paint:
-            if self.painted is not None:
-                self.painted.set()
+        if event.type() == QEvent.Type.Paint and self.painted is not None and not self.painted.is_set():
+            self.painted.set()
             QTimer.singleShot(0, self.callback)
         return False
 
@@ -212,7 +211,7 @@ class CellExplainer:
         painted = threading.Event()
         panel = self.panel
         view = panel.prompt.viewport() if panel is not None and not is_deleted(panel) else None
-        if not LINES_AFTER_PAINT or view is None or not view.isVisible():
+        if view is None or not view.isVisible():
             painted.set()
             return painted
         if self._paint_watch is None:
@@ -430,12 +429,9 @@ class CellExplainer:
                                           metadata=_layers.s2s_meta("partners", ann.image, object=obj))
         else:  # reuse the layer: removing one costs a garbage collection (~0.5 s)
             lay.selected_data = set()
-            if list(lay.shape_type) == types:
-                # the same shapes moved in one data change (each change recomputes the viewer's dims for
-                # every layer; clearing and then adding the shapes made two)
-                lay.data = data
-            else:
-                lay.data = list(zip(data, types))
+            # one data change (each recomputes the viewer's dims for every layer; clearing and then adding
+            # the shapes made two)
+            lay.data = list(zip(data, types))
             lay.edge_color = colors
             lay.edge_width = [float(w) for w in widths]
             lay.face_color = "transparent"
