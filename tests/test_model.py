@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from spatial2sentence.errors import ModelInputError, S2SInputError
 from spatial2sentence.domain import PanelCoverageError
@@ -585,6 +586,71 @@ def test_neighbourhood_line_and_tissue_prompts(cells, tmp_path):
         p = ref[row["image"]]
         assert row["status"] == m.status_labels[int(np.argmax(p))]
         assert row["status_probability"] == pytest.approx(float(p.max()), rel=1e-5)
+
+
+def test_tissue_prompts_are_read_by_the_state_that_read_the_validation_tissues_best(cells, tmp_path,
+                                                                                     monkeypatch):
+    """The tissue task overfits long before cell types stop improving, so training keeps the state with the
+    best validation tissue accuracy apart (scripted validation results: tissue best at step 10, cell type
+    best at step 20); it is saved in tissue_reader/, read back, and the images' status is read by it while
+    the cells' types are read by the kept state. Where both bests fall on one step nothing is kept apart; a
+    truncated tissue reader is refused by name."""
+    import spatial2sentence.training as training
+    from spatial2sentence.errors import ModelInputError
+    from spatial2sentence.model import check_model_dir
+    from spatial2sentence.predict import tissue_status
+    from spatial2sentence.settings import PromptSettings
+
+    def scripted(script):
+        seen = {}
+
+        def evaluate(model, val_set, batch_size=256):
+            step = 10 * (len(seen) + 1)
+            seen[step] = {k: v.detach().clone() for k, v in model.lm.state_dict().items()}
+            type_acc, tissue_acc = script[step]
+            return {"loss": 1.0, "type_acc": type_acc, "tissue_acc": tissue_acc, "tissue_loss": 1.0}
+        return evaluate, seen
+
+    ps = PromptSettings(tissue=True)
+    mix = {"type": 0.5, "status": 0.2, "tissue": 0.3}
+    evaluate, seen = scripted({10: (0.5, 0.9), 20: (0.7, 0.6), 30: (0.6, 0.8)})
+    monkeypatch.setattr(training, "evaluate", evaluate)
+    res = train(cells, tmp_path / "m", prompt=ps, model_settings=TINY,
+                train_settings=tiny_settings(steps=30, select_by="accuracy", task_mix=mix),
+                progress_bar=False, log=lambda *a: None)
+    m = res.model
+
+    def same(lm, state):
+        return all(torch.equal(v, state[k]) for k, v in lm.state_dict().items())
+
+    assert same(m.lm, seen[20]) and same(m.tissue_lm, seen[10]) and not same(m.lm, seen[10])
+    assert m.info["training"]["tissue_reader"]["step"] == 10
+    loaded = S2SModel.from_pretrained(tmp_path / "m", device="cpu")
+    assert same(loaded.tissue_lm, seen[10]) and same(loaded.lm, seen[20])
+    cs = loaded.prepare(cells)
+    by_reader = tissue_status(loaded, cs)
+    reader, loaded.tissue_lm = loaded.tissue_lm, None
+    by_kept = tissue_status(loaded, cs)
+    assert any(not np.allclose(by_reader[im], by_kept[im], atol=1e-6) for im in by_reader)
+    loaded.lm = reader
+    assert all(np.allclose(by_reader[im], tissue_status(loaded, cs)[im], atol=1e-6) for im in by_reader)
+    # the image rows of a prediction carry the reader's status
+    pred = S2SModel.from_pretrained(tmp_path / "m", device="cpu").predict_cells(cells, threads=1)
+    for _, row in pred.image_status.iterrows():
+        assert row["status"] == loaded.status_labels[int(np.argmax(by_reader[row["image"]]))]
+    # a truncated tissue reader is refused by name, before anything loads
+    weights = tmp_path / "m" / "tissue_reader" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelInputError, match="tissue_reader/model.safetensors is unreadable"):
+        check_model_dir(tmp_path / "m")
+    # both bests on one step: one state, no tissue_reader folder
+    evaluate, seen = scripted({10: (0.5, 0.6), 20: (0.7, 0.9), 30: (0.6, 0.8)})
+    monkeypatch.setattr(training, "evaluate", evaluate)
+    res = train(cells, tmp_path / "one", prompt=ps, model_settings=TINY,
+                train_settings=tiny_settings(steps=30, select_by="accuracy", task_mix=mix),
+                progress_bar=False, log=lambda *a: None)
+    assert res.model.tissue_lm is None and not (tmp_path / "one" / "tissue_reader").exists()
+    assert res.model.info["training"]["tissue_reader"] is None
 
 
 def test_values_encoding_is_every_present_marker_ranked_with_its_value(cells, tmp_path):

@@ -167,6 +167,7 @@ def _load_lm(path: Path, dtype, backend: str):
 
 
 MODEL_FILES = ("s2s_config.json", "config.json", "model.safetensors", "tokenizer.json")
+TISSUE_READER = "tissue_reader"  # subfolder: the state that reads tissue prompts (S2SModel.tissue_lm)
 
 
 def check_model_dir(path: str | Path) -> dict:
@@ -228,6 +229,17 @@ def check_model_dir(path: str | Path) -> dict:
             raise ValueError("no tensors")
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
         raise bad(f"model.safetensors is unreadable or truncated ({first_line(err)})") from None
+    reader = path / TISSUE_READER
+    if reader.exists():
+        lacking = [f for f in ("config.json", "model.safetensors") if not (reader / f).is_file()]
+        if lacking:
+            raise bad(f"{TISSUE_READER}/ lacks {', '.join(lacking)}")
+        try:
+            with safe_open(str(reader / "model.safetensors"), framework="pt") as fh:
+                if not list(fh.keys()):
+                    raise ValueError("no tensors")
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise bad(f"{TISSUE_READER}/model.safetensors is unreadable or truncated ({first_line(err)})") from None
     return meta
 
 
@@ -241,6 +253,9 @@ class S2SModel:
                  pairs: PairSettings, prompt: PromptSettings, model: ModelSettings,
                  info: dict | None = None, device: str = "auto"):
         self.lm = lm
+        # the state that read the validation tissues best, where training kept one apart from ``lm``
+        # (:func:`spatial2sentence.training.tissue_reader_score`): it reads the images' tissue prompts
+        self.tissue_lm = None
         self.tokenizer = tokenizer
         self.markers = list(markers)
         self.normalizer = normalizer
@@ -266,8 +281,16 @@ class S2SModel:
         """Give the language model this model's position numbering (:mod:`.positions`); called again
         whenever ``lm`` or the tokenizer is replaced."""
         lines = self.model_settings.positions != "tokens"
-        use_line_positions(self.lm, self.tokenizer.vocab[";"] if lines else None,
-                           anchor_last=self.model_settings.positions == "lines_anchor_last")
+        for lm in (self.lm, self.tissue_lm):
+            if lm is not None:
+                use_line_positions(lm, self.tokenizer.vocab[";"] if lines else None,
+                                   anchor_last=self.model_settings.positions == "lines_anchor_last")
+
+    @property
+    def status_lm(self):
+        """The language model that reads the images' tissue prompts: :attr:`tissue_lm` where training kept
+        one, else :attr:`lm`."""
+        return self.tissue_lm if self.tissue_lm is not None else self.lm
 
     # --- construction ----------------------------------------------------------------------------
     @classmethod
@@ -313,6 +336,13 @@ class S2SModel:
                 attach_value_embedding(lm)
                 load_value_embedding(lm, path)
                 model.lm.to(model.device)
+            if (path / TISSUE_READER / "model.safetensors").is_file():
+                reader = _load_lm(path / TISSUE_READER, dtype, backend)
+                if model.sentence.values:
+                    attach_value_embedding(reader)
+                    load_value_embedding(reader, path / TISSUE_READER)
+                model.tissue_lm = reader.to(model.device).eval()
+                model.number_prompts()
             for task in ("type", "status"):
                 model.label_ids(task)
             model.path = path
@@ -352,6 +382,9 @@ class S2SModel:
         # always written in float32; Module.float() converts in place, so the live model goes back after
         lm.float().save_pretrained(str(path), safe_serialization=True)
         lm.to(dtype)
+        if self.tissue_lm is not None:  # a transformers folder of its own, read back by from_pretrained
+            self.tissue_lm.float().save_pretrained(str(path / TISSUE_READER), safe_serialization=True)
+            self.tissue_lm.to(dtype)
         self.tokenizer.save(path)
         (path / S2S_CONFIG).write_text(json.dumps(self.config_dict(), indent=1, default=float))
         if card is not None:

@@ -249,7 +249,8 @@ def score_tasks(lm, contexts: list[list[int]], suffixes: dict[str, list[int]], l
 
 def tissue_status(model, cs) -> dict:
     """Clinical-status probabilities of every image of ``cs`` from its tissue prompt
-    (:mod:`.tissue`; models trained with ``PromptSettings.tissue``), temperature-scaled like the cells'."""
+    (:mod:`.tissue`; models trained with ``PromptSettings.tissue``), read by the model's
+    :attr:`~spatial2sentence.model.S2SModel.status_lm`, temperature-scaled like the cells'."""
     images = pd.unique(cs.image)
     seqs, vals = [], []
     suffix = task_words("status")
@@ -259,7 +260,7 @@ def tissue_status(model, cs) -> dict:
         vals.append(values + [0.0] * len(suffix))
     out = {}
     for c0 in range(0, len(seqs), PREDICT_BATCH_SIZE):
-        p = score_prompts(model.lm, seqs[c0:c0 + PREDICT_BATCH_SIZE], model.label_ids("status"),
+        p = score_prompts(model.status_lm, seqs[c0:c0 + PREDICT_BATCH_SIZE], model.label_ids("status"),
                           model.tokenizer.pad_id, model.device,
                           vals[c0:c0 + PREDICT_BATCH_SIZE] if model.sentence.values else None)
         p = apply_temperature(p, float(getattr(model, "calibration", {}).get("tissue_temperature", 1.0)))
