@@ -152,6 +152,7 @@ def sentence_words(budget: Budget | None = None) -> str:
                 f"value; partner lines their {st.partner_words or 'all'} highest words"
                 + (f"; an 'around' line (the {b.neighbourhood_k} nearest cells' mean, {b.neighbourhood_words} "
                    "words)" if b.neighbourhood_k else "")
-                + ("; image status from tissue prompts" if b.tissue else "")
+                + ("; image status from tissue prompts, read by the state with the best validation tissue "
+                   "accuracy" if b.tissue else "")
                 + "; s2s_ranked: v1 ranked words (top 12 above 0.3), no values")
     return f"markers ranked by {st.rank_by}, top {st.top_k} above {st.threshold}"
