@@ -792,6 +792,38 @@ def test_anchor_alone_shows_the_cell_without_its_context(tiny, cells):
     assert all({"near", "far"} & set(w) and w[-2] == "status" for w, _, _ in prompts(status))
 
 
+def test_subset_prompts_draw_their_cell_types_by_their_own_class_balance(tiny, cells):
+    """subset_class_balance: type prompts that see a panel subset draw their cells with
+    count(type) ** -subset_class_balance, full-panel prompts with -class_balance (frequencies of the
+    answers against the 362 real toy cells' type counts); unset, both draw alike (same prompts)."""
+    from dataclasses import replace
+
+    from spatial2sentence.training_data import PromptSampler
+
+    m = S2SModel.from_pretrained(tiny[0], device="cpu")
+    cs = m.prepare(cells)
+    idx = np.arange(len(cs))
+    types, counts = np.unique(cells["cell_type"].astype(str), return_counts=True)
+    natural = counts / counts.sum()
+    even = np.full(len(types), 1 / len(types))
+    assert np.abs(natural - even).max() > 0.15  # the toy crops are far from even
+
+    def answer_shares(ts, n=1500):
+        sampler = PromptSampler(m, cs, idx, ts)
+        rng = np.random.default_rng(11)
+        got = [sampler.draw(rng)[2] for _ in range(n)]
+        return np.array([got.count(f"T:{t}") for t in types]) / n
+
+    base = replace(tiny_settings(), task_mix={"type": 1.0}, class_balance=1.0, subset_class_balance=0.0)
+    np.testing.assert_allclose(answer_shares(replace(base, panel_subset_prob=0.0)), even, atol=0.05)
+    np.testing.assert_allclose(answer_shares(replace(base, panel_subset_prob=1.0)), natural, atol=0.05)
+    plain = replace(base, subset_class_balance=None, panel_subset_prob=0.5)
+    sampler_a, sampler_b = PromptSampler(m, cs, idx, plain), PromptSampler(m, cs, idx, replace(plain,
+                                                                           subset_class_balance=1.0))
+    ra, rb = np.random.default_rng(2), np.random.default_rng(2)
+    assert [sampler_a.draw(ra) for _ in range(30)] == [sampler_b.draw(rb) for _ in range(30)]
+
+
 def test_refit_trains_again_on_every_cell_for_the_best_step_count(cells, tmp_path):
     """refit=True: the validation run picks the step count, then a fresh run on every training cell
     (validation cells included) trains that many steps; the saved model records both runs."""

@@ -151,6 +151,12 @@ class TrainSettings(_Base):
     warmup_steps: int = 100
     task_mix: dict = field(default_factory=lambda: {"type": 0.6, "status": 0.3, "pair": 0.1})
     class_balance: float = 0.5  # sampling weight of a cell ~ count(type) ** -class_balance
+    # the same for type prompts that see a panel subset (None: class_balance). With a few markers the
+    # prior decides between types the markers cannot tell apart (alpha against delta or gamma cells without
+    # GCG): candidates trained at 0.6-0.75 recalled 0.58-0.01 of the real toy crops' alpha cells against
+    # 0.82-0.89 at 0.5, while at 0.5 the full panel lost the naive T cells (benchmarks/results/
+    # default_model_v2/README.md)
+    subset_class_balance: float | None = None
     panel_subset_prob: float = 0.5  # chance that a prompt sees only a random subset of the panel
     panel_subset_min: int = 3  # smallest random subset (sizes drawn log-uniformly)
     # gaussian noise (sd, range scale) added to the values marker words carry, per training prompt: a

@@ -3,7 +3,8 @@ spatial block of each image for a few images) and the prompts drawn for each tas
 
 Each step's prompts are drawn by task from ``task_mix``:
 
-* ``type``: anchor cell with a known cell type (sampling weight ~ count(type) ** -class_balance);
+* ``type``: anchor cell with a known cell type (sampling weight ~ count(type) ** -class_balance, or
+  ``-subset_class_balance`` for a prompt that sees a panel subset);
 * ``status``: anchor cell of an image with a known clinical status (balanced across statuses);
   phenotype-only cells (no markers) take part in this task only;
 * ``pair``: anchor + one of its partners, answer ``similar`` (positive) or ``dissimilar`` (negative);
@@ -175,6 +176,9 @@ class PromptSampler:
         self.type_cells = cells[np.array([(not ph[i]) and ct[i] in tl for i in cells], bool)] if len(cells) else cells
         self.status_cells = cells[np.array([st[i] in sl for i in cells], bool)] if len(cells) else cells
         self.type_cdf = np.cumsum(self._weights(ct[self.type_cells], ts.class_balance))
+        sub = ts.class_balance if ts.subset_class_balance is None else ts.subset_class_balance
+        self.subset_type_cdf = (self.type_cdf if sub == ts.class_balance
+                                else np.cumsum(self._weights(ct[self.type_cells], sub)))
         self.status_cdf = np.cumsum(self._weights(st[self.status_cells], 1.0))
         has = (cs.pairs.pos_idx[cells] >= 0).any(1) | (cs.pairs.neg_idx[cells] >= 0).any(1)
         self.pair_cells = cells[has]
@@ -247,8 +251,8 @@ class PromptSampler:
             values = [0.0] * 3 + cs.word_values(i, a) + [0.0] * 3 + cs.word_values(j, b) + [0.0] * 4
             return (pair_prompt(a, b), values, PAIR_ANSWERS[0] if role == "positive" else PAIR_ANSWERS[1])
         if task == "type":
-            i = int(self.type_cells[min(np.searchsorted(self.type_cdf, rng.random() * self.type_cdf[-1]),
-                                        len(self.type_cells) - 1)])
+            cdf = self.type_cdf if present is None else self.subset_type_cdf
+            i = int(self.type_cells[min(np.searchsorted(cdf, rng.random() * cdf[-1]), len(self.type_cells) - 1)])
             answer = type_token(cs.cell_type[i])
         else:
             i = int(self.status_cells[min(np.searchsorted(self.status_cdf, rng.random() * self.status_cdf[-1]),
