@@ -107,21 +107,26 @@ def ci_mean(d: np.ndarray, seed: int = 0, n_boot: int = 10_000) -> dict:
             "share_positive": float((d > 0).mean())}
 
 
-def score(model, seqs: list[list[int]], batch: int = 512) -> np.ndarray:
+def score(model, seqs: list[list[int]], values: list[list[float]] | None = None, batch: int = 512) -> np.ndarray:
+    """Type probabilities after each prompt; ``values``: what each word carries, for a model that reads
+    them (without them a v2 model would read every level as 0: a prompt it never saw)."""
     from spatial2sentence.predict import score_prompts
 
+    vals = values if model.sentence.values else None
     out = []
     for c0 in range(0, len(seqs), batch):
         out.append(score_prompts(model.lm, seqs[c0:c0 + batch], model.label_ids("type"),
-                                 model.tokenizer.pad_id, model.device))
+                                 model.tokenizer.pad_id, model.device,
+                                 values=vals[c0:c0 + batch] if vals is not None else None))
     return np.concatenate(out) if out else np.zeros((0, len(model.type_labels)))
 
 
-def masked(ids: list[int], positions, mode: str, unk: int) -> list[int]:
+def masked(ids: list, positions, mode: str, fill) -> list:
+    """``ids`` (or the values beside them) with ``positions`` deleted, or replaced by ``fill`` (mode unk)."""
     pos = set(positions)
     if mode == "delete":
         return [t for i, t in enumerate(ids) if i not in pos]
-    return [unk if i in pos else t for i, t in enumerate(ids)]
+    return [fill if i in pos else t for i, t in enumerate(ids)]
 
 
 def partner_lines(ex: dict) -> dict:
@@ -140,39 +145,53 @@ def partner_lines(ex: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------- evaluation
-def faithfulness(model, explanations: list[dict], tokens_of: dict) -> dict:
+def faithfulness(model, explanations: list[dict], prompt_of: dict) -> dict:
+    """``prompt_of``: (image, Object) -> the cell's prompt (``S2SModel.prompts_for``: tokens and values)."""
     known = set(model.markers)
     unk = model.tokenizer.unk_id
     labels = model.type_labels
     res = {}
     for mode in ("delete", "unk"):
-        seqs, plan = [], []
+        seqs, vals, plan = [], [], []
+
+        def add(ids, v, positions=()):
+            seqs.append(masked(ids, positions, mode, unk))
+            vals.append(masked(v, positions, mode, 0.0))
+
         for ex in explanations:
             key = (ex["image"], ex["object"])
-            ids = tokens_of[key]
+            ids, v = prompt_of[key]["tokens"], prompt_of[key]["values"]
             ti = labels.index(ex["target"])
             mpos = [i for i, t in enumerate(ex["tokens"]) if t["part"] == "anchor" and t["token"] in known]
             entry = {"key": key, "target": ti, "start": len(seqs)}
-            seqs.append(ids)
+            add(ids, v)
             if len(mpos) >= 4:
                 top = sorted(mpos, key=lambda i: -ex["tokens"][i]["score"])[:3]
                 combos = list(itertools.combinations(mpos, 3))
                 entry["m_top"] = len(seqs)
-                seqs.append(masked(ids, top, mode, unk))
+                add(ids, v, top)
                 entry["m_rand"] = (len(seqs), len(combos))
-                seqs += [masked(ids, c, mode, unk) for c in combos]
+                for c in combos:
+                    add(ids, v, c)
             pl = partner_lines(ex)
             if len(ex["partners"]) >= 2:
                 names = [f"partner:{p['object']}" for p in ex["partners"]]
                 best = names[int(np.argmax([p["score"] for p in ex["partners"]]))]
                 sel = pl["lines"] if mode == "delete" else pl["words"]
                 entry["p_top"] = len(seqs)
-                seqs.append(masked(ids, sel[best], mode, unk))
+                add(ids, v, sel[best])
                 entry["p_rand"] = (len(seqs), len(names))
-                seqs += [masked(ids, sel[n], mode, unk) for n in names]
+                for n in names:
+                    add(ids, v, sel[n])
             plan.append(entry)
-        probs = score(model, seqs)
+        probs = score(model, seqs, vals)
         d_m, d_p, drops = [], [], {"marker_top": [], "marker_random": [], "partner_top": [], "partner_random": []}
+        # the untouched prompts must score as the explanations did (same words, values and positions)
+        same = [abs(probs[e["start"], e["target"]] - ex["probabilities"][ex["target"]])
+                for e, ex in zip(plan, explanations)]
+        if max(same, default=0.0) > 1e-3:
+            raise RuntimeError(f"deletion test: untouched prompts score differently from the explanations "
+                               f"(largest difference {max(same):.4f})")
         for e in plan:
             p0 = probs[e["start"], e["target"]]
             if "m_top" in e:
@@ -417,12 +436,12 @@ def main(argv=None):
     log(f"explaining {len(chosen)} cells of {len(pool)} (accuracy on these images "
         f"{results['accuracy_on_images']:.3f})")
     t = time.perf_counter()
-    explanations, tokens_of = [], {}
+    explanations, prompt_of = [], {}
     for im, g in chosen.groupby("image", sort=False):
         ids = g["Object"].tolist()
         explanations += explain_cells(model, sets[im], ids, internal_batch_size=args.internal_batch_size)
         for p in model.prompts_for(sets[im], ids):
-            tokens_of[(im, p["Object"])] = p["tokens"]
+            prompt_of[(im, p["Object"])] = p
     results["n_explained"] = len(explanations)
     results["explain_seconds"] = round(time.perf_counter() - t, 1)
     rel = np.array([e["completeness_error"] / max(abs(e["f_input"] - e["f_baseline"]), 0.1) for e in explanations])
@@ -433,7 +452,7 @@ def main(argv=None):
                              pd.Series([e["n_steps"] for e in explanations]).value_counts().sort_index().items()}
     log(f"explained in {results['explain_seconds']} s; completeness {results['completeness_relative']}")
 
-    results["faithfulness"] = faithfulness(model, explanations, tokens_of)
+    results["faithfulness"] = faithfulness(model, explanations, prompt_of)
     log("faithfulness:", json.dumps(results["faithfulness"], indent=1))
     results["plausibility"] = plausibility(model, explanations, truth)
     log("plausibility:", json.dumps({k: (v.get("n_correct"), v.get("top3_share")) for k, v in results["plausibility"].items()}))

@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
         print("click:", json.dumps(res["click"]), flush=True)
         # faithfulness on held-out cells: overview vs refined, same cells
         explanations = {"overview": [], "refined": []}
-        tokens_of = {}
+        prompt_of = {}
         per_image = max(1, args.cells // len(heldout))
         for im in heldout:
             c = tables[im].drop(columns=["cell_type", "donor", "stage"], errors="ignore")
@@ -103,10 +103,10 @@ def main(argv=None) -> dict:
                     e["image"] = im
                 explanations[name] += out
             for p in model.prompts_for(csh, pick):
-                tokens_of[(im, p["Object"])] = p["tokens"]
+                prompt_of[(im, p["Object"])] = p
         res["faithfulness"] = {}
         for name, exs in explanations.items():
-            f = ex_bench.faithfulness(model, exs, tokens_of)["delete"]["markers"]
+            f = ex_bench.faithfulness(model, exs, prompt_of)["delete"]["markers"]
             res["faithfulness"][name] = {k: f[k] for k in f if k in ("mean", "ci95_bootstrap", "n", "share_positive",
                                                                      "mean_drop_top3", "mean_drop_random3")}
         top = [(a["markers"][0]["marker"] if a["markers"] else None, b["markers"][0]["marker"] if b["markers"] else None)
