@@ -116,7 +116,7 @@ def main():
         tim = run["timings"]
         results[label] = {
             "mode": run["settings"]["mode"],
-            "torch_threads": run["settings"]["torch_threads"],
+            "scoring_threads": run["settings"]["scoring_threads"],  # torch threads per scoring worker
             "images": run["images"]["annotated"],
             "failed": run["images"]["failed"],
             "cells": tim["annotated_cells"],
