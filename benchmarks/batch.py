@@ -106,13 +106,18 @@ def main():
         cpu0 = cpu_seconds()
         t0 = time.perf_counter()
         stamps = []
-        res = run_batch(data, out, model=args.model, device=args.device, **kw,
-                        progress=lambda rec, done, n: rec is not None and stamps.append(time.perf_counter()))
+        def stamp(rec, done, n):  # returns None: a progress callback returning False stops the run
+            if rec is not None:
+                stamps.append(time.perf_counter())
+
+        res = run_batch(data, out, model=args.model, device=args.device, **kw, progress=stamp)
         total = time.perf_counter() - t0
         cpu = cpu_seconds() - cpu0
         # steady state: from the first finished image to the last (no start-up, no model load)
         steady = (len(stamps) - 1) / (stamps[-1] - stamps[0]) * 60 if len(stamps) > 2 else None
         run = res.run
+        if run["images"]["annotated"] == 0:
+            raise SystemExit(f"{label}: no image annotated ({run['images']}); see {out / 'errors.csv'}")
         tim = run["timings"]
         results[label] = {
             "mode": run["settings"]["mode"],

@@ -218,12 +218,23 @@ def faithfulness(model, explanations: list[dict], prompt_of: dict) -> dict:
 
 
 def randomised_model(model, seed: int = 1):
+    """The same model with re-initialised weights: matrices ~ N(0, initializer_range) as transformers
+    initialises a Llama, vectors (norms, value scales) 1. A copy of the loaded module, so it works for our
+    own Llama reader (:mod:`spatial2sentence.lite_llama`, no transformers config) and keeps the prompt
+    settings the module carries (line positions, values)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     rnd = copy.copy(model)
-    rnd.lm = AutoModelForCausalLM.from_config(model.lm.config).to(model.device).eval()
+    rnd.lm = copy.deepcopy(model.lm)
+    std = float(getattr(model.lm.config, "initializer_range", 0.02))
+    with torch.no_grad():
+        for p in rnd.lm.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, std)
+            else:
+                p.fill_(1.0)
+    rnd.lm.eval()
     return rnd
 
 
@@ -550,7 +561,7 @@ def report(r: dict) -> str:
     L += [
         "## 2. Sanity: randomised weights",
         "",
-        f"Same architecture, re-initialised weights (transformers' initialisation, seed 1), same target class, "
+        f"Same architecture, re-initialised weights (matrices N(0, initializer_range), vectors 1; seed 1), same target class, "
         f"{s['n_cells']} cells. Spearman rank correlation between the trained and the randomised model's token "
         f"scores (all prompt words except [BOS] and the task words, which are kept in the baseline): mean "
         f"**{s['token_spearman_trained_vs_random']['mean']:.3f}**, median "
