@@ -53,6 +53,17 @@ def test_default_model_guard_measures_the_panel_on_its_check_cells(default_model
         assert "model markers present" in cov.refusal() and "train a model" in cov.refusal().lower()
 
 
+def test_cli_annotate_refuses_the_toy_panel_per_image_and_names_each_image_file(tmp_path):
+    code, out = run("annotate", TOY, "-o", tmp_path / "out")
+    assert code == 1, out
+    errors = pd.read_csv(tmp_path / "out" / "errors.csv").set_index("image")
+    assert sorted(errors.index) == sorted(p.stem for p in (TOY / "img").glob("*.tiff"))
+    for image, row in errors.iterrows():
+        assert Path(row["file"]) == TOY / "img" / f"{image}.tiff"
+        assert "model markers present" in row["reason"]
+        assert f"error: {image}: {TOY / 'img' / image}.tiff: " in out  # the image named once, then its file
+
+
 def test_full_panel_needs_no_check(default_model):
     cov = default_model.panel_coverage(list(default_model.markers))
     assert cov.ok and cov.check is None and cov.fraction == 1.0

@@ -85,8 +85,9 @@ def annotate_job(job: ImageJob, out_dir: str, model: str | None = None, device: 
         rec = _annotate_and_write(job, out_dir, model, device, dtype, batch_size, fingerprint, torch_threads,
                                   allow_partial_panel)
     except S2SInputError as err:
-        return _record(job, "error", file=err.source or job.source, reason=err.problem,
-                       seconds=time.perf_counter() - t0)
+        # a problem of the cells (the panel check) names the image, not a file: name the image's file
+        file = err.source if err.source and err.source != job.name else job.source
+        return _record(job, "error", file=file, reason=err.problem, seconds=time.perf_counter() - t0)
     except Exception as err:  # a bug or an unforeseen file problem must not stop the run
         tb = traceback.extract_tb(err.__traceback__)
         where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
