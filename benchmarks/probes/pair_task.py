@@ -5,8 +5,8 @@
 Why: in every v2 training the pair task's validation accuracy stayed near the share of positive pairs,
 which reads as "learns nothing". This probe scores the pair prompts of the sample islet
 (``sample_data/simulated_islet``, semi-synthetic, 609 cells; every other cell with each of its partners)
-exactly as training builds them (``spatial2sentence.training_data``: the partner's line cut to
-``partner_words`` words, values carried) and prints accuracy, the share called similar, the mean
+with training's own builder (``spatial2sentence.training_data.pair_example``: the partner's line
+cut to ``partner_words`` words, values carried) and prints accuracy, the share called similar, the mean
 probability of "similar" for positive and negative partners and the ROC AUC of that probability.
 """
 
@@ -23,8 +23,8 @@ from spatial2sentence.io.images import read_image
 from spatial2sentence.measure import measure_image
 from spatial2sentence.model import S2SModel
 from spatial2sentence.predict import score_prompts
-from spatial2sentence.prompts import pair_prompt
 from spatial2sentence.threads import torch_threads
+from spatial2sentence.training_data import pair_example
 
 ISLET = Path(__file__).resolve().parents[2] / "sample_data" / "simulated_islet"
 
@@ -37,11 +37,9 @@ def main() -> None:
     seqs, values, positive = [], [], []
     for i in range(0, len(cs), 2):
         for j, role, *_ in cs.partners(i):
-            a, b = cs.sentences([i, j], model.sentence, None)
-            if model.sentence.partner_words > 0:
-                b = b[:model.sentence.partner_words]
-            seqs.append(model.tokenizer.encode(pair_prompt(a, b)))
-            values.append([0.0] * 3 + cs.word_values(i, a) + [0.0] * 3 + cs.word_values(j, b) + [0.0] * 4)
+            words, vals = pair_example(cs, i, j, model.sentence)
+            seqs.append(model.tokenizer.encode(words))
+            values.append(vals)
             positive.append(role == "positive")
     with torch_threads(2), torch.inference_mode():
         p = score_prompts(model.lm, seqs, model.label_ids("pair"), model.tokenizer.pad_id, "cpu", values=values)

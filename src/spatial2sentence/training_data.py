@@ -161,6 +161,21 @@ def training_cells(split: list[tuple[pd.DataFrame, np.ndarray]], panel: list[str
     return cs, np.concatenate([is_val for _, is_val in split])
 
 
+def pair_example(cs: CellSet, i: int, j: int, sentence: SentenceSettings, present=None,
+                 sentence_cache: dict | None = None) -> tuple[list[str], list[float]]:
+    """The pair task's prompt of cell ``i`` and its partner ``j`` (the partner's line cut to
+    ``partner_words`` words) and the value each word carries (0 for the frame words)."""
+    if sentence_cache is None:
+        a, b = cs.sentences([i, j], sentence, present)
+    else:
+        a, b = sentence_cache[i], sentence_cache[j]
+    if sentence.partner_words > 0:
+        b = b[:sentence.partner_words]
+    # [BOS] cell : <a> ; partner : <b> ; task pair answer
+    values = [0.0] * 3 + cs.word_values(i, a) + [0.0] * 3 + cs.word_values(j, b) + [0.0] * 4
+    return pair_prompt(a, b), values
+
+
 class PromptSampler:
     """Draws training / validation prompts from a CellSet (deterministic given its generator)."""
 
@@ -242,14 +257,8 @@ class PromptSampler:
             i = int(self.pair_cells[rng.integers(len(self.pair_cells))])
             parts = cs.partners(i)
             j, role, *_ = parts[int(rng.integers(len(parts)))]
-            if cache is None:
-                a, b = cs.sentences([i, j], m.sentence, present)
-            else:
-                a, b = cache[i], cache[j]
-            if m.sentence.partner_words > 0:
-                b = b[:m.sentence.partner_words]
-            values = [0.0] * 3 + cs.word_values(i, a) + [0.0] * 3 + cs.word_values(j, b) + [0.0] * 4
-            return (pair_prompt(a, b), values, PAIR_ANSWERS[0] if role == "positive" else PAIR_ANSWERS[1])
+            words, values = pair_example(cs, i, j, m.sentence, present, cache)
+            return words, values, PAIR_ANSWERS[0] if role == "positive" else PAIR_ANSWERS[1]
         if task == "type":
             cdf = self.type_cdf if present is None else self.subset_type_cdf
             i = int(self.type_cells[min(np.searchsorted(cdf, rng.random() * cdf[-1]), len(self.type_cells) - 1)])
