@@ -13,6 +13,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/s2s-wheel.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 t0=$(date +%s)
 step() { echo "wheel check [$(( $(date +%s) - t0 )) s] $*"; }
+# free disk where the venv (torch: ~2 GB) goes: a CI run once stopped with "No space left on device"
+df -h "$WORK" "$REPO" | sed 's/^/wheel check: disk /'
 
 step "python -m build"
 # PYTHONDONTWRITEBYTECODE makes setuptools print 'byte-compiling is disabled' warnings: not ours.
@@ -27,9 +29,9 @@ rm -rf build  # setuptools' build folder of this checkout (ignored by git)
 step "fresh venv: torch 2.13.0, then the wheel without extras"
 "$PYTHON" -m venv "$WORK/venv"
 VPY="$WORK/venv/bin/python"
-"$VPY" -m pip install -q --upgrade pip
-"$VPY" -m pip install -q "torch==2.13.0"
-"$VPY" -m pip install -q "$wheel"
+"$VPY" -m pip install -q --no-cache-dir --upgrade pip
+"$VPY" -m pip install -q --no-cache-dir "torch==2.13.0"
+"$VPY" -m pip install -q --no-cache-dir "$wheel"
 "$VPY" -m pip check
 "$WORK/venv/bin/s2s" --version
 
