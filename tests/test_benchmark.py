@@ -51,9 +51,12 @@ def test_benchmark_any_table(renamed_table, tmp_path):
     assert set(res) == {"cell_type", "_meta"}
     # no clinical column: s2s_no_tissue would only repeat s2s and is not run
     expected = {"s2s", "c2s", "s2s_ranked", "s2s_no_values", "s2s_no_neighbourhood",
-                "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux", "s2s_token_positions", "logreg", "logreg_neighbors",
-                "hgb_neighbors"}
+                "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux", "s2s_token_positions", "s2s_select", "logreg",
+                "logreg_neighbors", "hgb_neighbors"}
     assert set(res["cell_type"]) == expected
+    # s2s_select kept one of its two sentences on each of the 4 strips, and the report says which
+    kept = res["_meta"]["lm_selected"]
+    assert set(kept) <= {"s2s_select: s2s", "s2s_select: s2s_ranked"} and sum(kept.values()) == 4
     df = pd.read_csv(renamed_table)
     for m, v in res["cell_type"].items():
         assert METRICS <= set(v), m
@@ -66,7 +69,36 @@ def test_benchmark_any_table(renamed_table, tmp_path):
     for m in ("logreg", "logreg_neighbors", "hgb_neighbors"):
         assert res["cell_type"][m]["accuracy_mean"] > chance + 0.1, (m, res["cell_type"][m], chance)
     md = (out / "accuracy.md").read_text()
-    assert "s2s − c2s" in md and "| logreg |" in md
+    assert "s2s − c2s" in md and "| logreg |" in md and "- kept by validation: s2s_select: " in md
+
+
+def test_s2s_select_keeps_the_candidate_with_the_better_validation_score(monkeypatch, tmp_path):
+    """run_lm of a selecting method trains every candidate and returns the predictions of the one whose
+    kept state scored best on validation; its time and steps count both trainings."""
+    from spatial2sentence.bench import runner
+
+    scores = {"s2s": 0.61, "s2s_ranked": 0.74, "c2s": 0.5}
+    trained = []
+
+    def fake(method, *args):  # (method, ds, train_df, test_df, test_idx, budget, seed, labels..., workdir)
+        trained.append((method, Path(args[-1]).name))
+        probs = np.full((3, 2), 0.5)
+        probs[:, int(method == "s2s_ranked")] = 0.9
+        return {"cell_type": probs}, (10.0, 100, 50 + len(trained)), scores[method]
+
+    monkeypatch.setattr(runner, "_train_and_predict", fake)
+    out, stats = runner.run_lm("s2s_select", None, None, None, None, None, 0, ["a", "b"], [], tmp_path / "w")
+    assert trained == [("s2s", "s2s"), ("s2s_ranked", "s2s_ranked")]  # each in its own folder
+    assert out["cell_type"][:, 1].tolist() == [0.9] * 3  # the ranked candidate's probabilities
+    assert stats == (20.0, 200, 52, "s2s_select: s2s_ranked")
+    scores["s2s"] = 0.80
+    trained.clear()
+    out, stats = runner.run_lm("s2s_select", None, None, None, None, None, 0, ["a", "b"], [], tmp_path / "w")
+    assert out["cell_type"][:, 0].tolist() == [0.9] * 3 and stats[3] == "s2s_select: s2s"
+    # a plain method trains once and records no choice
+    trained.clear()
+    _, stats = runner.run_lm("c2s", None, None, None, None, None, 0, ["a", "b"], [], tmp_path / "c")
+    assert len(trained) == 1 and stats[3] is None
 
 
 def test_folds_keep_every_stage_and_never_split_groups():

@@ -66,6 +66,8 @@ def dataset_markdown(name: str, res: dict) -> str:
         rows.append(f"- run: `{run.get('command')}`; budget: "
                     + ", ".join(f"{k}={v}" for k, v in run.get("budget", {}).items())
                     + (f"; sentences: {run['sentences']}" if run.get("sentences") else ""))
+    if meta.get("lm_selected"):  # s2s_select: the sentence its validation cells chose, per seed and fold
+        rows.append("- kept by validation: " + ", ".join(f"{k} x{v}" for k, v in meta["lm_selected"].items()))
     for n in meta.get("notes", []):
         rows.append(f"- note: {n}")
     rows += ["", "| method | cell type acc | cell type macro F1 | clinical status acc (per image) | "

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -38,10 +39,11 @@ from ..cellset import prepare_cells
 from ..errors import S2SInputError
 from ..predict import PREDICT_BATCH_SIZE, predict_cellset, tissue_status
 from ..threads import torch_threads
-from ..training import train
+from ..training import selection_score, train
 from .baselines import FeatureMaker, composition, features_for, fit_predict_proba, image_vote
 from .datasets import Dataset, load_builtin
-from .methods import ALL_METHODS, CLASSICAL_METHODS, LM_METHODS, TASKS, Budget, lm_settings, val_rule
+from .methods import (ALL_METHODS, CLASSICAL_METHODS, LM_METHODS, SELECTED_METHODS, TASKS, Budget, lm_settings,
+                      val_rule)
 from .report import write_results
 
 
@@ -149,7 +151,22 @@ def lm_predict(model, test_df: pd.DataFrame, idx: np.ndarray, tasks, batch_size:
 
 def run_lm(method, ds, train_df, test_df, test_idx, budget, seed, type_labels, status_labels, workdir):
     """Train language-model ``method`` on ``train_df`` and predict the test cells ``test_idx``: the
-    probabilities per task (in the given label order) and (seconds, steps done, best step)."""
+    probabilities per task (in the given label order) and (seconds, steps done, best step, choice): for a
+    :data:`SELECTED_METHODS` entry, choice is "METHOD: CANDIDATE KEPT" and the seconds and steps are those
+    of every candidate together; else None."""
+    if method not in SELECTED_METHODS:
+        out, stats, _score = _train_and_predict(method, ds, train_df, test_df, test_idx, budget, seed,
+                                                type_labels, status_labels, workdir)
+        return out, (*stats, None)
+    runs = [(m, *_train_and_predict(m, ds, train_df, test_df, test_idx, budget, seed, type_labels,
+                                    status_labels, Path(workdir) / m)) for m in SELECTED_METHODS[method]]
+    kept, out, stats, _score = max(runs, key=lambda r: r[3])  # ties: the first candidate
+    return out, (sum(r[2][0] for r in runs), sum(r[2][1] for r in runs), stats[2], f"{method}: {kept}")
+
+
+def _train_and_predict(method, ds, train_df, test_df, test_idx, budget, seed, type_labels, status_labels,
+                       workdir):
+    """:func:`run_lm` of one method, with the kept state's validation score (``selection_score``)."""
     s, p, pr, ms, ts = lm_settings(method, budget, seed)
     ts = replace(ts, val_split=val_rule(train_df))
     with warnings.catch_warnings():
@@ -164,7 +181,8 @@ def run_lm(method, ds, train_df, test_df, test_idx, budget, seed, type_labels, s
         out["cell_type"] = _reorder(probs["type"], res.model.type_labels, type_labels)
     if "status" in probs:
         out["clinical"] = _reorder(probs["status"], res.model.status_labels, status_labels)
-    return out, (res.seconds, res.steps_done, (res.best or {}).get("step", res.steps_done))
+    score = selection_score(res.best or {}, ts.select_by)
+    return out, (res.seconds, res.steps_done, (res.best or {}).get("step", res.steps_done)), score
 
 
 def _reorder(p, have, want):
@@ -323,7 +341,7 @@ def _methods_for(ds: Dataset, methods) -> list[str]:
     # ablations that change nothing on this dataset would only repeat s2s: no clinical task -> no tissue
     # prompts; phenotype-only cells -> no marker words (so no levels or values to take away)
     same_as_s2s = (["s2s_no_tissue"] if not ds.clinical else []) + \
-        (["s2s_ranked", "s2s_no_values"] if ds.phenotype_only else [])
+        (["s2s_ranked", "s2s_no_values", "s2s_select"] if ds.phenotype_only else [])
     methods = [m for m in methods if m not in same_as_s2s]
     if not ds.cell_type and not ds.clinical:
         raise S2SInputError(ds.name, "no task left to benchmark")
@@ -367,7 +385,7 @@ class _Tally:
         self.methods, self.seeds = methods, seeds
         self.pooled = {s: {t: {m: ([], []) for m in methods} for t in TASKS} for s in range(seeds)}
         self.confusion = {m: ([], []) for m in methods}  # cell type (truth, call), pooled over seeds
-        self.lm_runs: list[tuple] = []  # (seconds, steps done, best step) of every LM training
+        self.lm_runs: list[tuple] = []  # (seconds, steps done, best step, choice) of every LM run
         self.n_cells = {s: 0 for s in range(seeds)}
         self.n_images = {s: 0 for s in range(seeds)}
 
@@ -410,6 +428,8 @@ class _Tally:
             "lm_steps_mean": round(float(np.mean(steps)), 1) if steps else None,
             "lm_steps_range": [int(min(steps)), int(max(steps))] if steps else None,
             "lm_best_step_mean": round(float(np.mean(best)), 1) if best else None,
+            # how often a selecting method kept each candidate over seeds and folds ("s2s_select: s2s_ranked")
+            "lm_selected": dict(sorted(Counter(r[3] for r in self.lm_runs if r[3]).items())),
         }
 
 
