@@ -57,6 +57,8 @@ def test_benchmark_any_table(renamed_table, tmp_path):
     # s2s_select kept one of its two sentences on each of the 4 strips, and the report says which
     kept = res["_meta"]["lm_selected"]
     assert set(kept) <= {"s2s_select: s2s", "s2s_select: s2s_ranked"} and sum(kept.values()) == 4
+    # 4 strips x (10 language models, s2s_select's two candidates counted as two trainings)
+    assert res["_meta"]["n_lm_trainings"] == 4 * 11
     df = pd.read_csv(renamed_table)
     for m, v in res["cell_type"].items():
         assert METRICS <= set(v), m

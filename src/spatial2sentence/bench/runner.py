@@ -422,10 +422,12 @@ class _Tally:
 
     def lm_meta(self) -> dict:
         seconds, steps, best = ([r[i] for r in self.lm_runs] for i in range(3))
+        # a selecting method's run holds one training per candidate (its seconds and steps are their sums)
+        n = sum(len(SELECTED_METHODS[r[3].split(":")[0]]) if r[3] else 1 for r in self.lm_runs)
         return {
-            "lm_train_seconds_mean": round(float(np.mean(seconds)), 2) if seconds else None,
-            "n_lm_trainings": len(seconds),
-            "lm_steps_mean": round(float(np.mean(steps)), 1) if steps else None,
+            "lm_train_seconds_mean": round(float(np.sum(seconds)) / n, 2) if seconds else None,
+            "n_lm_trainings": n,
+            "lm_steps_mean": round(float(np.sum(steps)) / n, 1) if steps else None,
             "lm_steps_range": [int(min(steps)), int(max(steps))] if steps else None,
             "lm_best_step_mean": round(float(np.mean(best)), 1) if best else None,
             # how often a selecting method kept each candidate over seeds and folds ("s2s_select: s2s_ranked")
