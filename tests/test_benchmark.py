@@ -57,8 +57,8 @@ def test_benchmark_any_table(renamed_table, tmp_path):
     # s2s_select kept one of its two sentences on each of the 4 strips, and the report says which
     kept = res["_meta"]["lm_selected"]
     assert set(kept) <= {"s2s_select: s2s", "s2s_select: s2s_ranked"} and sum(kept.values()) == 4
-    # 4 strips x (10 language models, s2s_select's two candidates counted as two trainings)
-    assert res["_meta"]["n_lm_trainings"] == 4 * 11
+    # 4 strips x 9 trainings: s2s_select reuses the s2s and s2s_ranked trained on the same strip
+    assert res["_meta"]["n_lm_trainings"] == 4 * 9
     df = pd.read_csv(renamed_table)
     for m, v in res["cell_type"].items():
         assert METRICS <= set(v), m
@@ -76,7 +76,8 @@ def test_benchmark_any_table(renamed_table, tmp_path):
 
 def test_s2s_select_keeps_the_candidate_with_the_better_validation_score(monkeypatch, tmp_path):
     """run_lm of a selecting method trains every candidate and returns the predictions of the one whose
-    kept state scored best on validation; its time and steps count both trainings."""
+    kept state scored best on validation; it reports each training it ran, and reuses a candidate that
+    the same fold already trained."""
     from spatial2sentence.bench import runner
 
     scores = {"s2s": 0.61, "s2s_ranked": 0.74, "c2s": 0.5}
@@ -88,19 +89,30 @@ def test_s2s_select_keeps_the_candidate_with_the_better_validation_score(monkeyp
         probs[:, int(method == "s2s_ranked")] = 0.9
         return {"cell_type": probs}, (10.0, 100, 50 + len(trained)), scores[method]
 
+    def select(fold_cache=None):
+        return runner.run_lm("s2s_select", None, None, None, None, None, 0, ["a", "b"], [], tmp_path / "w",
+                             fold_cache)
+
     monkeypatch.setattr(runner, "_train_and_predict", fake)
-    out, stats = runner.run_lm("s2s_select", None, None, None, None, None, 0, ["a", "b"], [], tmp_path / "w")
+    out, stats = select()
     assert trained == [("s2s", "s2s"), ("s2s_ranked", "s2s_ranked")]  # each in its own folder
     assert out["cell_type"][:, 1].tolist() == [0.9] * 3  # the ranked candidate's probabilities
-    assert stats == (20.0, 200, 52, "s2s_select: s2s_ranked")
+    assert stats == ([(10.0, 100, 51), (10.0, 100, 52)], "s2s_select: s2s_ranked")
     scores["s2s"] = 0.80
     trained.clear()
-    out, stats = runner.run_lm("s2s_select", None, None, None, None, None, 0, ["a", "b"], [], tmp_path / "w")
-    assert out["cell_type"][:, 0].tolist() == [0.9] * 3 and stats[3] == "s2s_select: s2s"
+    out, stats = select()
+    assert out["cell_type"][:, 0].tolist() == [0.9] * 3 and stats[1] == "s2s_select: s2s"
     # a plain method trains once and records no choice
     trained.clear()
     _, stats = runner.run_lm("c2s", None, None, None, None, None, 0, ["a", "b"], [], tmp_path / "c")
-    assert len(trained) == 1 and stats[3] is None
+    assert trained == [("c2s", "c")] and stats == ([(10.0, 100, 51)], None)
+    # within one fold, s2s trained first: s2s_select trains only the other candidate and still compares both
+    trained.clear()
+    fold_cache = {}
+    runner.run_lm("s2s", None, None, None, None, None, 0, ["a", "b"], [], tmp_path / "s", fold_cache)
+    out, stats = select(fold_cache)
+    assert trained == [("s2s", "s"), ("s2s_ranked", "s2s_ranked")]
+    assert stats == ([(10.0, 100, 52)], "s2s_select: s2s") and out["cell_type"][:, 0].tolist() == [0.9] * 3
 
 
 def test_folds_keep_every_stage_and_never_split_groups():

@@ -149,19 +149,32 @@ def lm_predict(model, test_df: pd.DataFrame, idx: np.ndarray, tasks, batch_size:
     return out
 
 
-def run_lm(method, ds, train_df, test_df, test_idx, budget, seed, type_labels, status_labels, workdir):
+def run_lm(method, ds, train_df, test_df, test_idx, budget, seed, type_labels, status_labels, workdir,
+           trained: dict | None = None):
     """Train language-model ``method`` on ``train_df`` and predict the test cells ``test_idx``: the
-    probabilities per task (in the given label order) and (seconds, steps done, best step, choice): for a
-    :data:`SELECTED_METHODS` entry, choice is "METHOD: CANDIDATE KEPT" and the seconds and steps are those
-    of every candidate together; else None."""
+    probabilities per task (in the given label order) and (trainings, choice). ``trainings``: (seconds,
+    steps done, best step) of each training this call ran; ``choice``: for a :data:`SELECTED_METHODS`
+    entry "METHOD: CANDIDATE KEPT", else None.
+
+    ``trained`` (method -> what :func:`_train_and_predict` returned), shared by the calls of one fold and
+    seed: a method is trained once per fold, so a selecting method reuses a candidate that the same
+    benchmark already trained there (same data, seed and settings) instead of training it again."""
+    trained = {} if trained is None else trained
+    ran = []
+
+    def once(m, wd):
+        if m not in trained:
+            trained[m] = _train_and_predict(m, ds, train_df, test_df, test_idx, budget, seed, type_labels,
+                                            status_labels, wd)
+            ran.append(trained[m][1])
+        return trained[m]
+
     if method not in SELECTED_METHODS:
-        out, stats, _score = _train_and_predict(method, ds, train_df, test_df, test_idx, budget, seed,
-                                                type_labels, status_labels, workdir)
-        return out, (*stats, None)
-    runs = [(m, *_train_and_predict(m, ds, train_df, test_df, test_idx, budget, seed, type_labels,
-                                    status_labels, Path(workdir) / m)) for m in SELECTED_METHODS[method]]
-    kept, out, stats, _score = max(runs, key=lambda r: r[3])  # ties: the first candidate
-    return out, (sum(r[2][0] for r in runs), sum(r[2][1] for r in runs), stats[2], f"{method}: {kept}")
+        out = once(method, workdir)[0]
+        return out, (ran, None)
+    runs = [(m, *once(m, Path(workdir) / m)) for m in SELECTED_METHODS[method]]
+    kept, out, _stats, _score = max(runs, key=lambda r: r[3])  # ties: the first candidate
+    return out, (ran, f"{method}: {kept}")
 
 
 def _train_and_predict(method, ds, train_df, test_df, test_idx, budget, seed, type_labels, status_labels,
@@ -251,11 +264,11 @@ def _fold_job(job, ctx: FoldContext):
     df = ctx.ds.df
     train_df, test_df = df[tr].reset_index(drop=True), df[te].reset_index(drop=True)
     preds = _classical_predictions(ctx, train_df, test_df, idx, seed)
-    secs = []
+    secs, trained = [], {}
     for m in [m for m in ctx.methods if m in LM_METHODS]:
         wd = Path(ctx.tmpdir) / f"{m}_s{seed}_f{f}"
         preds[m], s = run_lm(m, ctx.ds, train_df, test_df, idx, ctx.budget, seed, ctx.type_labels,
-                             ctx.status_labels, wd)
+                             ctx.status_labels, wd, trained)
         secs.append(s)
         shutil.rmtree(wd, ignore_errors=True)
     return seed, f, nf, _records(ctx.ds, test_df, idx, preds, ctx.type_labels, ctx.status_labels), secs, \
@@ -385,7 +398,7 @@ class _Tally:
         self.methods, self.seeds = methods, seeds
         self.pooled = {s: {t: {m: ([], []) for m in methods} for t in TASKS} for s in range(seeds)}
         self.confusion = {m: ([], []) for m in methods}  # cell type (truth, call), pooled over seeds
-        self.lm_runs: list[tuple] = []  # (seconds, steps done, best step, choice) of every LM run
+        self.lm_runs: list[tuple] = []  # (trainings, choice) of every LM run (see run_lm)
         self.n_cells = {s: 0 for s in range(seeds)}
         self.n_images = {s: 0 for s in range(seeds)}
 
@@ -421,17 +434,16 @@ class _Tally:
         return result
 
     def lm_meta(self) -> dict:
-        seconds, steps, best = ([r[i] for r in self.lm_runs] for i in range(3))
-        # a selecting method's run holds one training per candidate (its seconds and steps are their sums)
-        n = sum(len(SELECTED_METHODS[r[3].split(":")[0]]) if r[3] else 1 for r in self.lm_runs)
+        trainings = [t for ran, _choice in self.lm_runs for t in ran]
+        seconds, steps, best = ([t[i] for t in trainings] for i in range(3))
         return {
-            "lm_train_seconds_mean": round(float(np.sum(seconds)) / n, 2) if seconds else None,
-            "n_lm_trainings": n,
-            "lm_steps_mean": round(float(np.sum(steps)) / n, 1) if steps else None,
+            "lm_train_seconds_mean": round(float(np.mean(seconds)), 2) if seconds else None,
+            "n_lm_trainings": len(trainings),
+            "lm_steps_mean": round(float(np.mean(steps)), 1) if steps else None,
             "lm_steps_range": [int(min(steps)), int(max(steps))] if steps else None,
             "lm_best_step_mean": round(float(np.mean(best)), 1) if best else None,
             # how often a selecting method kept each candidate over seeds and folds ("s2s_select: s2s_ranked")
-            "lm_selected": dict(sorted(Counter(r[3] for r in self.lm_runs if r[3]).items())),
+            "lm_selected": dict(sorted(Counter(c for _ran, c in self.lm_runs if c).items())),
         }
 
 
