@@ -868,3 +868,26 @@ def test_validation_prompts_never_show_the_anchor_alone(cells, tmp_path, monkeyp
     train(cells, tmp_path / "m", model_settings=small, train_settings=tiny_settings(steps=2, anchor_alone=0.5),
           progress_bar=False, log=lambda *a: None)
     assert seen == [0.5, 0.0]  # the training sampler, then the validation one
+
+
+def test_init_std_sets_the_fresh_weights_scale():
+    """``ModelSettings.init_std`` is the standard deviation of a fresh model's weights (embeddings,
+    projections) and of its value embedding; models saved without the key get Hugging Face's 0.02."""
+    from spatial2sentence.model import build_lm
+    from spatial2sentence.numeric import attach_value_embedding
+    from spatial2sentence.sentences import type_token
+    from spatial2sentence.tokenizer import WordTokenizer
+
+    tok = WordTokenizer.build([f"M{i}" for i in range(40)], [type_token("a"), type_token("b")], (20.0, 50.0))
+    sds = {}
+    for std in (0.02, 0.1):
+        ms = ModelSettings(hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128, init_std=std)
+        lm = build_lm(ms, len(tok), tok, seed=0)
+        attach_value_embedding(lm, 0, ms.init_std)
+        sds[std] = (float(lm.get_input_embeddings().weight.detach().std()),
+                    float(lm.s2s_value_embedding.weight.detach().std()),
+                    float(lm.model.layers[0].mlp.up_proj.weight.detach().std()))
+    for std, got in sds.items():
+        for sd in got:
+            assert abs(sd - std) < 0.15 * std, (std, got)
+    assert ModelSettings.from_dict({"hidden_size": 64}).init_std == 0.02

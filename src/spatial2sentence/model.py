@@ -140,13 +140,13 @@ def _build_lm(ms: ModelSettings, vocab_size: int, tok: WordTokenizer, seed: int)
             hidden_size=ms.hidden_size, intermediate_size=ms.intermediate_size,
             num_hidden_layers=ms.num_layers, num_attention_heads=ms.num_heads,
             num_key_value_heads=ms.num_heads, max_position_embeddings=ms.max_positions,
-            tie_word_embeddings=True, **common,
+            tie_word_embeddings=True, initializer_range=ms.init_std, **common,
         )
         return LlamaForCausalLM(cfg)
     if ms.architecture == "gpt2":
         cfg = GPT2Config(
             n_embd=ms.hidden_size, n_layer=ms.num_layers, n_head=ms.num_heads, n_inner=ms.intermediate_size,
-            n_positions=ms.max_positions, **common,
+            n_positions=ms.max_positions, initializer_range=ms.init_std, **common,
         )
         return GPT2LMHeadModel(cfg)
     raise S2SInputError("architecture", f"unknown architecture {ms.architecture!r} (llama or gpt2)")

@@ -25,13 +25,14 @@ VALUE_KEY = "s2s_value_embedding.weight"
 VALUE_MAX = 1.5  # values above the 99th training percentile (1.0) are kept up to this, then clipped
 
 
-def attach_value_embedding(lm, seed: int = 0) -> None:
-    """Give ``lm`` a fresh value embedding (small random vectors, one per word of its vocabulary)."""
+def attach_value_embedding(lm, seed: int = 0, std: float = 0.02) -> None:
+    """Give ``lm`` a fresh value embedding (random vectors of standard deviation ``std``, one per word of
+    its vocabulary)."""
     emb = lm.get_input_embeddings()
     gen = torch.Generator().manual_seed(int(seed) + 7919)
     table = torch.nn.Embedding(emb.num_embeddings, emb.embedding_dim)
     with torch.no_grad():
-        table.weight.copy_(torch.randn(table.weight.shape, generator=gen) * 0.02)
+        table.weight.copy_(torch.randn(table.weight.shape, generator=gen) * std)
     lm.s2s_value_embedding = table.to(device=emb.weight.device, dtype=emb.weight.dtype)
 
 

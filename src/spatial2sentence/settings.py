@@ -139,6 +139,11 @@ class ModelSettings(_Base):
     # it (spatial2sentence.positions; CyCIF benchmark: s2s 69.1 -> 70.7, c2s 69.8 -> 74.2); "tokens": one
     # per word (v1, and every stored model without this key)
     positions: str = "lines"
+    # standard deviation of the fresh model's initial weights (Hugging Face's initializer_range; the value
+    # embedding of spatial2sentence.numeric is drawn with the same). 0.02 is Hugging Face's default, tuned
+    # for wide models; a 64-wide model starts with nearly equal embeddings (a probe of a plain transformer
+    # on one CyCIF strip: 0.708 with 0.02, 0.764 with PyTorch's default of 1; benchmarks/probes/results.md)
+    init_std: float = 0.02
 
 
 @dataclass

@@ -300,7 +300,7 @@ def _train(tables, out, sentence, pairs, prompt, model_settings, ts, type_labels
     if sentence.encoding == "levels":
         add_level_words(model, sentence.n_levels, ts.seed)
     if sentence.values:
-        attach_value_embedding(model.lm, ts.seed)
+        attach_value_embedding(model.lm, ts.seed, model.model_settings.init_std)
     cs, is_val = training_cells(split, panel, norm, pairs, ts.seed)
     train_cells, val_cells = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     sampler = PromptSampler(model, cs, train_cells, ts)

@@ -76,6 +76,7 @@ class Budget:
     num_layers: int = 2
     num_heads: int = 4
     intermediate_size: int = 128
+    init_std: float = 0.02  # initial weights' standard deviation (ModelSettings.init_std)
     threads: int = 1  # torch CPU threads (1: several threads thrash on a shared 2-core machine)
     max_train_cells: int = 40000  # training images are sampled (seeded, round-robin over donors) up to this
     classical_max_train: int = 20000  # classical methods fit on at most this many of those cells
@@ -119,7 +120,8 @@ def lm_settings(method: str, budget: Budget, seed: int):
     # max_positions is raised by training when the longest prompt needs more (levels sentences)
     ms = ModelSettings(architecture="llama", hidden_size=budget.hidden_size, num_layers=budget.num_layers,
                        num_heads=budget.num_heads, intermediate_size=budget.intermediate_size, max_positions=160,
-                       positions="tokens" if method == "s2s_token_positions" else budget.positions)
+                       positions="tokens" if method == "s2s_token_positions" else budget.positions,
+                       init_std=budget.init_std)
     ts = TrainSettings(seed=seed, steps=budget.steps, batch_size=budget.batch_size, lr=budget.lr,
                        warmup_steps=budget.warmup_steps, task_mix=mix, class_balance=budget.class_balance,
                        panel_subset_prob=0.0, val_fraction=budget.val_fraction, eval_every=budget.eval_every,
