@@ -24,8 +24,9 @@ TINY = ModelSettings(hidden_size=32, num_layers=2, num_heads=2, intermediate_siz
 
 
 def tiny_settings(steps=25, seed=0, **kw):
-    return TrainSettings(steps=steps, seed=seed, batch_size=16, lr=3e-3, warmup_steps=5, eval_every=10,
-                         eval_prompts=48, checkpoint_every=10_000, num_threads=1, **kw)
+    kw = {"eval_every": 10, **kw}
+    return TrainSettings(steps=steps, seed=seed, batch_size=16, lr=3e-3, warmup_steps=5, eval_prompts=48,
+                         checkpoint_every=10_000, num_threads=1, **kw)
 
 
 def toy_cells() -> pd.DataFrame:
@@ -891,3 +892,42 @@ def test_init_std_sets_the_fresh_weights_scale():
         for sd in got:
             assert abs(sd - std) < 0.15 * std, (std, got)
     assert ModelSettings.from_dict({"hidden_size": 64}).init_std == 0.02
+
+
+def test_weight_average_is_what_training_keeps(cells, tmp_path):
+    """``TrainSettings.ema_decay``: the weights train as without it, and the model kept is their moving
+    average (updated after every step), saved and read back."""
+    import torch
+
+    from spatial2sentence.training import observe_steps
+
+    decay = 0.7
+    runs = {}
+    for name, ema in (("plain", 0.0), ("ema", decay)):
+        seen = []
+
+        def grab(step, model):
+            seen.append({k: v.detach().clone() for k, v in model.lm.state_dict().items()})
+
+        with observe_steps(grab):
+            r = train(cells, tmp_path / name, model_settings=TINY,
+                      train_settings=tiny_settings(steps=6, seed=3, eval_every=1, val_fraction=0.0, ema_decay=ema),
+                      progress_bar=False, log=lambda *a: None)
+        runs[name] = (r, seen)
+    plain, ema = runs["plain"], runs["ema"]
+    # the trajectory is the same: the average never feeds back into training
+    for a, b in zip(plain[1], ema[1]):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    kept = ema[0].model.lm.state_dict()
+    # the average of the initial weights and the 6 states, by the update rule
+    init = train(cells, tmp_path / "init", model_settings=TINY,
+                 train_settings=tiny_settings(steps=0, seed=3, val_fraction=0.0), progress_bar=False,
+                 log=lambda *a: None).model.lm.state_dict()
+    key = "model.layers.0.mlp.up_proj.weight"
+    expect = init[key].clone()
+    for st in ema[1]:
+        expect = decay * expect + (1 - decay) * st[key]
+    torch.testing.assert_close(kept[key], expect)
+    assert not torch.equal(kept[key], plain[0].model.lm.state_dict()[key])
+    # saved and read back as the average
+    torch.testing.assert_close(S2SModel.from_pretrained(tmp_path / "ema", device="cpu").lm.state_dict()[key], expect)

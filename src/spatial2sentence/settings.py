@@ -190,3 +190,8 @@ class TrainSettings(_Base):
     # (validation cells included, the normaliser refitted on them) for that many steps, the schedule
     # annealed over them; the validation run's record is kept in the model's info
     refit: bool = False
+    # exponential moving average of the weights (0: off): validation, the kept state and the saved model
+    # use the average, updated after every step with this decay (0.99: about the last 100 steps). Why: with
+    # a few thousand training cells one state's answers move by points from step to step; the average
+    # of the recent states is a cheap ensemble of them
+    ema_decay: float = 0.0

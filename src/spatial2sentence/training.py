@@ -355,6 +355,9 @@ class _Run:
         # the state that read the validation tissues best (tissue prompts only, see tissue_reader_score)
         self.tissue_best, self.tissue_state = {}, None
         self.stopped, self.running, self.bar = False, None, None
+        # the weights' moving average (TrainSettings.ema_decay): floating-point entries of the state dict
+        self.ema = ({k: v.detach().clone() for k, v in self.lm.state_dict().items() if v.is_floating_point()}
+                    if ts.ema_decay > 0 else None)
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to 10% of the learning rate."""
@@ -374,6 +377,8 @@ class _Run:
         torch.set_rng_state(st["torch_rng"])
         self.step, self.history, self.best, self.bad = st["step"], st["history"], st["best"], st["bad"]
         self.best_state = st["best_state"]
+        if self.ema is not None and st.get("ema") is not None:
+            self.ema = st["ema"]
         self.tissue_best, self.tissue_state = st.get("tissue_best", {}), st.get("tissue_state")
         self.log(f"resumed from {self.ckpt} at step {self.step}")
 
@@ -400,6 +405,8 @@ class _Run:
             self.bar.close()
         if self.best_state is not None:
             self.lm.load_state_dict(self.best_state)
+        elif self.ema is not None:  # no validation: the last average
+            self.lm.load_state_dict(self.state())
         self.lm.eval()
 
     def tissue_reader(self):
@@ -424,6 +431,11 @@ class _Run:
         self.opt.step()
         self.sched.step()
         self.step += 1
+        if self.ema is not None:
+            with torch.no_grad():
+                for k, v in self.lm.state_dict().items():
+                    if k in self.ema:
+                        self.ema[k].lerp_(v.detach(), 1.0 - self.ts.ema_decay)
         lv = loss.item()
         self.running = lv if self.running is None else 0.95 * self.running + 0.05 * lv
         if self.bar is not None:
@@ -437,18 +449,32 @@ class _Run:
                 fn(self.step, self.model)
             self.lm.train()
 
+    def state(self) -> dict:
+        """A copy of the weights that validation reads and training keeps: the moving average where
+        there is one, else the current weights."""
+        cur = {k: v.detach().clone() for k, v in self.lm.state_dict().items()}
+        if self.ema is not None:
+            cur.update({k: v.clone() for k, v in self.ema.items()})
+        return cur
+
     def validate(self, val_set) -> None:
-        ev = evaluate(self.model, val_set)
+        if self.ema is None:
+            ev = evaluate(self.model, val_set)
+        else:  # evaluate the average, then go on training the current weights
+            current = {k: v.detach().clone() for k, v in self.lm.state_dict().items()}
+            self.lm.load_state_dict(self.state())
+            ev = evaluate(self.model, val_set)
+            self.lm.load_state_dict(current)
         ev["step"] = self.step
         ev["train_loss"] = self.running
         self.history.append(ev)
         self.say(f"step {self.step}: " + " ".join(f"{k}={v:.3f}" for k, v in ev.items() if k not in ("step",)))
         if tissue_reader_score(ev) > tissue_reader_score(self.tissue_best) + 1e-6:
             self.tissue_best = dict(ev)
-            self.tissue_state = {k: v.detach().clone() for k, v in self.lm.state_dict().items()}
+            self.tissue_state = self.state()
         if selection_score(ev, self.ts.select_by) > selection_score(self.best, self.ts.select_by) + 1e-6:
             self.best, self.bad = dict(ev), 0
-            self.best_state = {k: v.detach().clone() for k, v in self.lm.state_dict().items()}
+            self.best_state = self.state()
         else:
             self.bad += 1
             self.stopped = self.bad >= self.ts.patience
@@ -460,7 +486,7 @@ class _Run:
                     "rng": json.dumps(self.rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
                     "step": self.step, "history": self.history, "best": self.best, "bad": self.bad,
                     "best_state": self.best_state, "tissue_best": self.tissue_best,
-                    "tissue_state": self.tissue_state}, self.ckpt)
+                    "tissue_state": self.tissue_state, "ema": self.ema}, self.ckpt)
 
 
 def sentence_description(st: SentenceSettings) -> str:

@@ -72,6 +72,7 @@ class Budget:
     anchor_alone: float = 0.3
     # train again on every training cell for the validation run's best step count (TrainSettings.refit)
     refit: bool = False
+    ema_decay: float = 0.0  # moving average of the weights (TrainSettings.ema_decay; 0: off)
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = 4
@@ -127,7 +128,7 @@ def lm_settings(method: str, budget: Budget, seed: int):
                        panel_subset_prob=0.0, val_fraction=budget.val_fraction, eval_every=budget.eval_every,
                        eval_prompts=budget.eval_prompts, checkpoint_every=10 ** 9, patience=budget.patience,
                        num_threads=budget.threads, select_by=budget.select_by,
-                       anchor_alone=budget.anchor_alone, refit=budget.refit)
+                       anchor_alone=budget.anchor_alone, refit=budget.refit, ema_decay=budget.ema_decay)
     return sentence, pairs, prompt, ms, ts
 
 
