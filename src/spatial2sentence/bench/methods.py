@@ -58,6 +58,9 @@ class Budget:
     encoding: str = "values"
     n_levels: int = 16
     level_bins: str = "equal"
+    # range value a marker must exceed to enter a sentence (SentenceSettings.level_threshold; below 0:
+    # every marker of the panel)
+    level_threshold: float = 0.05
     partner_words: int = 3  # partner lines keep their 3 highest words (the anchor all; see SentenceSettings)
     values: bool = True  # marker words carry their measured value into the embedding (spatial2sentence.numeric)
     select_by: str = "accuracy"  # early stopping and the kept state: validation accuracy of the main task
@@ -138,7 +141,8 @@ def bench_sentence(budget: Budget, ranked: bool = False) -> SentenceSettings:
     if ranked or budget.encoding == "ranked":
         return SentenceSettings()
     return SentenceSettings(encoding=budget.encoding, n_levels=budget.n_levels, level_bins=budget.level_bins,
-                            partner_words=budget.partner_words, values=budget.values)
+                            partner_words=budget.partner_words, values=budget.values,
+                            level_threshold=budget.level_threshold)
 
 
 def val_rule(train_df: pd.DataFrame) -> str:
