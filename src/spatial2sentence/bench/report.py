@@ -182,6 +182,9 @@ def write_results(out: Path, results: dict, budget: Budget, command: str, wall_s
           + ("; then trained again on every training cell for the best step count (refit)" if budget.refit else "")
           + (f"; {budget.anchor_alone:.0%} of s2s's type/status prompts show the anchor alone"
              if budget.anchor_alone else "")
+          + f"; fresh weights drawn with sd {budget.init_std}"
+          + (f"; validation reads and training keeps a moving average of the weights (decay {budget.ema_decay})"
+             if budget.ema_decay else "")
           + f"; type sampling weight ~ count ** -{budget.class_balance}; sentences: {sentence_words(budget)}. "
           "`c2s`: single-cell prompts, no pair "
           "task. Classical baselines: `spatial2sentence.bench.baselines`. Nothing is tuned on test folds. Datasets "
