@@ -895,15 +895,15 @@ def test_init_std_sets_the_fresh_weights_scale():
 
 
 def test_weight_average_is_what_training_keeps(cells, tmp_path):
-    """``TrainSettings.ema_decay``: the weights train as without it, and the model kept is their moving
-    average (updated after every step), saved and read back."""
+    """``TrainSettings.ema_decay``: the weights train as without it, and what is observed at each step,
+    kept, saved and read back is their moving average (updated after every step)."""
     import torch
 
     from spatial2sentence.training import observe_steps
 
     decay = 0.7
     runs = {}
-    for name, ema in (("plain", 0.0), ("ema", decay)):
+    for name, ema in (("init", 0.0), ("plain", 0.0), ("ema", decay)):
         seen = []
 
         def grab(step, model):
@@ -911,23 +911,23 @@ def test_weight_average_is_what_training_keeps(cells, tmp_path):
 
         with observe_steps(grab):
             r = train(cells, tmp_path / name, model_settings=TINY,
-                      train_settings=tiny_settings(steps=6, seed=3, eval_every=1, val_fraction=0.0, ema_decay=ema),
+                      train_settings=tiny_settings(steps=0 if name == "init" else 6, seed=3, eval_every=1,
+                                                   val_fraction=0.0, ema_decay=ema),
                       progress_bar=False, log=lambda *a: None)
         runs[name] = (r, seen)
-    plain, ema = runs["plain"], runs["ema"]
-    # the trajectory is the same: the average never feeds back into training
-    for a, b in zip(plain[1], ema[1]):
-        assert all(torch.equal(a[k], b[k]) for k in a)
-    kept = ema[0].model.lm.state_dict()
-    # the average of the initial weights and the 6 states, by the update rule
-    init = train(cells, tmp_path / "init", model_settings=TINY,
-                 train_settings=tiny_settings(steps=0, seed=3, val_fraction=0.0), progress_bar=False,
-                 log=lambda *a: None).model.lm.state_dict()
-    key = "model.layers.0.mlp.up_proj.weight"
-    expect = init[key].clone()
-    for st in ema[1]:
-        expect = decay * expect + (1 - decay) * st[key]
-    torch.testing.assert_close(kept[key], expect)
-    assert not torch.equal(kept[key], plain[0].model.lm.state_dict()[key])
-    # saved and read back as the average
-    torch.testing.assert_close(S2SModel.from_pretrained(tmp_path / "ema", device="cpu").lm.state_dict()[key], expect)
+    init = runs["init"][0].model.lm.state_dict()
+    plain, ema = runs["plain"][1], runs["ema"][1]
+    assert len(plain) == len(ema) == 6
+    # the plain run's states are the trajectory (the average never feeds back into training): the
+    # averaged run shows, at every step, the update rule's average of them
+    for key in ("model.layers.0.mlp.up_proj.weight", "model.embed_tokens.weight"):
+        expect = init[key].clone()
+        for step in range(6):
+            expect = decay * expect + (1 - decay) * plain[step][key]
+            torch.testing.assert_close(ema[step][key], expect)
+        kept = runs["ema"][0].model.lm.state_dict()[key]
+        torch.testing.assert_close(kept, expect)
+        assert not torch.equal(kept, plain[-1][key])
+        # saved and read back as the average
+        torch.testing.assert_close(S2SModel.from_pretrained(tmp_path / "ema", device="cpu").lm.state_dict()[key],
+                                   expect)

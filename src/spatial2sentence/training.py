@@ -445,9 +445,24 @@ class _Run:
     def observe(self) -> None:
         if _STEP_OBSERVERS:
             self.lm.eval()
-            for fn in list(_STEP_OBSERVERS):
-                fn(self.step, self.model)
+            with self.averaged():  # observers see what training would keep at this step
+                for fn in list(_STEP_OBSERVERS):
+                    fn(self.step, self.model)
             self.lm.train()
+
+    @contextmanager
+    def averaged(self):
+        """Inside the block the model holds the weights' moving average (where there is one); the
+        current weights, which training goes on from, come back afterwards."""
+        if self.ema is None:
+            yield
+            return
+        current = {k: v.detach().clone() for k, v in self.lm.state_dict().items()}
+        self.lm.load_state_dict(self.state())
+        try:
+            yield
+        finally:
+            self.lm.load_state_dict(current)
 
     def state(self) -> dict:
         """A copy of the weights that validation reads and training keeps: the moving average where
@@ -458,13 +473,8 @@ class _Run:
         return cur
 
     def validate(self, val_set) -> None:
-        if self.ema is None:
+        with self.averaged():
             ev = evaluate(self.model, val_set)
-        else:  # evaluate the average, then go on training the current weights
-            current = {k: v.detach().clone() for k, v in self.lm.state_dict().items()}
-            self.lm.load_state_dict(self.state())
-            ev = evaluate(self.model, val_set)
-            self.lm.load_state_dict(current)
         ev["step"] = self.step
         ev["train_loss"] = self.running
         self.history.append(ev)
