@@ -355,9 +355,18 @@ class _Run:
         # the state that read the validation tissues best (tissue prompts only, see tissue_reader_score)
         self.tissue_best, self.tissue_state = {}, None
         self.stopped, self.running, self.bar = False, None, None
-        # the weights' moving average (TrainSettings.ema_decay): floating-point entries of the state dict
-        self.ema = ({k: v.detach().clone() for k, v in self.lm.state_dict().items() if v.is_floating_point()}
-                    if ts.ema_decay > 0 else None)
+        # the weights' moving average (TrainSettings.ema_decay): one averaged copy per floating-point tensor
+        # of the state dict (tied weights, listed under two names, share one), updated in place from the
+        # live tensors paired here once (load_state_dict copies into them, so the pairs stay valid)
+        self.ema, self._ema_pairs = None, []
+        if ts.ema_decay > 0:
+            self.ema, by_tensor = {}, {}
+            for k, v in self.lm.state_dict().items():
+                if v.is_floating_point():
+                    if v.data_ptr() not in by_tensor:
+                        by_tensor[v.data_ptr()] = v.detach().clone()
+                        self._ema_pairs.append((by_tensor[v.data_ptr()], v))
+                    self.ema[k] = by_tensor[v.data_ptr()]
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay to 10% of the learning rate."""
@@ -378,7 +387,8 @@ class _Run:
         self.step, self.history, self.best, self.bad = st["step"], st["history"], st["best"], st["bad"]
         self.best_state = st["best_state"]
         if self.ema is not None and st.get("ema") is not None:
-            self.ema = st["ema"]
+            for k, v in st["ema"].items():
+                self.ema[k].copy_(v)
         self.tissue_best, self.tissue_state = st.get("tissue_best", {}), st.get("tissue_state")
         self.log(f"resumed from {self.ckpt} at step {self.step}")
 
@@ -431,11 +441,9 @@ class _Run:
         self.opt.step()
         self.sched.step()
         self.step += 1
-        if self.ema is not None:
-            with torch.no_grad():
-                for k, v in self.lm.state_dict().items():
-                    if k in self.ema:
-                        self.ema[k].lerp_(v.detach(), 1.0 - self.ts.ema_decay)
+        with torch.no_grad():
+            for avg, live in self._ema_pairs:
+                avg.lerp_(live, 1.0 - self.ts.ema_decay)
         lv = loss.item()
         self.running = lv if self.running is None else 0.95 * self.running + 0.05 * lv
         if self.bar is not None:
@@ -458,7 +466,7 @@ class _Run:
             yield
             return
         current = {k: v.detach().clone() for k, v in self.lm.state_dict().items()}
-        self.lm.load_state_dict(self.state())
+        self.lm.load_state_dict(self.ema, strict=False)  # copies in; entries not averaged stay as they are
         try:
             yield
         finally:
@@ -467,10 +475,8 @@ class _Run:
     def state(self) -> dict:
         """A copy of the weights that validation reads and training keeps: the moving average where
         there is one, else the current weights."""
-        cur = {k: v.detach().clone() for k, v in self.lm.state_dict().items()}
-        if self.ema is not None:
-            cur.update({k: v.clone() for k, v in self.ema.items()})
-        return cur
+        ema = self.ema or {}
+        return {k: (ema[k] if k in ema else v).detach().clone() for k, v in self.lm.state_dict().items()}
 
     def validate(self, val_set) -> None:
         with self.averaged():
