@@ -85,6 +85,10 @@ class Budget:
     num_heads: int = 4
     intermediate_size: int = 128
     init_std: float = 0.1  # initial weights' standard deviation (ModelSettings.init_std; see ema_decay)
+    weight_decay: float = 0.01  # AdamW's (TrainSettings.weight_decay)
+    # gaussian noise (sd, range scale) on the values marker words carry, per training prompt
+    # (TrainSettings.value_noise; validation and test prompts never see it)
+    value_noise: float = 0.0
     threads: int = 1  # torch CPU threads (1: several threads thrash on a shared 2-core machine)
     max_train_cells: int = 40000  # training images are sampled (seeded, round-robin over donors) up to this
     classical_max_train: int = 20000  # classical methods fit on at most this many of those cells
@@ -135,7 +139,8 @@ def lm_settings(method: str, budget: Budget, seed: int):
                        panel_subset_prob=0.0, val_fraction=budget.val_fraction, eval_every=budget.eval_every,
                        eval_prompts=budget.eval_prompts, checkpoint_every=10 ** 9, patience=budget.patience,
                        num_threads=budget.threads, select_by=budget.select_by,
-                       anchor_alone=budget.anchor_alone, refit=budget.refit, ema_decay=budget.ema_decay)
+                       anchor_alone=budget.anchor_alone, refit=budget.refit, ema_decay=budget.ema_decay,
+                       weight_decay=budget.weight_decay, value_noise=budget.value_noise)
     return sentence, pairs, prompt, ms, ts
 
 

@@ -185,6 +185,8 @@ def write_results(out: Path, results: dict, budget: Budget, command: str, wall_s
           + f"; fresh weights drawn with sd {budget.init_std}"
           + (f"; validation reads and training keeps a moving average of the weights (decay {budget.ema_decay})"
              if budget.ema_decay else "")
+          + f"; AdamW weight decay {budget.weight_decay}"
+          + (f"; training prompts' values jittered (sd {budget.value_noise})" if budget.value_noise else "")
           + f"; type sampling weight ~ count ** -{budget.class_balance}; sentences: {sentence_words(budget)}. "
           "`c2s`: single-cell prompts, no pair "
           "task. Classical baselines: `spatial2sentence.bench.baselines`. Nothing is tuned on test folds. Datasets "
