@@ -167,6 +167,53 @@ def test_a_run_of_one_dataset_keeps_the_other_datasets_rows(tmp_path):
     assert js["scimap_cycif"]["_meta"]["run"]["command"] == "s2s benchmark --datasets scimap_cycif"
 
 
+def test_a_run_of_some_methods_takes_the_others_from_earlier_runs_with_the_same_budget(tmp_path):
+    """merge_methods: the methods a run did not do come from earlier runs of the same dataset whose budget
+    is the same (thread and process counts aside; keys added later read as the value every earlier run
+    used), each with the command it came from, kept through rewrites; a run with another budget or of
+    another dataset is not merged, and the log says why."""
+    from spatial2sentence.bench.methods import Budget
+    from spatial2sentence.bench.report import write_results
+
+    def res(accs, n_cells=3029, wall_s=1.0):
+        return {"cell_type": {m: {"accuracy_mean": a, "accuracy_sd": 0.0, "macro_f1_mean": a, "macro_f1_sd": 0.0,
+                                  "n_test_cells": 10, "n_test_images": 2, "n_seeds": 3} for m, a in accs.items()},
+                "_meta": {"dataset": "scimap_cycif", "description": "c", "n_cells": n_cells, "n_images": 4,
+                          "markers": ["CD3", "CD20"], "wall_s": wall_s}}
+
+    budget = Budget()
+    earlier = tmp_path / "earlier"
+    write_results(earlier, {"scimap_cycif": res({"s2s": 0.75, "c2s": 0.76}, wall_s=100.0)}, Budget(workers=1), "run A", 100.0,
+                  single=False)
+    # a run committed before weight_decay / value_noise were budget keys
+    legacy = tmp_path / "legacy"
+    write_results(legacy, {"scimap_cycif": res({"s2s_ranked": 0.70})}, budget, "run L", 50.0, single=False)
+    js = json.loads((legacy / "accuracy.json").read_text())
+    for b in (js["scimap_cycif"]["_meta"]["run"]["budget"], js["_meta"]["budget"]):
+        del b["weight_decay"], b["value_noise"]
+    (legacy / "accuracy.json").write_text(json.dumps(js))
+    other = tmp_path / "other"  # another budget
+    write_results(other, {"scimap_cycif": res({"s2s_no_aux": 0.9})}, Budget(init_std=0.02), "run O", 1.0, single=False)
+    smaller = tmp_path / "smaller"  # another dataset of the same name
+    write_results(smaller, {"scimap_cycif": res({"s2s_no_positives": 0.9}, 300)}, budget, "run S", 1.0, single=False)
+
+    out, said = tmp_path / "out", []
+    for _ in range(2):  # the runner writes after each dataset and at the end: provenance must survive
+        write_results(out, {"scimap_cycif": res({"logreg": 0.777, "s2s": 0.5})}, budget, "run B", 10.0,
+                      single=False, merge=[earlier, legacy, other, smaller], log=said.append)
+    ct = json.loads((out / "accuracy.json").read_text())["scimap_cycif"]
+    assert ct["cell_type"]["s2s"]["accuracy_mean"] == 0.5  # this run's own result wins
+    assert ct["cell_type"]["c2s"]["accuracy_mean"] == 0.76 and ct["cell_type"]["s2s_ranked"]["accuracy_mean"] == 0.70
+    assert "s2s_no_aux" not in ct["cell_type"] and "s2s_no_positives" not in ct["cell_type"]
+    assert [(m["methods"], m["command"]) for m in ct["_meta"]["merged"]] == [(["c2s"], "run A"), (["s2s_ranked"], "run L")]
+    assert any("not merging s2s_no_aux" in line and "budget differs in init_std" in line for line in said)
+    assert any("not merging s2s_no_positives" in line and "a different dataset" in line for line in said)
+    md = (out / "accuracy.md").read_text()
+    assert "- c2s: from an earlier run with the same budget, `run A` (100.0 s)" in md
+    assert "| c2s | 76.0 ± 0.0" in md and "| s2s | 50.0 ± 0.0" in md
+    assert "s2s − c2s = -26.0 points" in md
+
+
 def test_validation_rule_never_uses_test_groups_and_splits_few_images_by_block():
     from spatial2sentence.bench.methods import Budget, lm_settings, val_rule
     from spatial2sentence.training_data import split_blocks
@@ -203,6 +250,8 @@ def test_budget_option_sets_fields_and_refuses_unknown_ones(tmp_path):
     assert parse_budget_item("anchor_alone=0.3", b) == ("anchor_alone", 0.3)
     assert parse_budget_item(" steps = 120 ", b) == ("steps", 120)
     assert parse_budget_item("test_cells_per_image=none", b) == ("test_cells_per_image", None)
+    r = CliRunner().invoke(main, ["benchmark", "--table", __file__, "--merge", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert r.exit_code != 0 and "not with --table" in r.output and "Traceback" not in r.output
     for bad, says in (("refit=maybe", "not a valid bool"), ("steps=1.5", "not a valid int"),
                       ("nonsense=1", "KEY one of"), ("steps", "KEY=VALUE")):
         r = CliRunner().invoke(main, ["benchmark", "--datasets", "scimap_cycif", "--budget", bad,

@@ -3,7 +3,9 @@
 Metrics per seed are pooled over the folds (each evaluated cell / image is tested once per seed), then
 reported as mean and sd over seeds: accuracy and macro F1 (over the classes present in the truth). A run
 of some built-in datasets keeps the other datasets' rows of an earlier ``accuracy.json`` in the same folder
-(:func:`kept_results`).
+(:func:`kept_results`), and a run of some methods takes the other methods' rows of the same dataset from
+earlier runs with the same budget (:func:`merge_methods`): on a 2-core machine one dataset's every-ablation
+table is several sittings.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ def dataset_markdown(name: str, res: dict) -> str:
         rows.append(f"- run: `{run.get('command')}`; budget: "
                     + ", ".join(f"{k}={v}" for k, v in run.get("budget", {}).items())
                     + (f"; sentences: {run['sentences']}" if run.get("sentences") else ""))
+    for m in meta.get("merged", []):
+        rows.append(f"- {', '.join(m['methods'])}: from an earlier run with the same budget, `{m['command']}`"
+                    + (f" ({m['wall_s']} s)" if m.get("wall_s") else ""))
     if meta.get("lm_selected"):  # s2s_select: the sentence its validation cells chose, per seed and fold
         rows.append("- kept by validation: " + ", ".join(f"{k} x{v}" for k, v in meta["lm_selected"].items()))
     for n in meta.get("notes", []):
@@ -144,8 +149,78 @@ def kept_results(path: Path, new: dict) -> dict:
     return out
 
 
-def write_results(out: Path, results: dict, budget: Budget, command: str, wall_s: float, single: bool) -> None:
-    """``accuracy.json`` + ``accuracy.md`` (+ confusion PNGs) in ``out``."""
+# budget keys added after runs were committed, with the value every run before them used (so an earlier
+# run still matches a budget that states them); keys not listed here must be present to match
+BUDGET_KEYS_ADDED = {"weight_decay": 0.01, "value_noise": 0.0}
+# budget keys that do not change results (the runs are deterministic for any thread or process count)
+BUDGET_KEYS_IRRELEVANT = ("workers", "threads")
+METHOD_TABLES = ("cell_type", "clinical_status", "clinical_status_cells")
+
+
+def budget_differences(a: dict, b: dict) -> list[str]:
+    """The budget keys on which two runs' budgets (``Budget.to_dict()`` of each) differ."""
+    a, b = {**BUDGET_KEYS_ADDED, **a}, {**BUDGET_KEYS_ADDED, **b}
+    return sorted(k for k in set(a) | set(b) if k not in BUDGET_KEYS_IRRELEVANT and a.get(k, "?") != b.get(k, "!"))
+
+
+def _run_of(res: dict, top: dict) -> dict:
+    """The run (budget, command, ...) a dataset's results in an ``accuracy.json`` came from."""
+    run = res.get("_meta", {}).get("run")
+    return run or {"budget": top.get("budget", {}), "command": top.get("command")}
+
+
+def merge_methods(results: dict, sources: list[Path], log=print) -> dict:
+    """``results`` with, for each of its datasets, the methods it did not run taken from the same dataset
+    in the ``accuracy.json`` files ``sources`` (earlier first), where that run's budget equals this run's
+    (:func:`budget_differences`) and the dataset is the same (cells, images, markers); each dataset
+    records what it took from where in ``_meta["merged"]``. Other sources are skipped with a line saying
+    why."""
+    out = {}
+    for name, res in results.items():
+        res = {**res, "_meta": dict(res.get("_meta", {}))}
+        budget = res["_meta"].get("run", {}).get("budget", {})
+        ran = {m for t in METHOD_TABLES for m in res.get(t, {})}
+        for src in sources:
+            try:
+                old = json.loads(Path(src).read_text())
+            except (OSError, ValueError):
+                continue
+            if not isinstance(old, dict) or not isinstance(old.get(name), dict):
+                continue
+            prev = old[name]
+            run = _run_of(prev, old.get("_meta", {}))
+            diff = budget_differences(budget, run.get("budget", {}))
+            same = all(prev.get("_meta", {}).get(k) == res["_meta"].get(k) for k in ("n_cells", "n_images", "markers"))
+            took = sorted({m for t in METHOD_TABLES for m in prev.get(t, {}) if m not in ran})
+            if not took:
+                continue
+            if diff or not same:
+                log(f"[{name}] not merging {', '.join(took)} from {src}: "
+                    + (f"budget differs in {', '.join(diff)}" if diff else "a different dataset (cells or markers)"))
+                continue
+            for t in METHOD_TABLES:
+                for m in took:
+                    if m in prev.get(t, {}):
+                        res.setdefault(t, {})[m] = prev[t][m]
+            ran |= set(took)
+            # where each method was run: a source that itself merged keeps the original runs
+            origin = {m: (e.get("command"), e.get("wall_s")) for e in prev.get("_meta", {}).get("merged", [])
+                      for m in e["methods"]}
+            here = (run.get("command"), prev.get("_meta", {}).get("wall_s"))
+            for where in dict.fromkeys(origin.get(m, here) for m in took):
+                res["_meta"]["merged"] = res["_meta"].get("merged", []) + [
+                    {"methods": [m for m in took if origin.get(m, here) == where], "command": where[0],
+                     "wall_s": where[1]}]
+            log(f"[{name}] merged {', '.join(took)} from {src} (same budget)")
+        out[name] = res
+    return out
+
+
+def write_results(out: Path, results: dict, budget: Budget, command: str, wall_s: float, single: bool,
+                  merge: list[Path] | tuple = (), log=print) -> None:
+    """``accuracy.json`` + ``accuracy.md`` (+ confusion PNGs) in ``out``; methods this run did not do are
+    taken from ``out``'s earlier ``accuracy.json`` and then ``merge`` (their ``accuracy.json``) where the
+    budget is the same (:func:`merge_methods`)."""
     out.mkdir(parents=True, exist_ok=True)
     meta = {"budget": budget.to_dict(), "command": command, "wall_s": round(wall_s, 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), "
@@ -159,6 +234,8 @@ def write_results(out: Path, results: dict, budget: Budget, command: str, wall_s
            "sentences": sentence_words(budget)}
     results = {name: {**res, "_meta": {**res.get("_meta", {}), "run": res.get("_meta", {}).get("run", run)}}
                for name, res in results.items()}
+    if not single:
+        results = merge_methods(results, [out / "accuracy.json"] + [Path(m) / "accuracy.json" for m in merge], log)
     if single:
         (name, res), = results.items()
         js = {**clean(res), "_meta": {**res["_meta"], **meta}}

@@ -483,7 +483,7 @@ def run_dataset(ds: Dataset, budget: Budget, methods=ALL_METHODS, log=print, wor
 
 def run_benchmark(datasets: list[Dataset] | list[str], out: str | Path, budget: Budget | None = None,
                   methods=ALL_METHODS, data_root: str | Path | None = None, sim_cells: str | None = None,
-                  command: str = "", log=print) -> dict:
+                  command: str = "", log=print, merge: list[str | Path] | tuple = ()) -> dict:
     """Benchmark ``datasets`` (:class:`Dataset` objects, or names of built-in datasets read from the folder
     ``data_root``, which they need) and write ``accuracy.json`` / ``accuracy.md`` to ``out`` after each."""
     budget = budget or Budget()
@@ -497,8 +497,8 @@ def run_benchmark(datasets: list[Dataset] | list[str], out: str | Path, budget: 
         ds = d if isinstance(d, Dataset) else load_builtin(d, Path(data_root), sim_cells, log=log)
         results[ds.name] = run_dataset(ds, budget, methods, log=log)
         # partial results are written after each dataset
-        write_results(Path(out), results, budget, command, time.time() - t0, single)
+        write_results(Path(out), results, budget, command, time.time() - t0, single, merge, log=lambda *a: None)
     wall = time.time() - t0
-    write_results(Path(out), results, budget, command, wall, single)
+    write_results(Path(out), results, budget, command, wall, single, merge, log=log)
     log(f"done in {wall / 60:.1f} min; results in {out}/accuracy.json and accuracy.md")
     return results

@@ -41,9 +41,13 @@ from ..errors import S2SInputError
 @click.option("--sim-cells", default="out/damond_sim_cells.csv.gz", show_default=True,
               help="Measured semi-synthetic cells table; when missing, a sample of images is simulated.")
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--merge", "merge", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="Folder of an earlier run: the methods this run does not do are taken from its accuracy.json "
+                   "for the same dataset when its budget is the same (else skipped, saying why). --out's own "
+                   "accuracy.json is always read this way.")
 def benchmark(datasets, table, image_col, x_col, y_col, object_col, markers, phenotype_col, label_col,
               clinical_col, group_col, seeds, steps, batch_size, max_train_cells, test_cells_per_image, methods,
-              threads, workers, budget_items, data_root, sim_cells, out):
+              threads, workers, budget_items, data_root, sim_cells, out, merge):
     """Accuracy benchmark: every method, several seeds, never split by random cells."""
     # imported when the command runs, not when the CLI starts: the benchmark loads torch and sklearn
     import pandas as pd
@@ -54,6 +58,8 @@ def benchmark(datasets, table, image_col, x_col, y_col, object_col, markers, phe
 
     if bool(datasets) == bool(table):
         raise S2SInputError(None, "give either --datasets or --table")
+    if table and merge:
+        raise S2SInputError(None, "--merge takes methods of built-in datasets from earlier runs; not with --table")
     budget = Budget()
     for k, v in (("seeds", seeds), ("steps", steps), ("batch_size", batch_size), ("max_train_cells", max_train_cells),
                  ("test_cells_per_image", test_cells_per_image), ("threads", threads), ("workers", workers)):
@@ -81,7 +87,7 @@ def benchmark(datasets, table, image_col, x_col, y_col, object_col, markers, phe
         if bad:
             raise S2SInputError(None, f"unknown datasets {bad} (built in: {', '.join(BUILTIN)})")
         run_benchmark(names, out, budget, meth, data_root=data_root, sim_cells=sim_cells, command=command,
-                      log=click.echo)
+                      log=click.echo, merge=merge)
 
 
 def parse_budget_item(item: str, budget) -> tuple[str, object]:
