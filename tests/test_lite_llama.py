@@ -14,21 +14,22 @@ from safetensors import safe_open
 from spatial2sentence.lite_llama import LiteLlamaForCausalLM, supports
 from spatial2sentence.model import DEFAULT_MODEL_DIR, S2SModel
 from spatial2sentence.positions import prompt_positions
-from spatial2sentence.predict import _left_pad, score_tasks
+from spatial2sentence.predict import _left_pad, score_prompts, score_tasks
 from spatial2sentence.prompts import task_words
 from spatial2sentence.settings import ModelSettings, SentenceSettings, TrainSettings
 from spatial2sentence.training import train
 from test_model import cells  # noqa: F401 - the 362 real toy cells, a pytest fixture
 
 
-@pytest.fixture(scope="module")
-def values_lines_model(tmp_path_factory, cells):
-    """A small trained v2 model: values carried into the embeddings, line positions."""
-    out = tmp_path_factory.mktemp("lite_v2")
+@pytest.fixture(scope="module", params=["causal", "prefix"])
+def values_lines_model(tmp_path_factory, cells, request):
+    """A small trained v2 model: values carried into the embeddings, line positions; causal or prefix
+    attention (spatial2sentence.positions.attention_mask)."""
+    out = tmp_path_factory.mktemp(f"lite_v2_{request.param}")
     threads = torch.get_num_threads()
     train(cells, out, sentence=SentenceSettings(encoding="values", values=True, partner_words=3),
           model_settings=ModelSettings(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                                       max_positions=96, positions="lines"),
+                                       max_positions=96, positions="lines", attention=request.param),
           train_settings=TrainSettings(steps=30, batch_size=16, lr=3e-3, warmup_steps=5, eval_every=10,
                                        eval_prompts=48, checkpoint_every=10_000, num_threads=1),
           progress_bar=False, log=lambda *a: None)
@@ -71,6 +72,11 @@ def test_cached_task_words_predictions_and_explanations_agree(values_lines_model
     b = score_tasks(lite.lm, list(ctx), suffixes, labels, hf.tokenizer.pad_id, "cpu", list(vals))
     for t in suffixes:
         np.testing.assert_allclose(b[t], a[t], atol=1e-5)
+        # the task words run on the context's cache give what the whole prompts give
+        whole = score_prompts(hf.lm, [c + suffixes[t] for c in ctx], labels[t], hf.tokenizer.pad_id, "cpu",
+                              [v + [0.0] * len(suffixes[t]) for v in vals])
+        np.testing.assert_allclose(whole, a[t], atol=1e-5)
+    assert hf.model_settings.attention == request_attention(hf)
     pa = hf.predict_cells(cells, threads=1).cells
     pb = lite.predict_cells(cells, threads=1).cells
     cols = [c for c in pa.columns if c.startswith("p_")]
@@ -81,6 +87,15 @@ def test_cached_task_words_predictions_and_explanations_agree(values_lines_model
     eb = explain_cells(lite, cells.iloc[:120], objs, n_steps=16, tolerance=None)
     for x, y in zip(ea, eb):
         np.testing.assert_allclose([t["score"] for t in y["tokens"]], [t["score"] for t in x["tokens"]], atol=1e-4)
+    # the last-layer shortcut reproduced transformers' full forward for this model (checked on first use)
+    assert hf.lm._s2s_answer_shortcut_ok
+
+
+def request_attention(model):
+    """The attention the model's language model was given (:mod:`spatial2sentence.positions`)."""
+    from spatial2sentence.positions import prefix_sep
+
+    return "causal" if prefix_sep(model.lm) is None else "prefix"
 
 
 def test_a_lite_model_saves_what_transformers_reads(tmp_path):

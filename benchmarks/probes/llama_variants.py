@@ -3,7 +3,8 @@ value-carrying marker words, as our c2s prompt does, with options switched one a
 
 Options (comma-separated argv[2]): sorted (highest first) or fixed (panel order); nopos (every position id
 0); untied (own output layer); bigE / bigV (embeddings / value embeddings initialised at sd 1);
-wideinit (initializer_range 0.1); labelsoftmax (loss over the label words only); relu; gpt2.
+wideinit (initializer_range 0.1); labelsoftmax (loss over the label words only); relu; gpt2; prefix (the
+template and marker words attend to each other both ways, a prefix LM; the answer words stay causal).
 Held-out CyCIF strip = argv[1]; 2,000 steps x 32 cells, AdamW 3e-3, cosine.
 
     python benchmarks/probes/llama_variants.py 3 sorted,nopos
@@ -46,7 +47,12 @@ def batch(x):
     v=torch.cat([torch.zeros(n,3), torch.gather(x,1,order), torch.zeros(n,2)],1)
     h=lm.get_input_embeddings()(ids)+v[...,None]*V(ids)
     pos=torch.zeros_like(ids) if 'nopos' in opts else torch.arange(ids.shape[1]).expand(n,-1)
-    logits=lm(inputs_embeds=h,position_ids=pos).logits[:,-1]
+    kw={}
+    if 'prefix' in opts:  # additive 4D mask: query i sees key j if j <= i or j is in the prefix
+        L=ids.shape[1]; P=3+m; i=torch.arange(L)[:,None]; j=torch.arange(L)[None,:]
+        ok=(j<=i)|(j<P)
+        kw['attention_mask']=torch.zeros(n,1,L,L).masked_fill(~ok,torch.finfo(torch.float32).min)
+    logits=lm(inputs_embeds=h,position_ids=pos,**kw).logits[:,-1]
     return logits[:,NT+m:] if 'labelsoftmax' in opts else logits
 params=list(lm.parameters())+list(V.parameters())
 opt=torch.optim.AdamW(params,lr=3e-3,weight_decay=0.01)

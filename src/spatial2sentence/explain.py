@@ -71,7 +71,7 @@ import torch
 from .errors import ModelInputError
 from .measure import measure_image
 from .numeric import embed_inputs
-from .positions import line_sep, training_positions
+from .positions import attention_mask, line_sep, training_positions
 from .prompts import BOS
 from .sentences import word_marker
 
@@ -167,7 +167,7 @@ def _baseline_vector(lm, tokenizer, baseline: str):
     raise ValueError(f"unknown baseline {baseline!r} ({', '.join(BASELINES)})")
 
 
-def _target_fn(lm, emb, pos, keep, row_pos, label_ids, targets):
+def _target_fn(lm, emb, pos, keep, row_pos, label_ids, targets, attn=None):
     """Constrained log-probability of each row's target: (rows,), and the label log-probs (rows, L).
 
     Rows are right-padded and run WITHOUT an attention mask: attention is causal, so a row's last real
@@ -175,8 +175,13 @@ def _target_fn(lm, emb, pos, keep, row_pos, label_ids, targets):
     the distinct last positions of the rows (HF ``logits_to_keep`` as an index tensor); ``row_pos``:
     each row's index into ``keep``. A model numbering its prompts by line (:mod:`.positions`) gets an
     all-ones mask: without one, transformers reads position ids that do not count up as packed sequences
-    and lets each token see only its own line's restart (every cell then got the same answer)."""
-    mask = None if line_sep(lm) is None else torch.ones(emb.shape[:2], dtype=torch.long, device=emb.device)
+    and lets each token see only its own line's restart (every cell then got the same answer). ``attn``: the
+    rows' 4D mask for a model with prefix attention (:func:`.positions.attention_mask`; right padding sits
+    on the task line, so no prefix word sees it either)."""
+    if attn is not None:
+        mask = attn.to(emb.dtype)
+    else:
+        mask = None if line_sep(lm) is None else torch.ones(emb.shape[:2], dtype=torch.long, device=emb.device)
     out = lm(inputs_embeds=emb, attention_mask=mask, position_ids=pos, logits_to_keep=keep, use_cache=False)
     logits = out.logits[torch.arange(emb.shape[0], device=emb.device), row_pos]
     logp = torch.log_softmax(logits[:, label_ids].float(), dim=-1)
@@ -256,6 +261,7 @@ class _Batch(NamedTuple):
     pos: torch.Tensor  # (B, n) position ids
     keep: torch.Tensor  # the distinct last positions (``logits_to_keep``)
     row_pos: torch.Tensor  # each row's index into keep
+    attn: torch.Tensor | None = None  # (B, 1, n, n): prefix attention's mask, None for causal models
 
 
 def _batch(lm, seqs, values, chunk, pad_id: int, device) -> _Batch:
@@ -275,8 +281,10 @@ def _batch(lm, seqs, values, chunk, pad_id: int, device) -> _Batch:
     by_line = training_positions(lm, ids)  # None: one position per token
     pos = (cols.expand(B, n) if by_line is None else by_line).to(device)
     keep, row_pos = torch.unique(lens - 1, return_inverse=True)
+    attn = attention_mask(lm, ids, None)
+    attn = attn.to(device) if attn is not None and attn.dim() == 4 else None
     return _Batch(device, ids.to(device), vals, lens, cols, real.to(device), pos, keep.to(device),
-                  row_pos.to(device))
+                  row_pos.to(device), attn)
 
 
 def _input_and_baseline(lm, emb_layer, batch: _Batch, base_vec, bos_id: int, keep_bos: bool, keep_last: int):
@@ -302,7 +310,7 @@ def _endpoint_scores(lm, batch: _Batch, x, b, dtype, lab, targets, chunk):
     device = batch.device
     with torch.no_grad():
         zero = torch.zeros(len(chunk), dtype=torch.long, device=device)
-        _, logp_x = _target_fn(lm, x.to(dtype), batch.pos, batch.keep, batch.row_pos, lab, zero)
+        _, logp_x = _target_fn(lm, x.to(dtype), batch.pos, batch.keep, batch.row_pos, lab, zero, batch.attn)
         if targets is None:
             tg = logp_x.argmax(1)
         else:
@@ -310,7 +318,7 @@ def _endpoint_scores(lm, batch: _Batch, x, b, dtype, lab, targets, chunk):
                 int(logp_x[r].argmax()) if targets[i] is None else int(targets[i])
                 for r, i in enumerate(chunk)], device=device)
         f_x = logp_x.gather(1, tg[:, None])[:, 0]
-        f_b, _ = _target_fn(lm, b.to(dtype), batch.pos, batch.keep, batch.row_pos, lab, tg)
+        f_b, _ = _target_fn(lm, b.to(dtype), batch.pos, batch.keep, batch.row_pos, lab, tg, batch.attn)
     return logp_x, tg, f_x, f_b
 
 
@@ -331,7 +339,8 @@ def _path_integral(lm, batch: _Batch, x, b, dtype, lab, tg, alphas, weights, int
         w = wi_all[s0:s0 + rows_per_pass][:, None, None]
         e = (b[ri] + a * diff[ri]).to(dtype).requires_grad_(True)
         with torch.enable_grad():
-            f, _ = _target_fn(lm, e, batch.pos[ri], batch.keep, batch.row_pos[ri], lab, tg[ri])
+            f, _ = _target_fn(lm, e, batch.pos[ri], batch.keep, batch.row_pos[ri], lab, tg[ri],
+                              None if batch.attn is None else batch.attn[ri])
             (g,) = torch.autograd.grad(f.sum(), e)
         grads.index_add_(0, ri, g.float() * w)
     return (diff * grads).sum(-1)

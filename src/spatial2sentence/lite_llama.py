@@ -182,8 +182,11 @@ class LiteLlamaForCausalLM(nn.Module):
             position_ids = torch.arange(past, past + T, device=dev).expand(B, T)
         cos, sin = self._rotary(position_ids, h.dtype)
         q_idx, k_idx = torch.arange(past, past + T, device=dev), torch.arange(past + T, device=dev)
-        allowed = (k_idx[None, :] <= q_idx[:, None])[None].expand(B, T, past + T)
-        if attention_mask is not None:
+        if attention_mask is not None and attention_mask.dim() == 4:  # an additive (B, 1, T, T) mask as given
+            allowed = attention_mask[:, 0].to(dev) == 0  # (prefix attention: spatial2sentence.positions)
+        else:
+            allowed = (k_idx[None, :] <= q_idx[:, None])[None].expand(B, T, past + T)
+        if attention_mask is not None and attention_mask.dim() == 2:
             allowed = allowed & attention_mask.to(dev).bool()[:, None, :]
         # a padding position sees nothing; letting it see itself keeps its (unread) outputs finite, and
         # no real position ever attends to it

@@ -35,7 +35,7 @@ from .domain import DEFAULT_MIN_MARKER_FRACTION, PanelCoverage, PanelCoverageErr
 from .errors import ModelInputError, S2SInputError, first_line
 from .normalize import Normalizer
 from .numeric import attach_value_embedding, load_value_embedding
-from .positions import POSITIONS, use_line_positions
+from .positions import ATTENTION, POSITIONS, use_line_positions, use_prefix_attention
 from .predict import PREDICT_BATCH_SIZE, Predictions, predict_cellset
 from .prompts import PAIR_ANSWERS, direction_word, task_words
 from .sentences import status_token, type_token
@@ -273,18 +273,25 @@ class S2SModel:
         if model.positions not in POSITIONS:
             raise S2SInputError("model settings", f"unknown positions {model.positions!r} "
                                                   f"({', '.join(POSITIONS)})")
+        if model.attention not in ATTENTION:
+            raise S2SInputError("model settings", f"unknown attention {model.attention!r} ({', '.join(ATTENTION)})")
+        if model.attention == "prefix" and (model.architecture != "llama" or model.base_model):
+            raise S2SInputError("model settings", "prefix attention is for the fresh Llama models we train "
+                                                  "(architecture llama, no base_model)")
         self.number_prompts()
         self.lm.to(self.device)
         self.lm.eval()
 
     def number_prompts(self) -> None:
-        """Give the language model this model's position numbering (:mod:`.positions`); called again
-        whenever ``lm`` or the tokenizer is replaced."""
+        """Give the language model this model's position numbering and attention (:mod:`.positions`);
+        called again whenever ``lm`` or the tokenizer is replaced."""
         lines = self.model_settings.positions != "tokens"
+        prefix = self.model_settings.attention == "prefix"
         for lm in (self.lm, self.tissue_lm):
             if lm is not None:
                 use_line_positions(lm, self.tokenizer.vocab[";"] if lines else None,
                                    anchor_last=self.model_settings.positions == "lines_anchor_last")
+                use_prefix_attention(lm, self.tokenizer.vocab[";"] if prefix else None)
 
     @property
     def status_lm(self):

@@ -22,7 +22,7 @@ import torch
 
 from .domain import PanelCoverage, apply_temperature, status_is_confident
 from .numeric import embed_inputs, has_values
-from .positions import prompt_positions, task_positions
+from .positions import attention_mask, prompt_positions, task_positions
 from .prompts import task_words
 from .sentences import NIL
 from .threads import default_workers, parallel_map
@@ -83,6 +83,8 @@ def _embeds(lm, ids, values):
 
 
 def _forward(lm, ids, mask, pos, embeds=None, **kw):
+    """``lm`` over whole prompts or contexts from their start (the mask of :func:`.positions.attention_mask`)."""
+    mask = attention_mask(lm, ids, mask, lm.dtype)
     if embeds is None:
         return lm(input_ids=ids, attention_mask=mask, position_ids=pos, **kw)
     return lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, **kw)
@@ -159,8 +161,9 @@ def _llama_below_last(lm, ids, mask, pos, embeds=None, cache=None):
 
     base = lm.model
     h = base.embed_tokens(ids) if embeds is None else embeds
-    causal = create_causal_mask(config=base.config, inputs_embeds=h, attention_mask=mask, cache=cache,
-                                position_ids=pos)
+    # a prefix model's 4D mask is returned as it is (transformers' custom-mask rule)
+    causal = create_causal_mask(config=base.config, inputs_embeds=h,
+                                attention_mask=attention_mask(lm, ids, mask, h.dtype), cache=cache, position_ids=pos)
     cos, sin = base.rotary_emb(h, position_ids=pos)
     *below, last = base.layers[:base.config.num_hidden_layers]
     for layer in below:

@@ -32,7 +32,7 @@ from .anndata_io import anndata_cells
 from .errors import ModelInputError
 from .model import S2SModel, build_lm, resolve_device
 from .numeric import attach_value_embedding, embed_inputs, has_values
-from .positions import training_positions
+from .positions import attention_mask, training_positions
 from .sentences import status_token, type_token
 from .settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings, TrainSettings
 from .threads import torch_rng_kept, torch_threads
@@ -84,7 +84,7 @@ def _encode_batch(seqs, answers, pad_id, eos_id, device, values=None):
 
 
 def _logits(lm, ids, mask, values=None):
-    kw = {"attention_mask": mask, "use_cache": False}
+    kw = {"attention_mask": attention_mask(lm, ids, mask, lm.dtype), "use_cache": False}
     pos = training_positions(lm, ids)
     if pos is not None:  # per line (spatial2sentence.positions); else the model's own 0..t-1
         kw["position_ids"] = pos

@@ -85,6 +85,8 @@ class Budget:
     num_heads: int = 4
     intermediate_size: int = 128
     init_std: float = 0.1  # initial weights' standard deviation (ModelSettings.init_std; see ema_decay)
+    # "prefix": the prompt's sentences attend both ways (ModelSettings.attention); "causal" before
+    attention: str = "causal"
     weight_decay: float = 0.01  # AdamW's (TrainSettings.weight_decay)
     # gaussian noise (sd, range scale) on the values marker words carry, per training prompt
     # (TrainSettings.value_noise; validation and test prompts never see it)
@@ -133,7 +135,7 @@ def lm_settings(method: str, budget: Budget, seed: int):
     ms = ModelSettings(architecture="llama", hidden_size=budget.hidden_size, num_layers=budget.num_layers,
                        num_heads=budget.num_heads, intermediate_size=budget.intermediate_size, max_positions=160,
                        positions="tokens" if method == "s2s_token_positions" else budget.positions,
-                       init_std=budget.init_std)
+                       init_std=budget.init_std, attention=budget.attention)
     ts = TrainSettings(seed=seed, steps=budget.steps, batch_size=budget.batch_size, lr=budget.lr,
                        warmup_steps=budget.warmup_steps, task_mix=mix, class_balance=budget.class_balance,
                        panel_subset_prob=0.0, val_fraction=budget.val_fraction, eval_every=budget.eval_every,

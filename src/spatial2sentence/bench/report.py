@@ -151,7 +151,7 @@ def kept_results(path: Path, new: dict) -> dict:
 
 # budget keys added after runs were committed, with the value every run before them used (so an earlier
 # run still matches a budget that states them); keys not listed here must be present to match
-BUDGET_KEYS_ADDED = {"weight_decay": 0.01, "value_noise": 0.0}
+BUDGET_KEYS_ADDED = {"weight_decay": 0.01, "value_noise": 0.0, "attention": "causal"}
 # budget keys that do not change results (the runs are deterministic for any thread or process count)
 BUDGET_KEYS_IRRELEVANT = ("workers", "threads")
 METHOD_TABLES = ("cell_type", "clinical_status", "clinical_status_cells")
@@ -259,6 +259,8 @@ def write_results(out: Path, results: dict, budget: Budget, command: str, wall_s
           + ("; then trained again on every training cell for the best step count (refit)" if budget.refit else "")
           + (f"; {budget.anchor_alone:.0%} of s2s's type/status prompts show the anchor alone"
              if budget.anchor_alone else "")
+          + ("; prefix attention (the prompt's sentences attend both ways, the answer causally)"
+             if budget.attention == "prefix" else "")
           + f"; fresh weights drawn with sd {budget.init_std}"
           + (f"; validation reads and training keeps a moving average of the weights (decay {budget.ema_decay})"
              if budget.ema_decay else "")
