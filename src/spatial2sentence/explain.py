@@ -170,8 +170,9 @@ def _baseline_vector(lm, tokenizer, baseline: str):
 def _target_fn(lm, emb, pos, keep, row_pos, label_ids, targets, attn=None):
     """Constrained log-probability of each row's target: (rows,), and the label log-probs (rows, L).
 
-    Rows are right-padded and run WITHOUT an attention mask: attention is causal, so a row's last real
-    position never sees the padding after it, and the result equals the unpadded prompt's. ``keep``:
+    Rows are right-padded and run WITHOUT a padding mask: no real position sees the padding after it
+    (causal attention; with prefix attention the padding is on the task line, after the prefix), so the
+    result equals the unpadded prompt's. ``keep``:
     the distinct last positions of the rows (HF ``logits_to_keep`` as an index tensor); ``row_pos``:
     each row's index into ``keep``. A model numbering its prompts by line (:mod:`.positions`) gets an
     all-ones mask: without one, transformers reads position ids that do not count up as packed sequences

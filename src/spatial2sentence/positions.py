@@ -28,8 +28,8 @@ task words and answer attend causally to everything before them, as in a prefix 
 answer is still generated left to right. Why: with causal attention a word early in a sentence never
 sees the words after it, so after two layers the answer position reads partial summaries of the cell.
 Probe (``benchmarks/probes/llama_variants.py``, a Llama reading one CyCIF cell, held-out strip, one
-seed, 2,000 steps): strip 3 68.6 -> 76.0, strip 2 73.2 -> 77.4 (at step 1,500: 74.5 -> 77.4); the
-causal model fitted its training cells to 0.999 against 0.96. Like the positions, the choice travels
+seed, 2,000 steps; ``benchmarks/probes/results.md``): strip 3 68.6 -> 76.0, strip 2 73.2 -> 80.4; the
+causal model fitted its training cells to 0.995-0.999 against 0.95-0.96. Like the positions, the choice travels
 with the language model (``lm.s2s_prefix_sep``), so every path builds the same mask.
 """
 
