@@ -16,7 +16,7 @@ from spatial2sentence.training import _encode_batch, _logits, train
 from test_model import cells  # noqa: F401 - the 362 real toy cells, a pytest fixture
 
 
-@pytest.fixture(scope="module", params=["lines", "lines_anchor_last", "lines prefix"])
+@pytest.fixture(scope="module", params=["lines", "lines_anchor_last", "lines prefix", "lines sentence"])
 def lines_model(tmp_path_factory, cells, request):
     """A small trained model numbering by line; "prefix": with prefix attention too."""
     positions, _, attention = request.param.partition(" ")
@@ -118,8 +118,8 @@ def test_line_numbers_change_what_the_model_reads(lines_model, cells):
     finally:
         model.number_prompts()
     assert np.abs(lines - tokens).max() > 1e-4
-    if model.model_settings.attention == "prefix":
-        return  # 25 steps leave the prefix model near uniform (p ~ 0.33): the anchor's number moves < 1e-4
+    if model.model_settings.attention != "causal":
+        return  # 25 steps leave the prefix models near uniform (p ~ 0.33): the anchor's number moves < 1e-4
     # and the anchor's place in the numbering matters too
     use_line_positions(model.lm, tok.vocab[";"], anchor_last=model.model_settings.positions == "lines")
     try:
@@ -169,6 +169,15 @@ def test_prefix_attention_mask_by_hand():
     # a context without task words (cached for the task words) is all prefix
     ctx = ids[:, :5]
     assert bool((attention_mask(lm, ctx, torch.ones_like(ctx)) == 0).all())
+    # sentence attention: both ways within a line, earlier lines causally
+    # [BOS] cell : A ; near : B ; task type answer X   (lines 0: 0-4, 1: 5-8, task line 2: 9-12)
+    ids = torch.tensor([[1, 2, 3, 5, 9, 4, 3, 6, 9, 10, 11, 12, 13]])
+    use_prefix_attention(lm, 9, "sentence")
+    seen = attention_mask(lm, ids, None)[0, 0] == 0
+    line = [0] * 5 + [1] * 4 + [2] * 4
+    for i in range(13):
+        for j in range(13):
+            assert bool(seen[i, j]) == (j <= i or (line[i] == line[j] < 2)), (i, j)
 
 
 def test_prefix_attention_changes_what_the_model_reads(lines_model, cells):
@@ -180,13 +189,14 @@ def test_prefix_attention_changes_what_the_model_reads(lines_model, cells):
     tok = model.tokenizer
     seqs = [c + tok.encode(task_words("type")) for c in _contexts(model, cells, range(20))]
     before = score_prompts(model.lm, seqs, model.label_ids("type"), tok.pad_id, "cpu")
-    use_prefix_attention(model.lm, None if prefix_sep(model.lm) is not None else tok.vocab[";"])
+    use_prefix_attention(model.lm, None if prefix_sep(model.lm) is not None else tok.vocab[";"],
+                         "prefix" if model.model_settings.attention == "causal" else model.model_settings.attention)
     try:
         toggled = score_prompts(model.lm, seqs, model.label_ids("type"), tok.pad_id, "cpu")
     finally:
         model.number_prompts()
     assert np.abs(before - toggled).max() > 1e-4
-    assert (prefix_sep(model.lm) is not None) == (model.model_settings.attention == "prefix")
+    assert (prefix_sep(model.lm) is not None) == (model.model_settings.attention != "causal")
 
 
 def test_explanations_read_what_prediction_reads(lines_model, cells):

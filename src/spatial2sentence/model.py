@@ -275,9 +275,9 @@ class S2SModel:
                                                   f"({', '.join(POSITIONS)})")
         if model.attention not in ATTENTION:
             raise S2SInputError("model settings", f"unknown attention {model.attention!r} ({', '.join(ATTENTION)})")
-        if model.attention == "prefix" and (model.architecture != "llama" or model.base_model):
-            raise S2SInputError("model settings", "prefix attention is for the fresh Llama models we train "
-                                                  "(architecture llama, no base_model)")
+        if model.attention != "causal" and (model.architecture != "llama" or model.base_model):
+            raise S2SInputError("model settings", f"{model.attention} attention is for the fresh Llama models we "
+                                                  "train (architecture llama, no base_model)")
         self.number_prompts()
         self.lm.to(self.device)
         self.lm.eval()
@@ -286,12 +286,13 @@ class S2SModel:
         """Give the language model this model's position numbering and attention (:mod:`.positions`);
         called again whenever ``lm`` or the tokenizer is replaced."""
         lines = self.model_settings.positions != "tokens"
-        prefix = self.model_settings.attention == "prefix"
+        attention = self.model_settings.attention
         for lm in (self.lm, self.tissue_lm):
             if lm is not None:
                 use_line_positions(lm, self.tokenizer.vocab[";"] if lines else None,
                                    anchor_last=self.model_settings.positions == "lines_anchor_last")
-                use_prefix_attention(lm, self.tokenizer.vocab[";"] if prefix else None)
+                use_prefix_attention(lm, None if attention == "causal" else self.tokenizer.vocab[";"],
+                                     "prefix" if attention == "causal" else attention)
 
     @property
     def status_lm(self):

@@ -29,8 +29,13 @@ answer is still generated left to right. Why: with causal attention a word early
 sees the words after it, so after two layers the answer position reads partial summaries of the cell.
 Probe (``benchmarks/probes/llama_variants.py``, a Llama reading one CyCIF cell, held-out strip, one
 seed, 2,000 steps; ``benchmarks/probes/results.md``): strip 3 68.6 -> 76.0, strip 2 73.2 -> 80.4; the
-causal model fitted its training cells to 0.995-0.999 against 0.95-0.96. Like the positions, the choice travels
-with the language model (``lm.s2s_prefix_sep``), so every path builds the same mask.
+causal model fitted its training cells to 0.995-0.999 against 0.95-0.96. In the benchmark (CyCIF, 3
+seeds x 4 strips, ``benchmarks/results/cycif_v2/README.md``) c2s went from 76.3 to 79.7, but s2s stayed
+at 75.4: its anchor's words then also read the partner and ``around`` lines. ``"sentence"`` attention
+keeps each line's words seeing each other both ways and earlier lines causally, so the anchor's line
+is read as a single-cell prompt reads it (for c2s the two modes are the same mask). Like the positions,
+the choice travels with the language model (``lm.s2s_prefix_sep``, ``lm.s2s_prefix_mode``), so every
+path builds the same mask.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ LINE_SEP_ATTR = "s2s_line_sep"
 ANCHOR_LAST_ATTR = "s2s_anchor_last"
 POSITIONS = ("tokens", "lines", "lines_anchor_last")
 PREFIX_ATTR = "s2s_prefix_sep"
-ATTENTION = ("causal", "prefix")
+PREFIX_MODE_ATTR = "s2s_prefix_mode"
+ATTENTION = ("causal", "prefix", "sentence")
 
 
 def use_line_positions(lm, sep_id: int | None, anchor_last: bool = False) -> None:
@@ -99,10 +105,14 @@ def task_positions(lm, ids: torch.Tensor, pos: torch.Tensor, steps: int) -> torc
     return (ids == sep).long().sum(1, keepdim=True).expand(-1, steps)
 
 
-def use_prefix_attention(lm, sep_id: int | None) -> None:
-    """Let ``lm``'s prompt lines before the task line attend both ways (``sep_id``: the id of ``;``);
-    None: causal attention (every stored model before v2's prefix models)."""
+def use_prefix_attention(lm, sep_id: int | None, mode: str = "prefix") -> None:
+    """Let ``lm``'s prompt lines before the task line attend both ways (``sep_id``: the id of ``;``):
+    ``mode`` "prefix" across all of them, "sentence" within each line only (earlier lines are seen
+    causally); ``sep_id`` None: causal attention (every stored model before these modes)."""
+    if mode not in ATTENTION[1:]:
+        raise ValueError(f"unknown attention {mode!r} ({', '.join(ATTENTION)})")
     setattr(lm, PREFIX_ATTR, None if sep_id is None else int(sep_id))
+    setattr(lm, PREFIX_MODE_ATTR, mode)
 
 
 def prefix_sep(lm) -> int | None:
@@ -114,7 +124,8 @@ def attention_mask(lm, ids: torch.Tensor, mask: torch.Tensor | None, dtype=None)
     tokens, None: all real) run from their start: ``mask`` itself for a causal model; for a model with
     prefix attention a 4D additive mask (n x 1 x t x t, 0 where allowed, the dtype's minimum elsewhere):
     query i sees key j when j is a real token and j <= i, or both are in the prefix (a line before the
-    row's last ``;``: the prompt's sentences; a context without task words is all prefix). Every
+    row's last ``;``: the prompt's sentences; a context without task words is all prefix) and, for
+    "sentence" attention, in the same line. Every
     position also sees itself, so padding rows stay finite (no real position reads them).
     Contexts run on top of a cache (the task words of :func:`~spatial2sentence.predict.score_tasks`) are
     causal and take the plain 2D mask."""
@@ -127,7 +138,10 @@ def attention_mask(lm, ids: torch.Tensor, mask: torch.Tensor | None, dtype=None)
     last = (ids == sep).long().sum(1, keepdim=True)
     pre = line < last  # tokens of the lines the row's last ";" closes
     idx = torch.arange(t, device=ids.device)
-    allowed = (idx[None, :] <= idx[:, None])[None] | (pre[:, :, None] & pre[:, None, :])
+    both = pre[:, :, None] & pre[:, None, :]
+    if getattr(lm, PREFIX_MODE_ATTR, "prefix") == "sentence":
+        both &= line[:, :, None] == line[:, None, :]
+    allowed = (idx[None, :] <= idx[:, None])[None] | both
     allowed = (allowed & valid[:, None, :]) | torch.eye(t, dtype=torch.bool, device=ids.device)[None]
     dtype = dtype or torch.float32
     return torch.zeros((n, 1, t, t), dtype=dtype, device=ids.device).masked_fill(

@@ -145,7 +145,8 @@ class ModelSettings(_Base):
     # on one CyCIF strip: 0.708 with 0.02, 0.764 with PyTorch's default of 1; benchmarks/probes/results.md)
     init_std: float = 0.02
     # "causal": every word sees only the words before it (every stored model without this key); "prefix":
-    # the prompt's sentences attend to each other both ways, the task words and answer causally
+    # the prompt's sentences attend to each other both ways, the task words and answer causally;
+    # "sentence": the words of each sentence (line) both ways, earlier lines causally
     # (spatial2sentence.positions.attention_mask); Llama models only
     attention: str = "causal"
 

@@ -85,7 +85,8 @@ class Budget:
     num_heads: int = 4
     intermediate_size: int = 128
     init_std: float = 0.1  # initial weights' standard deviation (ModelSettings.init_std; see ema_decay)
-    # "prefix": the prompt's sentences attend both ways (ModelSettings.attention); "causal" before
+    # "prefix": the prompt's sentences attend both ways, "sentence": each line's words both ways
+    # (ModelSettings.attention); "causal" before
     attention: str = "causal"
     weight_decay: float = 0.01  # AdamW's (TrainSettings.weight_decay)
     # gaussian noise (sd, range scale) on the values marker words carry, per training prompt

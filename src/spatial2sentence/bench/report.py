@@ -259,8 +259,9 @@ def write_results(out: Path, results: dict, budget: Budget, command: str, wall_s
           + ("; then trained again on every training cell for the best step count (refit)" if budget.refit else "")
           + (f"; {budget.anchor_alone:.0%} of s2s's type/status prompts show the anchor alone"
              if budget.anchor_alone else "")
-          + ("; prefix attention (the prompt's sentences attend both ways, the answer causally)"
-             if budget.attention == "prefix" else "")
+          + {"prefix": "; prefix attention (the prompt's sentences attend both ways, the answer causally)",
+             "sentence": "; sentence attention (each line's words attend both ways, earlier lines and the answer "
+                         "causally)"}.get(budget.attention, "")
           + f"; fresh weights drawn with sd {budget.init_std}"
           + (f"; validation reads and training keeps a moving average of the weights (decay {budget.ema_decay})"
              if budget.ema_decay else "")
