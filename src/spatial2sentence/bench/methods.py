@@ -85,9 +85,11 @@ class Budget:
     num_heads: int = 4
     intermediate_size: int = 128
     init_std: float = 0.1  # initial weights' standard deviation (ModelSettings.init_std; see ema_decay)
-    # "prefix": the prompt's sentences attend both ways, "sentence": each line's words both ways
-    # (ModelSettings.attention); "causal" before
-    attention: str = "causal"
+    # ModelSettings.attention for every language model. CyCIF, 3 seeds x 4 strips
+    # (benchmarks/results/cycif_v2/README.md): causal s2s 75.3 / c2s 76.3; "prefix" (the prompt's
+    # sentences both ways) 75.4 / 79.7; "sentence" (each line's words both ways, earlier lines causally)
+    # 78.1 / 79.7 (for c2s the same mask); logistic regression 77.7
+    attention: str = "sentence"
     weight_decay: float = 0.01  # AdamW's (TrainSettings.weight_decay)
     # gaussian noise (sd, range scale) on the values marker words carry, per training prompt
     # (TrainSettings.value_noise; validation and test prompts never see it)
