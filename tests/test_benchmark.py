@@ -198,9 +198,11 @@ def test_a_run_of_some_methods_takes_the_others_from_earlier_runs_with_the_same_
     write_results(smaller, {"scimap_cycif": res({"s2s_no_positives": 0.9}, 300)}, budget, "run S", 1.0, single=False)
 
     out, said = tmp_path / "out", []
-    for _ in range(2):  # the runner writes after each dataset and at the end: provenance must survive
-        write_results(out, {"scimap_cycif": res({"logreg": 0.777, "s2s": 0.5})}, budget, "run B", 10.0,
-                      single=False, merge=[earlier, legacy, other, smaller], log=said.append)
+    this_run = {"scimap_cycif": res({"logreg": 0.777, "s2s": 0.5})}
+    for _ in range(2):  # the runner writes the same results after each dataset and at the end
+        write_results(out, this_run, budget, "run B", 10.0, single=False, merge=[earlier, legacy, other, smaller],
+                      log=said.append)
+    assert set(this_run["scimap_cycif"]["cell_type"]) == {"logreg", "s2s"}  # the run's own results untouched
     ct = json.loads((out / "accuracy.json").read_text())["scimap_cycif"]
     assert ct["cell_type"]["s2s"]["accuracy_mean"] == 0.5  # this run's own result wins
     assert ct["cell_type"]["c2s"]["accuracy_mean"] == 0.76 and ct["cell_type"]["s2s_ranked"]["accuracy_mean"] == 0.70

@@ -59,10 +59,11 @@ def dataset_markdown(name: str, res: dict) -> str:
             f"- split: {meta.get('split')}; {meta.get('n_folds')} folds; {meta.get('n_cells')} cells in "
             f"{meta.get('n_images')} images; test cells per image: "
             f"{meta.get('test_cells_per_image') or 'all'}; wall time {meta.get('wall_s')} s "
-            f"({meta.get('n_lm_trainings')} LM trainings, {meta.get('lm_train_seconds_mean')} s each on average"
-            + (f", {meta['lm_steps_mean']} steps on average (range {meta['lm_steps_range'][0]}-"
-               f"{meta['lm_steps_range'][1]}; best validation step {meta.get('lm_best_step_mean')} on average)"
-               if meta.get("lm_steps_mean") else "") + ")"]
+            + ("(no LM training in this run)" if not meta.get("n_lm_trainings") else
+               f"({meta.get('n_lm_trainings')} LM trainings, {meta.get('lm_train_seconds_mean')} s each on average"
+               + (f", {meta['lm_steps_mean']} steps on average (range {meta['lm_steps_range'][0]}-"
+                  f"{meta['lm_steps_range'][1]}; best validation step {meta.get('lm_best_step_mean')} on average)"
+                  if meta.get("lm_steps_mean") else "") + ")")]
     run = meta.get("run")
     if run:
         rows.append(f"- run: `{run.get('command')}`; budget: "
@@ -177,7 +178,8 @@ def merge_methods(results: dict, sources: list[Path], log=print) -> dict:
     why."""
     out = {}
     for name, res in results.items():
-        res = {**res, "_meta": dict(res.get("_meta", {}))}
+        # copies: the runner passes the same results again at its next write
+        res = {**res, "_meta": dict(res.get("_meta", {})), **{t: dict(res[t]) for t in METHOD_TABLES if t in res}}
         budget = res["_meta"].get("run", {}).get("budget", {})
         ran = {m for t in METHOD_TABLES for m in res.get(t, {})}
         for src in sources:
