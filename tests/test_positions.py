@@ -237,3 +237,33 @@ def test_new_models_number_by_line_and_stored_ones_keep_their_numbering(cells, t
     assert prompt_positions(old.lm, ids, mask).tolist() == [[0, 1, 2, 3, 4]]
     with pytest.raises(Exception, match="unknown positions"):
         S2SModel.create(markers, ["a"], ["S"], norm, model=ModelSettings(positions="words"), device="cpu")
+
+
+def test_attention_is_saved_with_the_model_and_checked(cells, tmp_path):
+    """A sentence-attention model reads back with its attention (its language model gets the mask); a
+    folder saved before the setting existed is causal; an unknown mode or a non-Llama model is refused
+    with a message naming the setting."""
+    import json
+
+    from spatial2sentence.normalize import Normalizer
+    from spatial2sentence.positions import prefix_sep
+
+    markers = ["H3", "CD99", "PIN", "CD8a", "CDH"]
+    norm = Normalizer().fit(cells[markers].to_numpy(float), markers)
+    small = dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+    m = S2SModel.create(markers, ["alpha", "beta"], ["Onset"], norm, model=ModelSettings(attention="sentence", **small),
+                        device="cpu")
+    m.save_pretrained(tmp_path / "m")
+    back = S2SModel.from_pretrained(tmp_path / "m", device="cpu")
+    assert back.model_settings.attention == "sentence" and prefix_sep(back.lm) == back.tokenizer.vocab[";"]
+    cfg_path = tmp_path / "m" / "s2s_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["model"]["attention"]
+    cfg_path.write_text(json.dumps(cfg))
+    old = S2SModel.from_pretrained(tmp_path / "m", device="cpu")
+    assert old.model_settings.attention == "causal" and prefix_sep(old.lm) is None
+    with pytest.raises(Exception, match="unknown attention 'both'"):
+        S2SModel.create(markers, ["a"], ["S"], norm, model=ModelSettings(attention="both", **small), device="cpu")
+    with pytest.raises(Exception, match="sentence attention is for the fresh Llama"):
+        S2SModel.create(markers, ["a"], ["S"], norm,
+                        model=ModelSettings(attention="sentence", architecture="gpt2", **small), device="cpu")
