@@ -291,6 +291,7 @@ class S2SModel:
             if lm is not None:
                 use_line_positions(lm, self.tokenizer.vocab[";"] if lines else None,
                                    anchor_last=self.model_settings.positions == "lines_anchor_last")
+                # a causal model gets no separator (the mode is then unused)
                 use_prefix_attention(lm, None if attention == "causal" else self.tokenizer.vocab[";"],
                                      "prefix" if attention == "causal" else attention)
 

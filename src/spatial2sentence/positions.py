@@ -125,10 +125,9 @@ def attention_mask(lm, ids: torch.Tensor, mask: torch.Tensor | None, dtype=None)
     prefix attention a 4D additive mask (n x 1 x t x t, 0 where allowed, the dtype's minimum elsewhere):
     query i sees key j when j is a real token and j <= i, or both are in the prefix (a line before the
     row's last ``;``: the prompt's sentences; a context without task words is all prefix) and, for
-    "sentence" attention, in the same line. Every
-    position also sees itself, so padding rows stay finite (no real position reads them).
-    Contexts run on top of a cache (the task words of :func:`~spatial2sentence.predict.score_tasks`) are
-    causal and take the plain 2D mask."""
+    "sentence" attention, in the same line. Every position also sees itself, so padding rows stay finite
+    (no real position reads them). Task words run on top of a cached context (:func:`~spatial2sentence.
+    predict.score_tasks`) are causal and take the plain 2D mask."""
     sep = prefix_sep(lm)
     if sep is None:
         return mask
