@@ -189,8 +189,7 @@ def test_prefix_attention_changes_what_the_model_reads(lines_model, cells):
     tok = model.tokenizer
     seqs = [c + tok.encode(task_words("type")) for c in _contexts(model, cells, range(20))]
     before = score_prompts(model.lm, seqs, model.label_ids("type"), tok.pad_id, "cpu")
-    use_prefix_attention(model.lm, None if prefix_sep(model.lm) is not None else tok.vocab[";"],
-                         "prefix" if model.model_settings.attention == "causal" else model.model_settings.attention)
+    use_prefix_attention(model.lm, tok.vocab[";"], "prefix" if prefix_sep(model.lm) is None else "causal")
     try:
         toggled = score_prompts(model.lm, seqs, model.label_ids("type"), tok.pad_id, "cpu")
     finally:

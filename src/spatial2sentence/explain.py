@@ -282,8 +282,8 @@ def _batch(lm, seqs, values, chunk, pad_id: int, device) -> _Batch:
     by_line = training_positions(lm, ids)  # None: one position per token
     pos = (cols.expand(B, n) if by_line is None else by_line).to(device)
     keep, row_pos = torch.unique(lens - 1, return_inverse=True)
-    attn = attention_mask(lm, ids, None)
-    attn = attn.to(device) if attn is not None and attn.dim() == 4 else None
+    attn = attention_mask(lm, ids, None)  # None for a causal model (no padding mask given)
+    attn = attn.to(device) if attn is not None else None
     return _Batch(device, ids.to(device), vals, lens, cols, real.to(device), pos, keep.to(device),
                   row_pos.to(device), attn)
 

@@ -286,14 +286,11 @@ class S2SModel:
         """Give the language model this model's position numbering and attention (:mod:`.positions`);
         called again whenever ``lm`` or the tokenizer is replaced."""
         lines = self.model_settings.positions != "tokens"
-        attention = self.model_settings.attention
         for lm in (self.lm, self.tissue_lm):
             if lm is not None:
                 use_line_positions(lm, self.tokenizer.vocab[";"] if lines else None,
                                    anchor_last=self.model_settings.positions == "lines_anchor_last")
-                # a causal model gets no separator (the mode is then unused)
-                use_prefix_attention(lm, None if attention == "causal" else self.tokenizer.vocab[";"],
-                                     "prefix" if attention == "causal" else attention)
+                use_prefix_attention(lm, self.tokenizer.vocab[";"], self.model_settings.attention)
 
     @property
     def status_lm(self):

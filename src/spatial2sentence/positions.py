@@ -108,10 +108,10 @@ def task_positions(lm, ids: torch.Tensor, pos: torch.Tensor, steps: int) -> torc
 def use_prefix_attention(lm, sep_id: int | None, mode: str = "prefix") -> None:
     """Let ``lm``'s prompt lines before the task line attend both ways (``sep_id``: the id of ``;``):
     ``mode`` "prefix" across all of them, "sentence" within each line only (earlier lines are seen
-    causally); ``sep_id`` None: causal attention (every stored model before these modes)."""
-    if mode not in ATTENTION[1:]:
+    causally); "causal" or ``sep_id`` None: causal attention (every stored model before these modes)."""
+    if mode not in ATTENTION:
         raise ValueError(f"unknown attention {mode!r} ({', '.join(ATTENTION)})")
-    setattr(lm, PREFIX_ATTR, None if sep_id is None else int(sep_id))
+    setattr(lm, PREFIX_ATTR, None if sep_id is None or mode == "causal" else int(sep_id))
     setattr(lm, PREFIX_MODE_ATTR, mode)
 
 

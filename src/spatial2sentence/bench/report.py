@@ -126,16 +126,20 @@ def confusion_png(name: str, res: dict, path: Path) -> Path | None:
     return path
 
 
-def kept_results(path: Path, new: dict) -> dict:
-    """The datasets of an earlier ``accuracy.json`` in the same folder that this run does not redo, each
-    with the run (budget, command) it came from, so a run of one dataset keeps the other datasets' rows."""
-    if not path.exists():
-        return {}
+def _read_results(path: Path) -> dict:
+    """An earlier run's ``accuracy.json`` as a dict; {} where there is none or it does not parse."""
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    if not isinstance(old, dict) or "cell_type" in old or "clinical_status" in old:  # a single-table run
+    return old if isinstance(old, dict) else {}
+
+
+def kept_results(path: Path, new: dict) -> dict:
+    """The datasets of an earlier ``accuracy.json`` in the same folder that this run does not redo, each
+    with the run (budget, command) it came from, so a run of one dataset keeps the other datasets' rows."""
+    old = _read_results(path)
+    if "cell_type" in old or "clinical_status" in old:  # a single-table run
         return {}
     top = old.get("_meta", {})
     prev = {"budget": top.get("budget", {}), "command": top.get("command"), "machine": top.get("machine"),
@@ -176,18 +180,15 @@ def merge_methods(results: dict, sources: list[Path], log=print) -> dict:
     (:func:`budget_differences`) and the dataset is the same (cells, images, markers); each dataset
     records what it took from where in ``_meta["merged"]``. Other sources are skipped with a line saying
     why."""
+    loaded = [(src, _read_results(Path(src))) for src in sources]
     out = {}
     for name, res in results.items():
         # copies: the runner passes the same results again at its next write
         res = {**res, "_meta": dict(res.get("_meta", {})), **{t: dict(res[t]) for t in METHOD_TABLES if t in res}}
         budget = res["_meta"].get("run", {}).get("budget", {})
         ran = {m for t in METHOD_TABLES for m in res.get(t, {})}
-        for src in sources:
-            try:
-                old = json.loads(Path(src).read_text())
-            except (OSError, ValueError):
-                continue
-            if not isinstance(old, dict) or not isinstance(old.get(name), dict):
+        for src, old in loaded:
+            if not isinstance(old.get(name), dict):
                 continue
             prev = old[name]
             run = _run_of(prev, old.get("_meta", {}))
