@@ -235,9 +235,13 @@ def test_validation_rule_never_uses_test_groups_and_splits_few_images_by_block()
     assert lm_settings("s2s_ranked", Budget(), 0)[0].encoding == "ranked"
     assert lm_settings("c2s", Budget(), 0)[0] == s
     # regularisation the budget sets reaches every language model's training settings
-    for method in ("s2s", "c2s", "s2s_ranked"):
-        *_, ms, ts = lm_settings(method, Budget(weight_decay=0.2, value_noise=0.05, attention="prefix"), 0)
-        assert (ts.weight_decay, ts.value_noise, ms.attention) == (0.2, 0.05, "prefix")
+    for method in ("s2s", "c2s", "s2s_ranked", "s2s_no_values"):
+        sent, *_, ms, ts = lm_settings(method, Budget(weight_decay=0.2, value_noise=0.05, attention="prefix"), 0)
+        assert (ts.weight_decay, ts.value_noise) == (0.2, 0.05)
+        # sentences whose words' order is their only level stay causal (one position per line would
+        # make a line read both ways a bag of words)
+        assert sent.order_is_level() == (method in ("s2s_ranked", "s2s_no_values"))
+        assert ms.attention == ("causal" if sent.order_is_level() else "prefix")
 
 
 def test_budget_option_sets_fields_and_refuses_unknown_ones(tmp_path):

@@ -22,14 +22,25 @@ def lines_model(tmp_path_factory, cells, request):
     positions, _, attention = request.param.partition(" ")
     out = tmp_path_factory.mktemp(request.param.replace(" ", "_"))
     threads = torch.get_num_threads()
+    logged = []
     train(cells, out, model_settings=ModelSettings(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
                                                    max_positions=96, positions=positions,
                                                    attention=attention or "causal"),
           train_settings=TrainSettings(steps=25, batch_size=16, lr=3e-3, warmup_steps=5, eval_every=10,
                                        eval_prompts=48, checkpoint_every=10_000, num_threads=1),
-          progress_bar=False, log=lambda *a: None)
+          progress_bar=False, log=lambda *a: logged.append(" ".join(map(str, a))))
     torch.set_num_threads(threads)
-    return S2SModel.from_pretrained(out, device="cpu")
+    model = S2SModel.from_pretrained(out, device="cpu")
+    model.training_log = logged
+    return model
+
+
+def test_training_warns_when_attention_makes_ranked_words_a_bag(lines_model):
+    """These models read v1 ranked sentences (no values: the order is the level); reading a line both ways
+    with one position per line loses that order, and training says so."""
+    assert lines_model.sentence.order_is_level()
+    warned = any("bag of words" in line for line in lines_model.training_log)
+    assert warned == (lines_model.model_settings.attention != "causal")
 
 
 def _contexts(model, cells, idx):

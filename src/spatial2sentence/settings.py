@@ -52,6 +52,12 @@ class SentenceSettings(_Base):
         """The most words one cell's sentence can have with a panel of ``n_markers``."""
         return max(1, n_markers if self.encoding in ("levels", "values") else min(self.top_k, n_markers))
 
+    def order_is_level(self) -> bool:
+        """Whether a word's place in the sentence is all that says how high its marker is: bare words
+        without values ("ranked", or "values" with ``values`` off). Read both ways within a line that shares
+        one position id, such a sentence is a bag of words (see ``ModelSettings.attention``)."""
+        return self.encoding != "levels" and not self.values
+
     def words_per_partner(self, n_markers: int) -> int:
         """The most words one partner line's sentence can have."""
         w = self.words_per_sentence(n_markers)
@@ -147,7 +153,9 @@ class ModelSettings(_Base):
     # "causal": every word sees only the words before it (every stored model without this key); "prefix":
     # the prompt's sentences attend to each other both ways, the task words and answer causally;
     # "sentence": the words of each sentence (line) both ways, earlier lines causally
-    # (spatial2sentence.positions.attention_mask); Llama models only
+    # (spatial2sentence.positions.attention_mask); Llama models only. With one position per line, a sentence
+    # read both ways is a bag of words: keep "causal" for sentences whose order is their level
+    # (SentenceSettings.order_is_level; training warns)
     attention: str = "causal"
 
 

@@ -295,6 +295,10 @@ def _train(tables, out, sentence, pairs, prompt, model_settings, ts, type_labels
     norm = fit_normalizer(split, panel, sentence)
     dev = str(resolve_device(device))  # the core's one device check
     model_settings = fit_positions(model_settings, sentence, pairs, prompt, len(panel), log, len(types))
+    if model_settings.attention != "causal" and model_settings.positions != "tokens" and sentence.order_is_level():
+        log(f"warning: {model_settings.attention} attention reads each sentence as a bag of words (one position "
+            "per line), and these sentences' words carry their level only by their order (no values); "
+            "causal attention keeps it")
     model = S2SModel.create(panel, types, stats, norm, sentence, pairs, prompt, model_settings, seed=ts.seed,
                             device=dev)
     if sentence.encoding == "levels":

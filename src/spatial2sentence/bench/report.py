@@ -265,6 +265,7 @@ def write_results(out: Path, results: dict, budget: Budget, command: str, wall_s
           + {"prefix": "; prefix attention (the prompt's sentences attend both ways, the answer causally)",
              "sentence": "; sentence attention (each line's words attend both ways, earlier lines and the answer "
                          "causally)"}.get(budget.attention, "")
+          + ("; sentences without values (s2s_ranked) read causally" if budget.attention != "causal" else "")
           + f"; fresh weights drawn with sd {budget.init_std}"
           + (f"; validation reads and training keeps a moving average of the weights (decay {budget.ema_decay})"
              if budget.ema_decay else "")
