@@ -214,6 +214,16 @@ def test_a_run_of_some_methods_takes_the_others_from_earlier_runs_with_the_same_
     assert "- c2s: from an earlier run with the same budget, `run A` (100.0 s)" in md
     assert "| c2s | 76.0 ± 0.0" in md and "| s2s | 50.0 ± 0.0" in md
     assert "s2s − c2s = -26.0 points" in md
+    # a later composition naming a rerun of c2s takes it over the row ``out`` already holds
+    rerun = tmp_path / "rerun"
+    write_results(rerun, {"scimap_cycif": res({"c2s": 0.8})}, budget, "run R", 5.0, single=False)
+    write_results(out, {"scimap_cycif": res({"logreg": 0.777})}, budget, "run C", 1.0, single=False, merge=[rerun],
+                  log=said.append)
+    ct = json.loads((out / "accuracy.json").read_text())["scimap_cycif"]
+    assert ct["cell_type"]["c2s"]["accuracy_mean"] == 0.8
+    assert ct["cell_type"]["s2s"]["accuracy_mean"] == 0.5 and ct["cell_type"]["s2s_ranked"]["accuracy_mean"] == 0.70
+    assert [(m["methods"], m["command"]) for m in ct["_meta"]["merged"]] == \
+        [(["c2s"], "run R"), (["s2s"], "run B"), (["s2s_ranked"], "run L")]
 
 
 def test_validation_rule_never_uses_test_groups_and_splits_few_images_by_block():

@@ -222,8 +222,9 @@ def merge_methods(results: dict, sources: list[Path], log=print) -> dict:
 def write_results(out: Path, results: dict, budget: Budget, command: str, wall_s: float, single: bool,
                   merge: list[Path] | tuple = (), log=print) -> None:
     """``accuracy.json`` + ``accuracy.md`` (+ confusion PNGs) in ``out``; methods this run did not do are
-    taken from ``out``'s earlier ``accuracy.json`` and then ``merge`` (their ``accuracy.json``) where the
-    budget is the same (:func:`merge_methods`)."""
+    taken from ``merge`` (their ``accuracy.json``, in the order given) and then from ``out``'s earlier
+    ``accuracy.json`` where the budget is the same (:func:`merge_methods`): a folder named on purpose wins
+    over what ``out`` held before (a rerun of a method, composed into ``out``, replaces its old row)."""
     out.mkdir(parents=True, exist_ok=True)
     meta = {"budget": budget.to_dict(), "command": command, "wall_s": round(wall_s, 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), "
@@ -238,7 +239,7 @@ def write_results(out: Path, results: dict, budget: Budget, command: str, wall_s
     results = {name: {**res, "_meta": {**res.get("_meta", {}), "run": res.get("_meta", {}).get("run", run)}}
                for name, res in results.items()}
     if not single:
-        results = merge_methods(results, [out / "accuracy.json"] + [Path(m) / "accuracy.json" for m in merge], log)
+        results = merge_methods(results, [Path(m) / "accuracy.json" for m in merge] + [out / "accuracy.json"], log)
     if single:
         (name, res), = results.items()
         js = {**clean(res), "_meta": {**res["_meta"], **meta}}
