@@ -1,0 +1,73 @@
+"""Does s2s read a held-out CyCIF strip better from its whole prompt, from the anchor's sentence alone, or
+from the mean of the two?
+
+    python benchmarks/probes/anchor_views.py [SEEDS] [METHOD]
+
+Why: on CyCIF (3 seeds x 4 strips, ``benchmarks/results/cycif_v2``) s2s reads 78.1% against 79.7% for
+c2s, the same model reading one cell alone. s2s is trained on both views (``TrainSettings.anchor_alone``:
+30% of its type prompts show the anchor alone), so one trained model can be asked both ways. This probe
+trains the benchmark's ``s2s`` (``spatial2sentence.bench.methods.lm_settings``, the benchmark's budget,
+folds, validation rule and test cells) once per strip and seed, and scores the test cells with the whole
+prompt (anchor, partners, ``around`` line), with the anchor alone, and with the mean of the two
+probabilities. Prints accuracy and macro-F1 per view, pooled per seed as the benchmark pools them.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+import tempfile
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+
+from spatial2sentence.bench.datasets import load_builtin
+from spatial2sentence.bench.methods import Budget, lm_settings, val_rule
+from spatial2sentence.bench.runner import _fold_jobs, _lm_table, _reorder, lm_predict
+from spatial2sentence.threads import torch_threads
+from spatial2sentence.training import train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def main() -> None:
+    seeds = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    method = sys.argv[2] if len(sys.argv) > 2 else "s2s"
+    ds = load_builtin("scimap_cycif", ROOT.parent / "shared" / "data")
+    budget = Budget(seeds=seeds)
+    labels = sorted(ds.df["cell_type"].astype(str).unique())
+    pooled = {s: {v: ([], []) for v in ("whole", "alone", "mean")} for s in range(seeds)}
+    t0 = time.time()
+    for seed, f, nf, tr, te, idx in _fold_jobs(ds, budget, ds.test_cells_per_image or 0):
+        train_df = ds.df[tr].reset_index(drop=True)
+        test_df = ds.df[te].reset_index(drop=True)
+        s, p, pr, ms, ts = lm_settings(method, budget, seed)
+        ts = replace(ts, val_split=val_rule(train_df))
+        with tempfile.TemporaryDirectory() as wd, warnings.catch_warnings(), torch_threads(budget.threads):
+            warnings.simplefilter("ignore")
+            model = train(_lm_table(train_df, ds, True), wd, sentence=s, pairs=p, prompt=pr, model_settings=ms,
+                          train_settings=ts, type_labels=labels, progress_bar=False, device="cpu",
+                          log=lambda *a, **k: None).model
+            table = _lm_table(test_df, ds, False)
+            whole = lm_predict(model, table, idx, ["type"], threads=budget.threads)["type"]
+            model.prompt = replace(model.prompt, format="single")
+            alone = lm_predict(model, table, idx, ["type"], threads=budget.threads)["type"]
+        truth = test_df["cell_type"].astype(str).to_numpy()[idx]
+        for view, prob in (("whole", whole), ("alone", alone), ("mean", (whole + alone) / 2)):
+            call = np.asarray(labels)[_reorder(prob, model.type_labels, labels).argmax(1)]
+            pooled[seed][view][0].extend(truth)
+            pooled[seed][view][1].extend(call)
+            print(f"seed {seed} strip {f + 1}/{nf} {view}: {accuracy_score(truth, call):.3f}", flush=True)
+        print(f"  {time.time() - t0:.0f} s", flush=True)
+    for view in ("whole", "alone", "mean"):
+        acc = [accuracy_score(*pooled[s][view]) for s in range(seeds)]
+        f1 = [f1_score(*pooled[s][view], average="macro") for s in range(seeds)]
+        print(f"{method} {view}: accuracy {100 * np.mean(acc):.1f} ± {100 * np.std(acc):.1f}, "
+              f"macro-F1 {100 * np.mean(f1):.1f} ± {100 * np.std(f1):.1f} ({seeds} seeds)")
+
+
+if __name__ == "__main__":
+    main()
