@@ -173,7 +173,8 @@ def test_a_run_of_some_methods_takes_the_others_from_earlier_runs_with_the_same_
     used), each with the command it came from, kept through rewrites; a run with another budget or of
     another dataset is not merged, and the log says why."""
     from spatial2sentence.bench.methods import Budget
-    from spatial2sentence.bench.report import write_results
+    from spatial2sentence.bench import report
+    from spatial2sentence.bench.report import source_commit, write_results
 
     def res(accs, n_cells=3029, wall_s=1.0):
         return {"cell_type": {m: {"accuracy_mean": a, "accuracy_sd": 0.0, "macro_f1_mean": a, "macro_f1_sd": 0.0,
@@ -211,7 +212,12 @@ def test_a_run_of_some_methods_takes_the_others_from_earlier_runs_with_the_same_
     assert any("not merging s2s_no_aux" in line and "budget differs in init_std" in line for line in said)
     assert any("not merging s2s_no_positives" in line and "a different dataset" in line for line in said)
     md = (out / "accuracy.md").read_text()
-    assert "- c2s: from an earlier run with the same budget, `run A` (100.0 s)" in md
+    # each merged row names the code it ran (the git commit of the source, as here: one checkout)
+    commit = source_commit()
+    assert bool(commit) == (Path(report.__file__).resolve().parents[3] / ".git").exists()
+    assert all(m.get("commit", "") == commit for m in ct["_meta"]["merged"])
+    at = f" at {commit}" if commit else ""
+    assert f"- c2s: from an earlier run with the same budget, `run A`{at} (100.0 s)" in md
     assert "| c2s | 76.0 ± 0.0" in md and "| s2s | 50.0 ± 0.0" in md
     assert "s2s − c2s = -26.0 points" in md
     # a later composition naming a rerun of c2s takes it over the row ``out`` already holds

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,11 +67,13 @@ def dataset_markdown(name: str, res: dict) -> str:
                   if meta.get("lm_steps_mean") else "") + ")")]
     run = meta.get("run")
     if run:
-        rows.append(f"- run: `{run.get('command')}`; budget: "
+        rows.append(f"- run: `{run.get('command')}`" + (f" at {run['commit']}" if run.get("commit") else "")
+                    + "; budget: "
                     + ", ".join(f"{k}={v}" for k, v in run.get("budget", {}).items())
                     + (f"; sentences: {run['sentences']}" if run.get("sentences") else ""))
     for m in meta.get("merged", []):
         rows.append(f"- {', '.join(m['methods'])}: from an earlier run with the same budget, `{m['command']}`"
+                    + (f" at {m['commit']}" if m.get("commit") else "")
                     + (f" ({m['wall_s']} s)" if m.get("wall_s") else ""))
     if meta.get("lm_selected"):  # s2s_select: the sentence its validation cells chose, per seed and fold
         rows.append("- kept by validation: " + ", ".join(f"{k} x{v}" for k, v in meta["lm_selected"].items()))
@@ -142,7 +145,8 @@ def kept_results(path: Path, new: dict) -> dict:
     if "cell_type" in old or "clinical_status" in old:  # a single-table run
         return {}
     top = old.get("_meta", {})
-    prev = {"budget": top.get("budget", {}), "command": top.get("command"), "machine": top.get("machine"),
+    prev = {"budget": top.get("budget", {}), "command": top.get("command"), "commit": top.get("commit"),
+            "machine": top.get("machine"),
             "sentences": top.get("sentences", "v1: markers ranked by range, top 12 above 0.3")}
     out = {}
     for name, res in old.items():
@@ -168,10 +172,28 @@ def budget_differences(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if k not in BUDGET_KEYS_IRRELEVANT and a.get(k, "?") != b.get(k, "!"))
 
 
+def source_commit() -> str:
+    """The git commit of the spatial2sentence source that runs ("" outside a git checkout, e.g. an installed
+    wheel), with "+changes" when its tracked files under src/ differ from that commit. Why: a composed table
+    takes rows from earlier runs, and their command alone does not say which code made them."""
+    root = Path(__file__).resolve().parents[3]
+    if not (root / ".git").exists():
+        return ""
+    try:
+        git = ["git", "-C", str(root)]
+        head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=20).stdout.strip()
+        changed = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no", "--", "src"],
+                                 capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + ("+changes" if head and changed else "")
+
+
 def _run_of(res: dict, top: dict) -> dict:
     """The run (budget, command, ...) a dataset's results in an ``accuracy.json`` came from."""
     run = res.get("_meta", {}).get("run")
-    return run or {"budget": top.get("budget", {}), "command": top.get("command")}
+    return run or {"budget": top.get("budget", {}), "command": top.get("command"), "commit": top.get("commit")}
 
 
 def merge_methods(results: dict, sources: list[Path], log=print) -> dict:
@@ -207,13 +229,13 @@ def merge_methods(results: dict, sources: list[Path], log=print) -> dict:
                         res.setdefault(t, {})[m] = prev[t][m]
             ran |= set(took)
             # where each method was run: a source that itself merged keeps the original runs
-            origin = {m: (e.get("command"), e.get("wall_s")) for e in prev.get("_meta", {}).get("merged", [])
-                      for m in e["methods"]}
-            here = (run.get("command"), prev.get("_meta", {}).get("wall_s"))
+            origin = {m: (e.get("command"), e.get("wall_s"), e.get("commit")) for e in
+                      prev.get("_meta", {}).get("merged", []) for m in e["methods"]}
+            here = (run.get("command"), prev.get("_meta", {}).get("wall_s"), run.get("commit"))
             for where in dict.fromkeys(origin.get(m, here) for m in took):
                 res["_meta"]["merged"] = res["_meta"].get("merged", []) + [
                     {"methods": [m for m in took if origin.get(m, here) == where], "command": where[0],
-                     "wall_s": where[1]}]
+                     "wall_s": where[1], **({"commit": where[2]} if where[2] else {})}]
             log(f"[{name}] merged {', '.join(took)} from {src} (same budget)")
         out[name] = res
     return out
@@ -226,7 +248,8 @@ def write_results(out: Path, results: dict, budget: Budget, command: str, wall_s
     ``accuracy.json`` where the budget is the same (:func:`merge_methods`): a folder named on purpose wins
     over what ``out`` held before (a rerun of a method, composed into ``out``, replaces its old row)."""
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"budget": budget.to_dict(), "command": command, "wall_s": round(wall_s, 1),
+    commit = source_commit()
+    meta = {"budget": budget.to_dict(), "command": command, "wall_s": round(wall_s, 1), "commit": commit,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), "
                        f"python {sys.version.split()[0]}",
             "methods": list(ALL_METHODS), "paper_margins_points": PAPER_MARGIN}
@@ -234,7 +257,7 @@ def write_results(out: Path, results: dict, budget: Budget, command: str, wall_s
     def clean(r):
         return {k: v for k, v in r.items() if k != "_confusion"}
 
-    run = {"budget": budget.to_dict(), "command": command, "machine": meta["machine"],
+    run = {"budget": budget.to_dict(), "command": command, "commit": commit, "machine": meta["machine"],
            "sentences": sentence_words(budget)}
     results = {name: {**res, "_meta": {**res.get("_meta", {}), "run": res.get("_meta", {}).get("run", run)}}
                for name, res in results.items()}
