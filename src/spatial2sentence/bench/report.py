@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 
 from .datasets import BUILTIN
-from .methods import ALL_METHODS, CLASSICAL_METHODS, Budget, sentence_words
+from .methods import ALL_METHODS, CLASSICAL_METHODS, Budget, bench_sentence, lm_attention, sentence_words
 
 # s2s - c2s accuracy margins reported by the paper (points), for cell type and clinical status
 PAPER_MARGIN = {"cell_type": 5.98, "clinical_status": 4.18}
@@ -289,7 +289,8 @@ def write_results(out: Path, results: dict, budget: Budget, command: str, wall_s
           + {"prefix": "; prefix attention (the prompt's sentences attend both ways, the answer causally)",
              "sentence": "; sentence attention (each line's words attend both ways, earlier lines and the answer "
                          "causally)"}.get(budget.attention, "")
-          + ("; sentences without values (s2s_ranked) read causally" if budget.attention != "causal" else "")
+          + ("; sentences without values (s2s_ranked) read causally"
+             if lm_attention(budget, bench_sentence(budget, ranked=True)) != budget.attention else "")
           + f"; fresh weights drawn with sd {budget.init_std}"
           + (f"; validation reads and training keeps a moving average of the weights (decay {budget.ema_decay})"
              if budget.ema_decay else "")
