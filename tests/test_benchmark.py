@@ -250,6 +250,10 @@ def test_validation_rule_never_uses_test_groups_and_splits_few_images_by_block()
     assert ts.patience < 100
     assert lm_settings("s2s_ranked", Budget(), 0)[0].encoding == "ranked"
     assert lm_settings("c2s", Budget(), 0)[0] == s
+    # the tissue prompts' composition reaches s2s's prompts (c2s has no tissue prompt to carry it)
+    assert lm_settings("s2s", Budget(tissue_types=True), 0)[2].tissue_types
+    assert not lm_settings("s2s", Budget(), 0)[2].tissue_types
+    assert not lm_settings("c2s", Budget(tissue_types=True), 0)[2].tissue
     # regularisation the budget sets reaches every language model's training settings
     for method in ("s2s", "c2s", "s2s_ranked", "s2s_no_values"):
         sent, *_, ms, ts = lm_settings(method, Budget(weight_decay=0.2, value_noise=0.05, attention="prefix"), 0)

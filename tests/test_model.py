@@ -589,6 +589,62 @@ def test_neighbourhood_line_and_tissue_prompts(cells, tmp_path):
         assert row["status_probability"] == pytest.approx(float(p.max()), rel=1e-5)
 
 
+def test_tissue_prompts_carry_the_cell_type_composition(cells, tmp_path):
+    """PromptSettings.tissue_types: a tissue sentence is the marker fractions followed by the type words of
+    the calls given, by fraction (checked by hand), each carrying sqrt(fraction); training writes the
+    windows' known types (every type word a model label, the fractions summing to 1); prediction takes the
+    model's own calls (the whole image's where every cell was scored, else a sample: the same here, the
+    toy images being under the sample size), and other calls give another status: the model reads them."""
+    from collections import Counter
+
+    from spatial2sentence.predict import tissue_status
+    from spatial2sentence.sentences import type_token
+    from spatial2sentence.settings import PromptSettings
+    from spatial2sentence.tissue import TYPE_SAMPLE, tissue_sentence, type_sample
+    from spatial2sentence.training_data import PromptSampler
+
+    ps = PromptSettings(tissue=True, tissue_types=True)
+    ts = tiny_settings(steps=20, select_by="accuracy", task_mix={"type": 0.5, "status": 0.2, "tissue": 0.3})
+    train(cells, tmp_path / "m", prompt=ps, model_settings=TINY, train_settings=ts, progress_bar=False,
+          log=lambda *a: None)
+    m = S2SModel.from_pretrained(tmp_path / "m", device="cpu")
+    assert m.prompt.tissue_types
+    cs = m.prepare(cells)
+    img = np.flatnonzero(cs.image == cs.image[0])
+    calls = np.array(["beta"] * 6 + ["alpha"] * 3 + ["other"], dtype=object)
+    words, values = tissue_sentence(cs, img, calls)
+    marker_words, _ = tissue_sentence(cs, img)
+    assert words[:len(marker_words)] == marker_words
+    assert words[len(marker_words):] == [type_token("beta"), type_token("alpha"), type_token("other")]
+    np.testing.assert_allclose(values[len(marker_words):], np.sqrt([0.6, 0.3, 0.1]), rtol=1e-6)
+    # training prompts: the window's known types
+    sampler = PromptSampler(m, cs, np.arange(len(cs)), ts)
+    rng = np.random.default_rng(0)
+    type_words = {type_token(t) for t in m.type_labels}
+    seen = 0
+    for _ in range(60):
+        w, v, _answer = sampler.draw(rng)
+        if w[1] != "tissue":
+            continue
+        seen += 1
+        tv = [x for word, x in zip(w, v) if word in type_words]
+        assert tv and np.isclose(sum(x * x for x in tv), 1.0)
+    assert seen
+    # prediction: the model's own calls; the sample is the whole image below TYPE_SAMPLE cells
+    assert all(len(type_sample(cs, np.flatnonzero(cs.image == im))) == (cs.image == im).sum() <= TYPE_SAMPLE
+               for im in np.unique(cs.image))
+    pred = m.predict_cells(cells, threads=1)
+    sampled = tissue_status(m, cs, threads=1)
+    for _, row in pred.image_status.iterrows():
+        np.testing.assert_allclose(sampled[row["image"]],
+                                   [row["p_status_" + s.replace(" ", "_")] for s in m.status_labels], rtol=1e-5)
+    # another composition than the model's own calls (one label it never calls most) reads otherwise
+    own = Counter(pred.cells["cell_type"])
+    rare = min(m.type_labels, key=lambda t: own.get(t, 0))
+    other = tissue_status(m, cs, {im: np.array([rare] * 10, dtype=object) for im in sampled}, threads=1)
+    assert any(not np.allclose(other[im], sampled[im], atol=1e-5) for im in sampled)
+
+
 def test_tissue_prompts_are_read_by_the_state_that_read_the_validation_tissues_best(cells, tmp_path,
                                                                                      monkeypatch):
     """The tissue task overfits long before cell types stop improving, so training keeps the state with the

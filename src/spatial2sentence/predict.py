@@ -26,7 +26,7 @@ from .positions import attention_mask, prompt_positions, task_positions
 from .prompts import task_words
 from .sentences import NIL
 from .threads import default_workers, parallel_map
-from .tissue import tissue_words
+from .tissue import tissue_words, type_sample
 
 # transformers is imported where a model is built, loaded or run through its internals: importing it
 # takes 2.9 s (python -X importtime), which `s2s --help`, input checks and model-folder checks skip
@@ -250,15 +250,23 @@ def score_tasks(lm, contexts: list[list[int]], suffixes: dict[str, list[int]], l
     return out
 
 
-def tissue_status(model, cs) -> dict:
+def tissue_status(model, cs, type_calls: dict | None = None, threads: int | None = None) -> dict:
     """Clinical-status probabilities of every image of ``cs`` from its tissue prompt
     (:mod:`.tissue`; models trained with ``PromptSettings.tissue``), read by the model's
-    :attr:`~spatial2sentence.model.S2SModel.status_lm`, temperature-scaled like the cells'."""
+    :attr:`~spatial2sentence.model.S2SModel.status_lm`, temperature-scaled like the cells'.
+
+    A model whose tissue prompts carry the cell-type composition (``PromptSettings.tissue_types``) takes
+    it from ``type_calls`` (image -> the type calls of its cells) where given, else from its own type
+    calls on a sample of each image's cells (:func:`~spatial2sentence.tissue.type_sample`; ``threads``:
+    batches scored at once, as in :func:`predict_cellset`)."""
     images = pd.unique(cs.image)
+    calls = dict(type_calls or {})
+    if getattr(model.prompt, "tissue_types", False):
+        calls.update(_sampled_type_calls(model, cs, [im for im in images if im not in calls], threads))
     seqs, vals = [], []
     suffix = task_words("status")
     for im in images:
-        words, values = tissue_words(cs, np.flatnonzero(cs.image == im))
+        words, values = tissue_words(cs, np.flatnonzero(cs.image == im), calls.get(im))
         seqs.append(model.tokenizer.encode(words + suffix))
         vals.append(values + [0.0] * len(suffix))
     out = {}
@@ -268,6 +276,23 @@ def tissue_status(model, cs) -> dict:
                           vals[c0:c0 + PREDICT_BATCH_SIZE] if model.sentence.values else None)
         p = apply_temperature(p, float(getattr(model, "calibration", {}).get("tissue_temperature", 1.0)))
         out.update(zip(images[c0:c0 + PREDICT_BATCH_SIZE], p))
+    return out
+
+
+def _sampled_type_calls(model, cs, images, threads) -> dict:
+    """image -> the model's type calls on its :func:`~spatial2sentence.tissue.type_sample` cells."""
+    samples = {im: type_sample(cs, np.flatnonzero(cs.image == im)) for im in images}
+    idx = np.concatenate([np.zeros(0, np.int64), *samples.values()])
+    if not len(idx) or not len(model.type_labels):
+        return {}
+    # sentences written per prompt (no cache of the whole image's): a sample is a small part of it
+    p = _score_cells(model, cs, idx, None, ["type"], PREDICT_BATCH_SIZE, None, threads)[0]["type"]
+    calls = np.asarray(model.type_labels, dtype=object)[np.nanargmax(np.nan_to_num(p, nan=-1.0), axis=1)]
+    ok = ~np.isnan(p).any(1)
+    out, start = {}, 0
+    for im, cells in samples.items():
+        out[im] = calls[start:start + len(cells)][ok[start:start + len(cells)]]
+        start += len(cells)
     return out
 
 
@@ -298,9 +323,23 @@ def predict_cellset(model, cs, batch_size: int = PREDICT_BATCH_SIZE, tasks=("typ
     if "type" in tasks:
         _type_columns(table, probs["type"], labels["type"], cs, idx, sents)
     if "status" in tasks:
-        img_rows = _status_columns(table, probs["status"], labels["status"], model, cs, idx, cancelled)
+        img_rows = _status_columns(table, probs["status"], labels["status"], model, cs, idx, cancelled,
+                                   _whole_image_calls(probs["type"], labels["type"], cs, idx)
+                                   if "type" in tasks and getattr(model.prompt, "tissue_types", False) else None,
+                                   threads)
     return Predictions(table, pd.DataFrame(img_rows), list(cs.unknown_markers), list(cs.used_markers),
                        cancelled)
+
+
+def _whole_image_calls(p: np.ndarray, labels, cs, idx) -> dict:
+    """image -> the type calls (the most probable label) of its expression cells, for the images whose
+    every cell was scored: the same calls :func:`tissue_status` makes on a sample of the others' cells."""
+    scored = pd.Series(cs.image[idx]).value_counts()
+    whole = pd.Series(cs.image).value_counts()
+    usable = ~cs.is_phenotype[idx] & ~np.isnan(p).any(1)
+    calls = np.asarray(labels, dtype=object)[np.nanargmax(np.nan_to_num(p, nan=-1.0), axis=1)]
+    return {im: calls[(cs.image[idx] == im) & usable]
+            for im in scored.index[scored.to_numpy() == whole.loc[scored.index].to_numpy()]}
 
 
 def _score_cells(model, cs, idx, sents, tasks, batch_size, progress, threads) -> tuple[dict, bool]:
@@ -369,16 +408,19 @@ def _type_columns(table: pd.DataFrame, p: np.ndarray, labels, cs, idx, sents) ->
         table[_col("p_", lab)] = p[:, j]
 
 
-def _status_columns(table: pd.DataFrame, p: np.ndarray, labels, model, cs, idx, cancelled: bool) -> list[dict]:
+def _status_columns(table: pd.DataFrame, p: np.ndarray, labels, model, cs, idx, cancelled: bool,
+                    type_calls: dict | None = None, threads: int | None = None) -> list[dict]:
     """Per-cell ``status``, ``status_probability``, ``p_status_<label>`` into ``table``; returns the
-    per-image rows (read from the tissue for a v2 model, else the mean of the cells' log-probabilities)."""
+    per-image rows (read from the tissue for a v2 model, else the mean of the cells' log-probabilities).
+    ``type_calls``: image -> its cells' type calls, for tissue prompts that carry the composition."""
     ok = ~np.isnan(p).any(1)
     best = np.argmax(np.where(ok[:, None], p, -1), axis=1)
     table["status"] = np.where(ok, np.asarray(labels, dtype=object)[best], None)
     table["status_probability"] = np.where(ok, p.max(1, initial=0), np.nan)
     for j, lab in enumerate(labels):
         table[_col("p_status_", lab)] = p[:, j]
-    tissue = tissue_status(model, cs) if getattr(model.prompt, "tissue", False) and not cancelled else {}
+    tissue = (tissue_status(model, cs, type_calls, threads) if getattr(model.prompt, "tissue", False)
+              and not cancelled else {})
     rows = []
     images = cs.image[idx]
     for im in pd.unique(images):

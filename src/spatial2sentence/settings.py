@@ -126,6 +126,9 @@ class PromptSettings(_Base):
     # v2: the image's clinical status from a tissue prompt (spatial2sentence.tissue) rather than the mean
     # of its cells' calls; trained as task "tissue"
     tissue: bool = False
+    # tissue prompts of marker-measured images also carry the image's cell-type composition (known types in
+    # training, the model's own type calls at prediction; spatial2sentence.tissue)
+    tissue_types: bool = False
     distance_bins_um: tuple = (5, 10, 15, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480)
 
 

@@ -129,8 +129,9 @@ def prompt_length(sentence: SentenceSettings, pairs: PairSettings, prompt: Promp
     if partners and prompt.neighbourhood_k > 0:
         multi += 3 + prompt.neighbourhood_words  # around : <words> ;
     pair = w + wp + 11 if partners else 0  # [BOS] cell : <w> ; partner : <wp> ; task pair answer X [EOS]
-    # [BOS] tissue : <markers or phenotypes> ; task status answer X [EOS]
-    tissue = 4 + max(n_markers, n_labels) + 6 if prompt.tissue else 0
+    # [BOS] tissue : <markers or phenotypes> [types] ; task status answer X [EOS]
+    words = n_markers + n_labels if prompt.tissue_types else max(n_markers, n_labels)
+    tissue = 4 + words + 6 if prompt.tissue else 0
     return max(multi, pair, tissue)
 
 

@@ -188,6 +188,8 @@ class PromptSampler:
         sl = set(model.status_labels)
         ct = cs.cell_type if cs.cell_type is not None else np.full(len(cs), "", object)
         st = cs.status if cs.status is not None else np.full(len(cs), "", object)
+        # cells whose known type is one of the model's labels (expression cells only)
+        self.typed = ~ph & np.isin(ct.astype(str), np.asarray(sorted(tl), dtype=str))
         self.type_cells = cells[np.array([(not ph[i]) and ct[i] in tl for i in cells], bool)] if len(cells) else cells
         self.status_cells = cells[np.array([st[i] in sl for i in cells], bool)] if len(cells) else cells
         self.type_cdf = np.cumsum(self._weights(ct[self.type_cells], ts.class_balance))
@@ -229,6 +231,11 @@ class PromptSampler:
         w = cnt[inv].astype(float) ** (-power)
         return w / w.sum()
 
+    def _known_types(self, cells: np.ndarray) -> np.ndarray:
+        """The cell types of ``cells`` that are labels of the model (expression cells only)."""
+        cells = np.asarray(cells, np.int64)
+        return self.cs.cell_type[cells[self.typed[cells]]] if self.cs.cell_type is not None else np.zeros(0, object)
+
     def _subset(self, rng) -> np.ndarray | None:
         if rng.random() >= self.ts.panel_subset_prob or self.M <= self.ts.panel_subset_min:
             return None
@@ -248,7 +255,10 @@ class PromptSampler:
             k = min(int(np.searchsorted(self.tissue_cdf, rng.random() * self.tissue_cdf[-1])),
                     len(self.tissue_images) - 1)
             members = self.tissue_images[k]
-            words, values = tissue_words(cs, random_window(cs, members, rng))
+            window = random_window(cs, members, rng)
+            # the composition from the window's known types (at prediction: the model's own calls)
+            calls = self._known_types(window) if m.prompt.tissue_types else None
+            words, values = tissue_words(cs, window, calls)
             tw = task_words("status")
             return words + tw, values + [0.0] * len(tw), status_token(cs.status[members[0]])
         present = self._subset(rng)

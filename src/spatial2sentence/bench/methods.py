@@ -67,6 +67,8 @@ class Budget:
     neighbourhood_k: int = 10  # s2s prompts end with an "around" line: the mean of the 10 nearest cells
     neighbourhood_words: int = 6  # ... its 6 highest markers (phenotypes)
     tissue: bool = True  # s2s reads an image's clinical status from tissue prompts (spatial2sentence.tissue)
+    # tissue prompts also carry the image's cell-type composition (PromptSettings.tissue_types)
+    tissue_types: bool = False
     # position ids per line of the prompt, not per word (spatial2sentence.positions): on one CyCIF strip
     # held-out accuracy rose from 62.9 to 69.9 (c2s) and 64.9 to 68.5 (s2s) against one per word
     positions: str = "lines"
@@ -114,7 +116,8 @@ def lm_settings(method: str, budget: Budget, seed: int):
     pairs = PairSettings(seed=seed)
     mix = {"type": 0.6, "status": 0.3, "pair": 0.1}
     prompt = PromptSettings(format="multi", neighbourhood_k=budget.neighbourhood_k,
-                            neighbourhood_words=budget.neighbourhood_words, tissue=budget.tissue)
+                            neighbourhood_words=budget.neighbourhood_words, tissue=budget.tissue,
+                            tissue_types=budget.tissue_types)
     if method == "s2s_no_neighbourhood":
         prompt.neighbourhood_k = 0
     elif method == "s2s_no_tissue":
@@ -188,7 +191,8 @@ def sentence_words(budget: Budget | None = None) -> str:
                 f"value; partner lines their {st.partner_words or 'all'} highest words"
                 + (f"; an 'around' line (the {b.neighbourhood_k} nearest cells' mean, {b.neighbourhood_words} "
                    "words)" if b.neighbourhood_k else "")
-                + ("; image status from tissue prompts, read by the state with the best validation tissue "
-                   "accuracy" if b.tissue else "")
+                + ("; image status from tissue prompts" + (" carrying the cell-type composition (the model's own "
+                   "calls at test)" if b.tissue_types else "") + ", read by the state with the best validation "
+                   "tissue accuracy" if b.tissue else "")
                 + "; s2s_ranked: v1 ranked words (top 12 above 0.3), no values")
     return f"markers ranked by {st.rank_by}, top {st.top_k} above {st.threshold}"

@@ -144,7 +144,7 @@ def lm_predict(model, test_df: pd.DataFrame, idx: np.ndarray, tasks, batch_size:
                             threads=threads, cells=idx).cells
     out = {t: cells[_probability_columns(model, t)].to_numpy(np.float32) for t in tasks}
     if "status" in tasks and model.prompt.tissue:  # every cell of an image: its tissue prompt's status
-        tissue = tissue_status(model, cs)
+        tissue = tissue_status(model, cs, threads=threads)
         out["status"] = np.stack([tissue[im] for im in cs.image[idx]]).astype(np.float32)
     return out
 
