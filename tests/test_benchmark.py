@@ -186,12 +186,16 @@ def test_a_run_of_some_methods_takes_the_others_from_earlier_runs_with_the_same_
     earlier = tmp_path / "earlier"
     write_results(earlier, {"scimap_cycif": res({"s2s": 0.75, "c2s": 0.76}, wall_s=100.0)}, Budget(workers=1), "run A", 100.0,
                   single=False)
-    # a run committed before weight_decay / value_noise were budget keys
+    # a run committed before the keys added since (weight_decay, value_noise, tissue_types...) whose
+    # earlier value is today's default
     legacy = tmp_path / "legacy"
     write_results(legacy, {"scimap_cycif": res({"s2s_ranked": 0.70})}, budget, "run L", 50.0, single=False)
     js = json.loads((legacy / "accuracy.json").read_text())
+    absent = [k for k, v in report.BUDGET_KEYS_ADDED.items() if getattr(budget, k) == v]
+    assert {"weight_decay", "value_noise", "tissue_types"} <= set(absent)
     for b in (js["scimap_cycif"]["_meta"]["run"]["budget"], js["_meta"]["budget"]):
-        del b["weight_decay"], b["value_noise"]
+        for k in absent:
+            del b[k]
     (legacy / "accuracy.json").write_text(json.dumps(js))
     other = tmp_path / "other"  # another budget
     write_results(other, {"scimap_cycif": res({"s2s_no_aux": 0.9})}, Budget(init_std=0.02), "run O", 1.0, single=False)

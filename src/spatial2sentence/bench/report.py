@@ -160,7 +160,7 @@ def kept_results(path: Path, new: dict) -> dict:
 
 # budget keys added after runs were committed, with the value every run before them used (so an earlier
 # run still matches a budget that states them); keys not listed here must be present to match
-BUDGET_KEYS_ADDED = {"weight_decay": 0.01, "value_noise": 0.0, "attention": "causal"}
+BUDGET_KEYS_ADDED = {"weight_decay": 0.01, "value_noise": 0.0, "attention": "causal", "tissue_types": False}
 # budget keys that do not change results (the runs are deterministic for any thread or process count)
 BUDGET_KEYS_IRRELEVANT = ("workers", "threads")
 METHOD_TABLES = ("cell_type", "clinical_status", "clinical_status_cells")
