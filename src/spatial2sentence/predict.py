@@ -287,8 +287,7 @@ def _sampled_type_calls(model, cs, images, threads) -> dict:
         return {}
     # sentences written per prompt (no cache of the whole image's): a sample is a small part of it
     p = _score_cells(model, cs, idx, None, ["type"], PREDICT_BATCH_SIZE, None, threads)[0]["type"]
-    calls = np.asarray(model.type_labels, dtype=object)[np.nanargmax(np.nan_to_num(p, nan=-1.0), axis=1)]
-    ok = ~np.isnan(p).any(1)
+    calls, ok = _most_probable(p, model.type_labels)
     out, start = {}, 0
     for im, cells in samples.items():
         out[im] = calls[start:start + len(cells)][ok[start:start + len(cells)]]
@@ -331,13 +330,19 @@ def predict_cellset(model, cs, batch_size: int = PREDICT_BATCH_SIZE, tasks=("typ
                        cancelled)
 
 
+def _most_probable(p: np.ndarray, labels) -> tuple[np.ndarray, np.ndarray]:
+    """The most probable label of each row of ``p`` and whether the row was scored (no NaN)."""
+    best = np.nanargmax(np.where(np.isnan(p), -1, p), axis=1)
+    return np.asarray(labels, dtype=object)[best], ~np.isnan(p).any(1)
+
+
 def _whole_image_calls(p: np.ndarray, labels, cs, idx) -> dict:
     """image -> the type calls (the most probable label) of its expression cells, for the images whose
     every cell was scored: the same calls :func:`tissue_status` makes on a sample of the others' cells."""
     scored = pd.Series(cs.image[idx]).value_counts()
     whole = pd.Series(cs.image).value_counts()
-    usable = ~cs.is_phenotype[idx] & ~np.isnan(p).any(1)
-    calls = np.asarray(labels, dtype=object)[np.nanargmax(np.nan_to_num(p, nan=-1.0), axis=1)]
+    calls, ok = _most_probable(p, labels)
+    usable = ~cs.is_phenotype[idx] & ok
     return {im: calls[(cs.image[idx] == im) & usable]
             for im in scored.index[scored.to_numpy() == whole.loc[scored.index].to_numpy()]}
 
@@ -392,9 +397,8 @@ def _score_cells(model, cs, idx, sents, tasks, batch_size, progress, threads) ->
 def _type_columns(table: pd.DataFrame, p: np.ndarray, labels, cs, idx, sents) -> None:
     """``cell_type``, ``cell_type_probability``, ``no_signal`` and ``p_<type>`` into ``table``."""
     ph = cs.is_phenotype[idx]
-    best = np.nanargmax(np.where(np.isnan(p), -1, p), axis=1)
-    ok = ~np.isnan(p).any(1)
-    ct = np.where(ok, np.asarray(labels, dtype=object)[best], None)
+    calls, ok = _most_probable(p, labels)
+    ct = np.where(ok, calls, None)
     if ph.any():
         ct = np.where(ph, cs.phenotype[idx], ct)
     # a cell none of whose markers is measurably present has the sentence "nil": its type is
