@@ -190,7 +190,7 @@ class PromptSampler:
         st = cs.status if cs.status is not None else np.full(len(cs), "", object)
         # cells whose known type is one of the model's labels (expression cells only)
         self.typed = ~ph & np.isin(ct.astype(str), np.asarray(sorted(tl), dtype=str))
-        self.type_cells = cells[np.array([(not ph[i]) and ct[i] in tl for i in cells], bool)] if len(cells) else cells
+        self.type_cells = cells[self.typed[cells]] if len(cells) else cells
         self.status_cells = cells[np.array([st[i] in sl for i in cells], bool)] if len(cells) else cells
         self.type_cdf = np.cumsum(self._weights(ct[self.type_cells], ts.class_balance))
         sub = ts.class_balance if ts.subset_class_balance is None else ts.subset_class_balance
