@@ -32,6 +32,7 @@ import copy
 import itertools
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -420,7 +421,10 @@ def main(argv=None):
     tables = load_images(images, sim_dir)
     results: dict = {"model": str(args.model or "default"), "heldout_donors": donors, "images": images,
                      "sim_dir": str(sim_dir.relative_to(REPO) if sim_dir.is_relative_to(REPO) else sim_dir),
-                     "semi_synthetic": True, "per_type": args.per_type, "per_focus_type": args.per_focus_type}
+                     "semi_synthetic": True, "per_type": args.per_type, "per_focus_type": args.per_focus_type,
+                     # the command that made these figures: smaller samples or other threads change them
+                     "command": shlex.join(["python", "benchmarks/explain.py",
+                                            *(sys.argv[1:] if argv is None else argv)])}
 
     if not args.skip_timing:
         results["timing"] = timing(model, tables[TIMING_IMAGE], args)
@@ -501,7 +505,8 @@ def report(r: dict) -> str:
         "[PAD] embedding at every content word, [BOS] and the task words kept; Gauss-Legendre quadrature, 16 "
         "steps doubled (up to 256) until the completeness error is below 5% of |f(x) - f(baseline)|.",
         "",
-        "Reproduce: `python benchmarks/explain.py` (CPU, 2 threads; `--timing-only` redoes the speed section).",
+        f"Reproduce: `{r.get('command', 'python benchmarks/explain.py')}` (CPU; `--timing-only` redoes the speed "
+        "section).",
         "",
     ]
     if "timing" in r:
