@@ -643,6 +643,22 @@ def test_tissue_prompts_carry_the_cell_type_composition(cells, tmp_path):
     rare = min(m.type_labels, key=lambda t: own.get(t, 0))
     other = tissue_status(m, cs, {im: np.array([rare] * 10, dtype=object) for im in sampled}, threads=1)
     assert any(not np.allclose(other[im], sampled[im], atol=1e-5) for im in sampled)
+    # read_tissues (what tissue_status reads, for any sets of cells): whole images with the same calls give
+    # tissue_status's rows; a window of an image reads the same alone as beside another prompt
+    from spatial2sentence.predict import read_tissues
+    from spatial2sentence.tissue import random_window
+
+    images = list(sampled)
+    whole = [np.flatnonzero(cs.image == im) for im in images]
+    calls = [pred.cells.loc[pred.cells["image"] == im, "cell_type"].dropna().to_numpy() for im in images]
+    given = tissue_status(m, cs, dict(zip(images, calls)), threads=1)
+    np.testing.assert_allclose(read_tissues(m, cs, whole, calls), np.stack([given[im] for im in images]),
+                               rtol=1e-5)
+    window = random_window(cs, whole[0], np.random.default_rng(3))
+    assert 0 < len(window) < len(whole[0])
+    both = read_tissues(m, cs, [whole[0], window], [calls[0], calls[0]])
+    np.testing.assert_allclose(both[1], read_tissues(m, cs, [window], [calls[0]])[0], rtol=1e-5)
+    assert read_tissues(m, cs, []).shape == (0, len(m.status_labels))
 
 
 def test_tissue_prompts_are_read_by_the_state_that_read_the_validation_tissues_best(cells, tmp_path,

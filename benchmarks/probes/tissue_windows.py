@@ -29,31 +29,12 @@ from spatial2sentence.bench.datasets import load_builtin
 from spatial2sentence.bench.methods import Budget, lm_settings, val_rule
 from spatial2sentence.bench.runner import _fold_jobs, _lm_table
 from spatial2sentence.cellset import prepare_cells
-from spatial2sentence.domain import apply_temperature
-from spatial2sentence.predict import PREDICT_BATCH_SIZE, score_prompts
-from spatial2sentence.prompts import task_words
+from spatial2sentence.predict import read_tissues
 from spatial2sentence.threads import torch_threads
-from spatial2sentence.tissue import random_window, tissue_words
+from spatial2sentence.tissue import random_window
 from spatial2sentence.training import train
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def read_status(model, cs, cell_sets: list[np.ndarray]) -> np.ndarray:
-    """Status probabilities of the tissue prompt of each set of cells (as ``tissue_status`` reads them)."""
-    suffix = task_words("status")
-    seqs, vals = [], []
-    for cells in cell_sets:
-        words, values = tissue_words(cs, cells)
-        seqs.append(model.tokenizer.encode(words + suffix))
-        vals.append(values + [0.0] * len(suffix))
-    out = []
-    for c0 in range(0, len(seqs), PREDICT_BATCH_SIZE):
-        p = score_prompts(model.status_lm, seqs[c0:c0 + PREDICT_BATCH_SIZE], model.label_ids("status"),
-                          model.tokenizer.pad_id, model.device,
-                          vals[c0:c0 + PREDICT_BATCH_SIZE] if model.sentence.values else None)
-        out.append(apply_temperature(p, float(getattr(model, "calibration", {}).get("tissue_temperature", 1.0))))
-    return np.concatenate(out)
 
 
 def main() -> None:
@@ -85,7 +66,7 @@ def main() -> None:
                 cells = np.flatnonzero(cs.image == im)
                 rng = np.random.default_rng(len(cells))
                 sets = [cells] + [random_window(cs, cells, rng) for _ in range(args.windows)]
-                prob = read_status(model, cs, sets)
+                prob = read_tissues(model, cs, sets)
                 labels = np.asarray(model.status_labels)
                 hits[seed]["whole"].append(labels[prob[0].argmax()] == true)
                 hits[seed]["windows"].append(labels[prob.mean(0).argmax()] == true)

@@ -263,20 +263,29 @@ def tissue_status(model, cs, type_calls: dict | None = None, threads: int | None
     calls = dict(type_calls or {})
     if getattr(model.prompt, "tissue_types", False):
         calls.update(_sampled_type_calls(model, cs, [im for im in images if im not in calls], threads))
-    seqs, vals = [], []
+    p = read_tissues(model, cs, [np.flatnonzero(cs.image == im) for im in images], [calls.get(im) for im in images])
+    return dict(zip(images, p))
+
+
+def read_tissues(model, cs, cell_sets, type_calls=None) -> np.ndarray:
+    """Clinical-status probabilities (one row per set) of the tissue prompts of the sets of cells
+    ``cell_sets`` of ``cs`` (a whole image each in :func:`tissue_status`; windows of one in the probe
+    ``benchmarks/probes/tissue_windows.py``), read as :func:`tissue_status` reads them; ``type_calls``:
+    the cell-type calls each prompt carries (``PromptSettings.tissue_types``), one entry per set."""
+    calls = list(type_calls) if type_calls is not None else [None] * len(cell_sets)
     suffix = task_words("status")
-    for im in images:
-        words, values = tissue_words(cs, np.flatnonzero(cs.image == im), calls.get(im))
+    seqs, vals = [], []
+    for cells, call in zip(cell_sets, calls):
+        words, values = tissue_words(cs, cells, call)
         seqs.append(model.tokenizer.encode(words + suffix))
         vals.append(values + [0.0] * len(suffix))
-    out = {}
+    out = [np.zeros((0, len(model.status_labels)))]
     for c0 in range(0, len(seqs), PREDICT_BATCH_SIZE):
         p = score_prompts(model.status_lm, seqs[c0:c0 + PREDICT_BATCH_SIZE], model.label_ids("status"),
                           model.tokenizer.pad_id, model.device,
                           vals[c0:c0 + PREDICT_BATCH_SIZE] if model.sentence.values else None)
-        p = apply_temperature(p, float(getattr(model, "calibration", {}).get("tissue_temperature", 1.0)))
-        out.update(zip(images[c0:c0 + PREDICT_BATCH_SIZE], p))
-    return out
+        out.append(apply_temperature(p, float(getattr(model, "calibration", {}).get("tissue_temperature", 1.0))))
+    return np.concatenate(out)
 
 
 def _sampled_type_calls(model, cs, images, threads) -> dict:
