@@ -659,6 +659,7 @@ def test_tissue_prompts_carry_the_cell_type_composition(cells, tmp_path):
     both = read_tissues(m, cs, [whole[0], window], [calls[0], calls[0]])
     np.testing.assert_allclose(both[1], read_tissues(m, cs, [window], [calls[0]])[0], rtol=1e-5)
     assert read_tissues(m, cs, []).shape == (0, len(m.status_labels))
+    assert read_tissues(m, cs, []).dtype == both.dtype == np.float32  # the scorer's dtype, as before
 
 
 def test_tissue_prompts_are_read_by_the_state_that_read_the_validation_tissues_best(cells, tmp_path,

@@ -279,13 +279,14 @@ def read_tissues(model, cs, cell_sets, type_calls=None) -> np.ndarray:
         words, values = tissue_words(cs, cells, call)
         seqs.append(model.tokenizer.encode(words + suffix))
         vals.append(values + [0.0] * len(suffix))
-    out = [np.zeros((0, len(model.status_labels)))]
+    out = []
     for c0 in range(0, len(seqs), PREDICT_BATCH_SIZE):
         p = score_prompts(model.status_lm, seqs[c0:c0 + PREDICT_BATCH_SIZE], model.label_ids("status"),
                           model.tokenizer.pad_id, model.device,
                           vals[c0:c0 + PREDICT_BATCH_SIZE] if model.sentence.values else None)
         out.append(apply_temperature(p, float(getattr(model, "calibration", {}).get("tissue_temperature", 1.0))))
-    return np.concatenate(out)
+    # the scorer's dtype kept (the status columns of every output are written from these rows)
+    return np.concatenate(out) if out else np.zeros((0, len(model.status_labels)), np.float32)
 
 
 def _sampled_type_calls(model, cs, images, threads) -> dict:
