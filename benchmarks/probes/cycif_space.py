@@ -18,8 +18,11 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.neighbors import NearestNeighbors
+
+from spatial2sentence.bench.datasets import split_into_strips
 
 ROOT = Path(__file__).resolve().parents[2]
 K = 10
@@ -30,8 +33,9 @@ def main() -> None:
     own = np.asarray(adata.X, np.float64)
     y = adata.obs["phenotype"].astype(str).to_numpy()
     xy = adata.obs[["X_position", "Y_position"]].to_numpy(np.float64)
-    # the benchmark's strips (spatial2sentence.bench.datasets.split_into_strips): x quartiles, right side
-    strip = np.searchsorted(np.quantile(xy[:, 0], [0.25, 0.5, 0.75]), xy[:, 0], side="right")
+    # the benchmark's own strips (one image, x quartiles), by the function that cuts them
+    cut = split_into_strips(pd.DataFrame({"image": "cycif", "x": xy[:, 0]}))["image"]
+    strip = cut.str.rsplit("strip", n=1).str[1].astype(int).to_numpy() - 1
     around = np.zeros_like(own)
     for s in range(4):  # neighbours within the strip, as the benchmark's images are the strips
         cells = np.flatnonzero(strip == s)

@@ -62,12 +62,12 @@ def main() -> None:
                           progress_bar=False, device="cpu", log=lambda *a, **k: None).model
             cs = prepare_cells(_lm_table(test_df, ds, False), model.markers, model.normalizer, source="test")
             truth = test_df.groupby("image")["stage"].first().astype(str)
+            labels = np.asarray(model.status_labels)
             for im, true in truth.items():
                 cells = np.flatnonzero(cs.image == im)
                 rng = np.random.default_rng(len(cells))
                 sets = [cells] + [random_window(cs, cells, rng) for _ in range(args.windows)]
                 prob = read_tissues(model, cs, sets)
-                labels = np.asarray(model.status_labels)
                 hits[seed]["whole"].append(labels[prob[0].argmax()] == true)
                 hits[seed]["windows"].append(labels[prob.mean(0).argmax()] == true)
         print(f"seed {seed} fold {f + 1}/{nf}: whole {np.mean(hits[seed]['whole']):.3f}, "
