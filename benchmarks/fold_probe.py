@@ -48,16 +48,16 @@ def main() -> None:
     s = replace(s, **{k[2:]: v for k, v in kw.items() if k.startswith("s_")})
     pr = replace(pr, **{k[3:]: v for k, v in kw.items() if k.startswith("pr_")})
     t0 = time.time()
-    res = train(Bm._lm_table(tr, ds, True), Path("out") / f"fold_probe_{name}", sentence=s, pairs=p, prompt=pr,
+    res = train(Bm.lm_table(tr, ds, True), Path("out") / f"fold_probe_{name}", sentence=s, pairs=p, prompt=pr,
                 model_settings=ms, train_settings=ts, progress_bar=False, device="cpu", log=lambda *a, **k: None)
     seconds = time.time() - t0
 
     def type_probs(d):
-        return Bm.lm_predict(res.model, Bm._lm_table(d, ds, False), np.arange(len(d)), ["type"])["type"]
+        return Bm.lm_predict(res.model, Bm.lm_table(d, ds, False), np.arange(len(d)), ["type"])["type"]
 
     def metrics(d, probs):
         pred = np.asarray(res.model.type_labels, dtype=object)[probs.argmax(1)]
-        return [round(x, 4) for x in Bm._metrics(d["cell_type"].astype(str), pred)]
+        return [round(x, 4) for x in Bm.accuracy_and_macro_f1(d["cell_type"].astype(str), pred)]
 
     def scores(d):
         return metrics(d, type_probs(d))

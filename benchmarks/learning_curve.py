@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,7 @@ def one_curve(job):
 
     from spatial2sentence.bench import runner as Bm
     from spatial2sentence.threads import torch_threads
-    from spatial2sentence.training import observe_steps, selection_score, train
+    from spatial2sentence.training import observe_steps, selection_score
 
     name, f, method, steps, every, data_root = job
     warnings.simplefilter("ignore")
@@ -52,23 +51,19 @@ def one_curve(job):
     train_df, test_df = ds.df[~te].reset_index(drop=True), ds.df[te].reset_index(drop=True)
     type_labels = sorted(ds.df["cell_type"].astype(str).unique())
     budget = Bm.Budget(steps=steps, eval_every=every)
-    s, p, pr, ms, ts = Bm.lm_settings(method, budget, 0)
-    ts = replace(ts, val_split=Bm.val_rule(train_df), patience=10 ** 9)
     y = test_df["cell_type"].astype(str).to_numpy()
     idx = np.arange(len(test_df))
     points = []
 
     def observe(step, model):
-        pr_ = Bm.lm_predict(model, Bm._lm_table(test_df, ds, False), idx, ["type"])["type"]
-        pred = np.asarray(type_labels, object)[Bm._reorder(pr_, model.type_labels, type_labels).argmax(1)]
-        acc, f1 = Bm._metrics(y, pred)
+        pr_ = Bm.lm_predict(model, Bm.lm_table(test_df, ds, False), idx, ["type"])["type"]
+        pred = np.asarray(type_labels, object)[Bm.align_labels(pr_, model.type_labels, type_labels).argmax(1)]
+        acc, f1 = Bm.accuracy_and_macro_f1(y, pred)
         points.append({"step": int(step), "accuracy": acc, "macro_f1": f1})
 
     t0 = time.time()
     with threadpool_limits(limits=1), torch_threads(1), tempfile.TemporaryDirectory() as wd, observe_steps(observe):
-        res = train(Bm._lm_table(train_df, ds, True), wd, sentence=s, pairs=p, prompt=pr, model_settings=ms,
-                    train_settings=ts, type_labels=type_labels, progress_bar=False, device="cpu",
-                    log=lambda *a, **k: None)
+        res = Bm.train_lm(method, ds, train_df, budget, 0, wd, type_labels, patience=10 ** 9)  # the full steps
     hist = [{"step": h["step"], "val_loss": h["loss"], "val_score": selection_score(h, budget.select_by)}
             for h in res.history]
     return {"dataset": name, "fold": f, "method": method, "points": points, "validation": hist,

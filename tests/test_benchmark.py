@@ -288,3 +288,37 @@ def test_budget_option_sets_fields_and_refuses_unknown_ones(tmp_path):
                                       "--out", str(tmp_path / "x")])
         assert r.exit_code != 0 and says in r.output and "Traceback" not in r.output, (bad, r.output)
         assert not (tmp_path / "x").exists()
+
+
+def test_probes_train_and_read_a_fold_the_benchmark_way(tmp_path):
+    """fold_splits and train_lm, the benchmark's folds and training for probe scripts: test images never
+    in training, every image tested once per seed, and a trained model whose type probabilities
+    align_labels puts in any label order (a label the model never saw: 0)."""
+    from spatial2sentence.bench.datasets import Dataset
+    from spatial2sentence.bench.methods import Budget
+    from spatial2sentence.bench.runner import align_labels, fold_splits, lm_predict, lm_table, train_lm
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for im in range(4):
+        for c in range(60):
+            kind = c % 2
+            rows.append({"image": f"img{im}", "Object": c + 1, "x": rng.random() * 100, "y": rng.random() * 100,
+                         "CD3": 5.0 * kind + rng.random(), "CD20": 5.0 * (1 - kind) + rng.random(),
+                         "cell_type": ["B cell", "T cell"][kind]})
+    ds = Dataset("gen", pd.DataFrame(rows), ["CD3", "CD20"], "generated")
+    budget = Budget(seeds=2, steps=4, batch_size=8, eval_every=2, eval_prompts=16, workers=1)
+    splits = list(fold_splits(ds, budget))
+    assert len(splits) == 2 * 4
+    for seed in range(2):
+        tested = [set(te["image"]) for s, _f, _nf, _tr, te, _idx in splits if s == seed]
+        assert sorted(im for t in tested for im in t) == [f"img{i}" for i in range(4)]
+    seed, _f, _nf, train_df, test_df, idx = splits[0]
+    assert not set(train_df["image"]) & set(test_df["image"]) and idx.max() < len(test_df)
+    res = train_lm("c2s", ds, train_df, budget, seed, tmp_path / "wd", type_labels=["B cell", "T cell"])
+    assert res.steps_done <= 4 and list(res.model.type_labels) == ["B cell", "T cell"]
+    probs = lm_predict(res.model, lm_table(test_df, ds, False), idx, ["type"])["type"]
+    want = ["T cell", "NK cell", "B cell"]
+    aligned = align_labels(probs, res.model.type_labels, want)
+    assert np.allclose(aligned[:, 0], probs[:, 1]) and np.allclose(aligned[:, 2], probs[:, 0])
+    assert (aligned[:, 1] == 0).all() and np.allclose(aligned.sum(1), 1, atol=1e-5)

@@ -25,10 +25,9 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
 from spatial2sentence.bench.datasets import load_builtin
-from spatial2sentence.bench.methods import Budget, lm_settings, val_rule
-from spatial2sentence.bench.runner import _fold_jobs, _lm_table, _reorder, lm_predict
+from spatial2sentence.bench.methods import Budget
+from spatial2sentence.bench.runner import align_labels, fold_splits, lm_predict, lm_table, train_lm
 from spatial2sentence.threads import torch_threads
-from spatial2sentence.training import train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,23 +40,17 @@ def main() -> None:
     labels = sorted(ds.df["cell_type"].astype(str).unique())
     pooled = {s: {v: ([], []) for v in ("whole", "alone", "mean")} for s in range(seeds)}
     t0 = time.time()
-    for seed, f, nf, tr, te, idx in _fold_jobs(ds, budget, ds.test_cells_per_image or 0):
-        train_df = ds.df[tr].reset_index(drop=True)
-        test_df = ds.df[te].reset_index(drop=True)
-        s, p, pr, ms, ts = lm_settings(method, budget, seed)
-        ts = replace(ts, val_split=val_rule(train_df))
+    for seed, f, nf, train_df, test_df, idx in fold_splits(ds, budget):
         with tempfile.TemporaryDirectory() as wd, warnings.catch_warnings(), torch_threads(budget.threads):
             warnings.simplefilter("ignore")
-            model = train(_lm_table(train_df, ds, True), wd, sentence=s, pairs=p, prompt=pr, model_settings=ms,
-                          train_settings=ts, type_labels=labels, progress_bar=False, device="cpu",
-                          log=lambda *a, **k: None).model
-            table = _lm_table(test_df, ds, False)
+            model = train_lm(method, ds, train_df, budget, seed, wd, type_labels=labels).model
+            table = lm_table(test_df, ds, False)
             whole = lm_predict(model, table, idx, ["type"], threads=budget.threads)["type"]
             model.prompt = replace(model.prompt, format="single")
             alone = lm_predict(model, table, idx, ["type"], threads=budget.threads)["type"]
         truth = test_df["cell_type"].astype(str).to_numpy()[idx]
         for view, prob in (("whole", whole), ("alone", alone), ("mean", (whole + alone) / 2)):
-            call = np.asarray(labels)[_reorder(prob, model.type_labels, labels).argmax(1)]
+            call = np.asarray(labels)[align_labels(prob, model.type_labels, labels).argmax(1)]
             pooled[seed][view][0].extend(truth)
             pooled[seed][view][1].extend(call)
             print(f"seed {seed} strip {f + 1}/{nf} {view}: {accuracy_score(truth, call):.3f}", flush=True)

@@ -20,19 +20,17 @@ import argparse
 import tempfile
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from spatial2sentence.bench.datasets import load_builtin
-from spatial2sentence.bench.methods import Budget, lm_settings, val_rule
-from spatial2sentence.bench.runner import _fold_jobs, _lm_table
+from spatial2sentence.bench.methods import Budget
+from spatial2sentence.bench.runner import fold_splits, lm_table, train_lm
 from spatial2sentence.cellset import prepare_cells
 from spatial2sentence.predict import read_tissues
 from spatial2sentence.threads import torch_threads
 from spatial2sentence.tissue import random_window
-from spatial2sentence.training import train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,17 +48,11 @@ def main() -> None:
     status_labels = sorted(ds.df["stage"].astype(str).unique())
     hits = {s: {"whole": [], "windows": []} for s in range(args.seeds)}
     t0 = time.time()
-    for seed, f, nf, tr, te, _idx in _fold_jobs(ds, budget, ds.test_cells_per_image or 0):
-        train_df = ds.df[tr].reset_index(drop=True)
-        test_df = ds.df[te].reset_index(drop=True)
-        s, p, pr, ms, ts = lm_settings("s2s", budget, seed)
-        ts = replace(ts, val_split=val_rule(train_df))
+    for seed, f, nf, train_df, test_df, _idx in fold_splits(ds, budget):
         with tempfile.TemporaryDirectory() as wd, warnings.catch_warnings(), torch_threads(budget.threads):
             warnings.simplefilter("ignore")
-            model = train(_lm_table(train_df, ds, True), wd, sentence=s, pairs=p, prompt=pr, model_settings=ms,
-                          train_settings=ts, type_labels=type_labels or None, status_labels=status_labels,
-                          progress_bar=False, device="cpu", log=lambda *a, **k: None).model
-            cs = prepare_cells(_lm_table(test_df, ds, False), model.markers, model.normalizer, source="test")
+            model = train_lm("s2s", ds, train_df, budget, seed, wd, type_labels, status_labels).model
+            cs = prepare_cells(lm_table(test_df, ds, False), model.markers, model.normalizer, source="test")
             truth = test_df.groupby("image")["stage"].first().astype(str)
             labels = np.asarray(model.status_labels)
             for im, true in truth.items():

@@ -115,7 +115,8 @@ def sample_test_cells(df: pd.DataFrame, per_image: int, rng) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # language models
 # --------------------------------------------------------------------------------------------------
-def _lm_table(df: pd.DataFrame, ds: Dataset, with_labels: bool) -> pd.DataFrame:
+def lm_table(df: pd.DataFrame, ds: Dataset, with_labels: bool) -> pd.DataFrame:
+    """The columns of ``ds``'s rows ``df`` that a language model trains on (``with_labels``) or reads."""
     cols = ["image", "Object", "x", "y", *ds.markers]
     if ds.phenotype_only:
         cols.append("cell_type")  # the input phenotype
@@ -177,28 +178,42 @@ def run_lm(method, ds, train_df, test_df, test_idx, budget, seed, type_labels, s
     return out, (ran, f"{method}: {kept}")
 
 
+def train_lm(method: str, ds: Dataset, train_df: pd.DataFrame, budget: Budget, seed: int, workdir,
+             type_labels=None, status_labels=None, **train_changes):
+    """Train language-model ``method`` on the training rows ``train_df`` of ``ds`` exactly as the
+    benchmark does (:func:`~.methods.lm_settings`, validation images by :func:`~.methods.val_rule`,
+    on the CPU, quiet): the :class:`~spatial2sentence.training.TrainResult`. ``train_changes``: fields of
+    the training settings set after the budget's (probes, e.g. ``patience``); the benchmark passes none.
+    Threads: the caller's (the benchmark's fold jobs limit them to ``budget.threads``)."""
+    s, p, pr, ms, ts = lm_settings(method, budget, seed)
+    ts = replace(ts, val_split=val_rule(train_df), **train_changes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return train(lm_table(train_df, ds, True), workdir, sentence=s, pairs=p, prompt=pr, model_settings=ms,
+                     train_settings=ts, type_labels=type_labels or None, status_labels=status_labels or None,
+                     progress_bar=False, device="cpu", log=lambda *a, **k: None)
+
+
 def _train_and_predict(method, ds, train_df, test_df, test_idx, budget, seed, type_labels, status_labels,
                        workdir):
     """:func:`run_lm` of one method, with the kept state's validation score (``selection_score``)."""
-    s, p, pr, ms, ts = lm_settings(method, budget, seed)
-    ts = replace(ts, val_split=val_rule(train_df))
+    res = train_lm(method, ds, train_df, budget, seed, workdir, type_labels, status_labels)
+    tasks = (["type"] if ds.cell_type else []) + (["status"] if ds.clinical else [])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = train(_lm_table(train_df, ds, True), workdir, sentence=s, pairs=p, prompt=pr, model_settings=ms,
-                    train_settings=ts, type_labels=type_labels or None, status_labels=status_labels or None,
-                    progress_bar=False, device="cpu", log=lambda *a, **k: None)
-        tasks = (["type"] if ds.cell_type else []) + (["status"] if ds.clinical else [])
-        probs = lm_predict(res.model, _lm_table(test_df, ds, False), test_idx, tasks, threads=budget.threads)
+        probs = lm_predict(res.model, lm_table(test_df, ds, False), test_idx, tasks, threads=budget.threads)
     out = {}
     if "type" in probs:
-        out["cell_type"] = _reorder(probs["type"], res.model.type_labels, type_labels)
+        out["cell_type"] = align_labels(probs["type"], res.model.type_labels, type_labels)
     if "status" in probs:
-        out["clinical"] = _reorder(probs["status"], res.model.status_labels, status_labels)
-    score = selection_score(res.best or {}, ts.select_by)
+        out["clinical"] = align_labels(probs["status"], res.model.status_labels, status_labels)
+    score = selection_score(res.best or {}, budget.select_by)  # the training's select_by (lm_settings)
     return out, (res.seconds, res.steps_done, (res.best or {}).get("step", res.steps_done)), score
 
 
-def _reorder(p, have, want):
+def align_labels(p, have, want) -> np.ndarray:
+    """Probability columns ``p`` in label order ``have`` rearranged to the order ``want`` (a label the
+    model never saw: probability 0)."""
     out = np.zeros((len(p), len(want)))
     pos = {c: j for j, c in enumerate(have)}
     for j, c in enumerate(want):
@@ -210,7 +225,7 @@ def _reorder(p, have, want):
 # --------------------------------------------------------------------------------------------------
 # one fold: every method
 # --------------------------------------------------------------------------------------------------
-def _metrics(y_true, y_pred) -> tuple[float, float]:
+def accuracy_and_macro_f1(y_true, y_pred) -> tuple[float, float]:
     y_true, y_pred = np.asarray(y_true).astype(str), np.asarray(y_pred).astype(str)
     acc = float((y_true == y_pred).mean())
     f1 = float(f1_score(y_true, y_pred, labels=sorted(set(y_true)), average="macro", zero_division=0))
@@ -379,6 +394,18 @@ def _fold_jobs(ds: Dataset, budget: Budget, per_image: int) -> list[tuple]:
     return jobs
 
 
+def _test_cells_per_image(ds: Dataset, budget: Budget) -> int:
+    """Evaluated test cells per image: the budget's when set, else the dataset's (0: all)."""
+    return budget.test_cells_per_image if budget.test_cells_per_image is not None else (ds.test_cells_per_image or 0)
+
+
+def fold_splits(ds: Dataset, budget: Budget) -> Iterator[tuple]:
+    """The benchmark's (seed, fold, n_folds, training rows, test rows, evaluated test cells) of every seed
+    and fold, the rows as tables (for probes that train and read the benchmark's way, :func:`train_lm`)."""
+    for seed, f, nf, tr, te, idx in _fold_jobs(ds, budget, _test_cells_per_image(ds, budget)):
+        yield seed, f, nf, ds.df[tr].reset_index(drop=True), ds.df[te].reset_index(drop=True), idx
+
+
 def _run_jobs(jobs: list[tuple], ctx: FoldContext) -> Iterator[tuple]:
     """The fold jobs' results as they finish: in a pool of ``Budget.workers`` processes, else here."""
     workers = min(budget_workers(ctx.budget), len(jobs))
@@ -419,7 +446,7 @@ class _Tally:
         result = {}
         for t in TASKS:
             for m in self.methods:
-                runs = [_metrics(*self.pooled[s][t][m]) for s in range(self.seeds) if self.pooled[s][t][m][0]]
+                runs = [accuracy_and_macro_f1(*self.pooled[s][t][m]) for s in range(self.seeds) if self.pooled[s][t][m][0]]
                 if not runs:
                     continue
                 a = np.array([r[0] for r in runs])
@@ -455,7 +482,7 @@ def run_dataset(ds: Dataset, budget: Budget, methods=ALL_METHODS, log=print, wor
     methods = _methods_for(ds, methods)
     type_labels = sorted(df["cell_type"].astype(str).unique()) if (ds.cell_type or ds.phenotype_only) else []
     status_labels = sorted(df["stage"].astype(str).unique()) if ds.clinical else []
-    per_image = budget.test_cells_per_image if budget.test_cells_per_image is not None else (ds.test_cells_per_image or 0)
+    per_image = _test_cells_per_image(ds, budget)
     log(f"[{ds.name}] {len(df)} cells, {df['image'].nunique()} images, markers {len(ds.markers)}"
         f"{' (phenotype-only)' if ds.phenotype_only else ''}; tasks: "
         f"{'cell type ' if ds.cell_type else ''}{'clinical status' if ds.clinical else ''}; "
