@@ -50,15 +50,15 @@ def test_benchmark_any_table(renamed_table, tmp_path):
     res = json.loads((out / "accuracy.json").read_text())
     assert set(res) == {"cell_type", "_meta"}
     # no clinical column: s2s_no_tissue would only repeat s2s and is not run
-    expected = {"s2s", "c2s", "s2s_ranked", "s2s_no_values", "s2s_no_neighbourhood",
+    expected = {"s2s", "c2s", "c2s_ranked", "s2s_ranked", "s2s_no_values", "s2s_no_neighbourhood",
                 "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux", "s2s_token_positions", "s2s_select", "logreg",
                 "logreg_neighbors", "hgb_neighbors"}
     assert set(res["cell_type"]) == expected
     # s2s_select kept one of its two sentences on each of the 4 strips, and the report says which
     kept = res["_meta"]["lm_selected"]
     assert set(kept) <= {"s2s_select: s2s", "s2s_select: s2s_ranked"} and sum(kept.values()) == 4
-    # 4 strips x 9 trainings: s2s_select reuses the s2s and s2s_ranked trained on the same strip
-    assert res["_meta"]["n_lm_trainings"] == 4 * 9
+    # 4 strips x 10 trainings: s2s_select reuses the s2s and s2s_ranked trained on the same strip
+    assert res["_meta"]["n_lm_trainings"] == 4 * 10
     df = pd.read_csv(renamed_table)
     for m, v in res["cell_type"].items():
         assert METRICS <= set(v), m
@@ -71,6 +71,7 @@ def test_benchmark_any_table(renamed_table, tmp_path):
     for m in ("logreg", "logreg_neighbors", "hgb_neighbors"):
         assert res["cell_type"][m]["accuracy_mean"] > chance + 0.1, (m, res["cell_type"][m], chance)
     md = (out / "accuracy.md").read_text()
+    assert "s2s − c2s_ranked (Cell2Sentence as published)" in md
     assert "s2s − c2s" in md and "| logreg |" in md and "- kept by validation: s2s_select: " in md
 
 
@@ -254,17 +255,22 @@ def test_validation_rule_never_uses_test_groups_and_splits_few_images_by_block()
     assert ts.patience < 100
     assert lm_settings("s2s_ranked", Budget(), 0)[0].encoding == "ranked"
     assert lm_settings("c2s", Budget(), 0)[0] == s
+    # the paper's baseline: Cell2Sentence's ranked words, one cell, no pair task
+    c2s_ranked = lm_settings("c2s_ranked", Budget(), 0)
+    assert c2s_ranked[0] == lm_settings("s2s_ranked", Budget(), 0)[0] and not c2s_ranked[0].values
+    assert c2s_ranked[2].format == "single" and "pair" not in c2s_ranked[4].task_mix
+    assert c2s_ranked[3].attention == "causal"
     # the tissue prompts' composition reaches s2s's prompts (c2s has no tissue prompt to carry it)
     assert lm_settings("s2s", Budget(tissue_types=True), 0)[2].tissue_types
     assert not lm_settings("s2s", Budget(), 0)[2].tissue_types
     assert not lm_settings("c2s", Budget(tissue_types=True), 0)[2].tissue
     # regularisation the budget sets reaches every language model's training settings
-    for method in ("s2s", "c2s", "s2s_ranked", "s2s_no_values"):
+    for method in ("s2s", "c2s", "s2s_ranked", "s2s_no_values", "c2s_ranked"):
         sent, *_, ms, ts = lm_settings(method, Budget(weight_decay=0.2, value_noise=0.05, attention="prefix"), 0)
         assert (ts.weight_decay, ts.value_noise) == (0.2, 0.05)
         # sentences whose words' order is their only level stay causal (one position per line would
         # make a line read both ways a bag of words)
-        assert sent.order_is_level() == (method in ("s2s_ranked", "s2s_no_values"))
+        assert sent.order_is_level() == (method in ("s2s_ranked", "s2s_no_values", "c2s_ranked"))
         assert ms.attention == ("causal" if sent.order_is_level() else "prefix")
 
 

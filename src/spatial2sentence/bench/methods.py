@@ -3,7 +3,9 @@
 Methods: the language models ``s2s`` (v2 Spatial2Sentence: level words carrying their values, anchor +
 positive and negative partners + an ``around`` neighbourhood line, tissue prompts for the image's status,
 cell type + clinical status + auxiliary pair task + tissue task), ``c2s`` (single-cell prompts, same
-sentences, model and budget, no pair or tissue task, image status = the mean of its cells' calls), the
+sentences, model and budget, no pair or tissue task, image status = the mean of its cells' calls: space
+off), ``c2s_ranked`` (Cell2Sentence as published, the paper's baseline: one cell, ranked marker words
+without values, read causally), the
 ablations ``s2s_ranked`` (levels off: v1 ranked words, no values), ``s2s_no_values`` (level words without
 values), ``s2s_no_neighbourhood`` (no ``around`` line), ``s2s_no_tissue`` (image-level status off: the
 mean of the cells' calls), ``s2s_no_negatives`` (``n_neg=0``), ``s2s_no_positives`` (``n_pos=0``),
@@ -21,7 +23,7 @@ import pandas as pd
 
 from ..settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings, TrainSettings
 
-LM_METHODS = ("s2s", "c2s", "s2s_ranked", "s2s_no_values", "s2s_no_neighbourhood", "s2s_no_tissue",
+LM_METHODS = ("s2s", "c2s", "c2s_ranked", "s2s_ranked", "s2s_no_values", "s2s_no_neighbourhood", "s2s_no_tissue",
               "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux", "s2s_token_positions", "s2s_select")
 # methods that train each candidate and keep the one with the best validation score (the budget's
 # select_by, on validation cells of the training groups only): which sentence a panel needs is chosen per
@@ -122,7 +124,7 @@ def lm_settings(method: str, budget: Budget, seed: int):
         prompt.neighbourhood_k = 0
     elif method == "s2s_no_tissue":
         prompt.tissue = False
-    if method == "c2s":  # Cell2Sentence: one cell, no space, image status = the mean of its cells' calls
+    if method in ("c2s", "c2s_ranked"):  # one cell, no space, image status = the mean of its cells' calls
         prompt = PromptSettings(format="single")
         mix.pop("pair")
     elif method == "s2s_no_negatives":
@@ -137,8 +139,9 @@ def lm_settings(method: str, budget: Budget, seed: int):
     if prompt.tissue:  # a fifth of the prompts are tissue prompts (dropped where no image has a status)
         mix = {"type": 0.5, "status": 0.15, "pair": 0.15, "tissue": 0.2} if "pair" in mix else \
             {"type": 0.55, "status": 0.2, "tissue": 0.25}
-    sentence = bench_sentence(budget, ranked=method == "s2s_ranked")
-    if method in ("s2s_no_values", "s2s_ranked"):
+    # c2s_ranked: Cell2Sentence's kind of sentence (the paper's baseline), the v1 ranked words
+    sentence = bench_sentence(budget, ranked=method in ("s2s_ranked", "c2s_ranked"))
+    if method in ("s2s_no_values", "s2s_ranked", "c2s_ranked"):
         sentence.values = False
     # max_positions is raised by training when the longest prompt needs more (levels sentences)
     ms = ModelSettings(architecture="llama", hidden_size=budget.hidden_size, num_layers=budget.num_layers,
