@@ -23,8 +23,8 @@ import pandas as pd
 
 from ..settings import ModelSettings, PairSettings, PromptSettings, SentenceSettings, TrainSettings
 
-LM_METHODS = ("s2s", "c2s", "c2s_ranked", "s2s_ranked", "s2s_no_values", "s2s_no_neighbourhood", "s2s_no_tissue",
-              "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux", "s2s_token_positions", "s2s_select")
+LM_METHODS = ("s2s", "c2s", "c2s_ranked", "s2s_ranked", "s2s_no_values", "s2s_no_neighbourhood",
+              "s2s_no_tissue", "s2s_no_negatives", "s2s_no_positives", "s2s_no_aux", "s2s_token_positions", "s2s_select")
 # methods that train each candidate and keep the one with the best validation score (the budget's
 # select_by, on validation cells of the training groups only): which sentence a panel needs is chosen per
 # training set. Why: the value-carrying sentence added 2.5 points of cell type on the 37-marker

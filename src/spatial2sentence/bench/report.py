@@ -303,7 +303,8 @@ def write_results(out: Path, results: dict, budget: Budget, command: str, wall_s
           + f"; type sampling weight ~ count ** -{budget.class_balance}; sentences: {sentence_words(budget)}. "
           "`c2s`: single-cell prompts, no pair "
           "task (s2s with space off); `c2s_ranked`: single-cell prompts of v1 ranked words without values, "
-          "read causally (Cell2Sentence's kind of sentence, the paper's baseline). Classical baselines: `spatial2sentence.bench.baselines`. Nothing is tuned on test folds. Datasets "
+          "read causally (Cell2Sentence's kind of sentence, the paper's baseline). Classical baselines: "
+          "`spatial2sentence.bench.baselines`. Nothing is tuned on test folds. Datasets "
           "marked 'kept' come from an earlier run (their own run line gives its budget).", ""]
     for name, res in results.items():
         md.append(dataset_markdown(name, res))
