@@ -1,7 +1,10 @@
 """Does s2s read a held-out CyCIF strip better from its whole prompt, from the anchor's sentence alone, or
 from the mean of the two?
 
-    python benchmarks/probes/anchor_views.py [SEEDS] [METHOD]
+    python benchmarks/probes/anchor_views.py [SEEDS] [METHOD] [--dataset NAME] [--sim-cells CSV]
+
+(``--dataset``: any built-in benchmark dataset with a cell-type task, default ``scimap_cycif``; the
+semi-synthetic one needs ``--sim-cells`` as in ``s2s benchmark``.)
 
 Why: on CyCIF (3 seeds x 4 strips, ``benchmarks/results/cycif_v2``) s2s reads 78.1% against 79.7% for
 c2s, the same model reading one cell alone. s2s is trained on both views (``TrainSettings.anchor_alone``:
@@ -14,7 +17,7 @@ probabilities. Prints accuracy and macro-F1 per view, pooled per seed as the ben
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 import warnings
 from dataclasses import replace
@@ -33,9 +36,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
-    seeds = int(sys.argv[1]) if len(sys.argv) > 1 else 1
-    method = sys.argv[2] if len(sys.argv) > 2 else "s2s"
-    ds = load_builtin("scimap_cycif", ROOT.parent / "shared" / "data")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("seeds", nargs="?", type=int, default=1)
+    ap.add_argument("method", nargs="?", default="s2s")
+    ap.add_argument("--dataset", default="scimap_cycif")
+    ap.add_argument("--sim-cells", default=None)
+    args = ap.parse_args()
+    seeds, method = args.seeds, args.method
+    ds = load_builtin(args.dataset, ROOT.parent / "shared" / "data", sim_cells=args.sim_cells)
     budget = Budget(seeds=seeds)
     labels = sorted(ds.df["cell_type"].astype(str).unique())
     pooled = {s: {v: ([], []) for v in ("whole", "alone", "mean")} for s in range(seeds)}
@@ -58,7 +66,7 @@ def main() -> None:
     for view in ("whole", "alone", "mean"):
         acc = [accuracy_score(*pooled[s][view]) for s in range(seeds)]
         f1 = [f1_score(*pooled[s][view], average="macro") for s in range(seeds)]
-        print(f"{method} {view}: accuracy {100 * np.mean(acc):.1f} ± {100 * np.std(acc):.1f}, "
+        print(f"{args.dataset} {method} {view}: accuracy {100 * np.mean(acc):.1f} ± {100 * np.std(acc):.1f}, "
               f"macro-F1 {100 * np.mean(f1):.1f} ± {100 * np.std(f1):.1f} ({seeds} seeds)")
 
 
