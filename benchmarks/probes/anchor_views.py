@@ -1,5 +1,5 @@
-"""Does s2s read a held-out CyCIF strip better from its whole prompt, from the anchor's sentence alone, or
-from the mean of the two?
+"""Does s2s read held-out cells (a CyCIF strip by default) better from its whole prompt, from the anchor's
+sentence alone, or from the mean of the two?
 
     python benchmarks/probes/anchor_views.py [SEEDS] [METHOD] [--dataset NAME] [--sim-cells CSV]
 
